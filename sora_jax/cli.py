@@ -1,0 +1,131 @@
+"""The ``sora-jax`` command: ``train`` and ``sample`` (see ``sora-jax COMMAND --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+CONFIG_PREFIX = "--config."
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--config.a.b=V`` (or ``--config.a.b V``) overrides from the other arguments."""
+    rest, overrides = [], []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        if item.startswith(CONFIG_PREFIX):
+            key = item[len(CONFIG_PREFIX) :]
+            if "=" not in key:
+                if not items:
+                    raise SystemExit(f"error: {item} needs a value")
+                key = f"{key}={items.pop(0)}"
+            overrides.append(key)
+        else:
+            rest.append(item)
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sora-jax", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train an experiment; resumes from DIR's latest checkpoint",
+        epilog="Any config key can be overridden: --config.train.steps=100 --config.seed=1",
+    )
+    train.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    train.add_argument("--workdir", required=True, help="run directory (config, metrics, ...)")
+
+    sample = commands.add_parser("sample", help="generate a video from a trained workdir")
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--frames", type=int, default=16)
+    sample.add_argument("--height", type=int, default=32)
+    sample.add_argument("--width", type=int, default=32)
+    sample.add_argument("--fps", type=float, default=8.0)
+    sample.add_argument("--out", required=True, help="FILE.mp4; a .gif is written beside it")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=int, default=None, help="default: the run's config")
+    sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
+    sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
+    sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes.
+    from sora_jax.config import ConfigError
+
+    try:
+        if args.command == "train":
+            return _train(args, overrides)
+        if overrides:
+            raise ConfigError(f"{args.command} takes no --config overrides: {overrides}")
+        return _sample(args)
+    except ConfigError as error:
+        print(f"sora-jax {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from sora_jax.config import load_config
+    from sora_jax.train.trainer import train
+
+    config = load_config(args.config, overrides)  # Validated here, before anything compiles.
+    train(config, args.workdir)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from sora_jax.config import ConfigError, config_from_json
+    from sora_jax.data.video_io import write_video
+    from sora_jax.eval.generate import make_generator
+    from sora_jax.parallel.mesh import make_mesh
+    from sora_jax.train import checkpoint
+    from sora_jax.train.state import abstract_train_state, model_graphdef
+
+    workdir = Path(args.workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{config_file} not found: is {workdir} a training workdir?")
+    config = config_from_json(config_file.read_text())
+    mgr = checkpoint.manager(workdir)
+    if mgr.latest_step() is None:
+        raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+    # Sample on whatever devices are here, whatever mesh the run trained on.
+    with config.unlocked():
+        for axis in ("fsdp", "sequence", "tensor"):
+            config.mesh[f"ici_{axis}"] = 1
+        config.mesh.ici_data = -1
+    abstract = abstract_train_state(config, make_mesh(config)).ema_params
+    params = checkpoint.restore_params(mgr, abstract, args.step)
+    d = config.diffusion
+    generate = make_generator(
+        model_graphdef(config),
+        config,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps or d.sample_steps,
+        guidance=d.guidance if args.guidance is None else args.guidance,
+        method=args.sampler or d.sampler,
+    )
+    frames = generate(params, args.prompt, args.seed)
+    out = Path(args.out)
+    write_video(out, frames, args.fps)
+    write_video(out.with_suffix(".gif"), frames, args.fps)
+    print(f"wrote {out} and {out.with_suffix('.gif')} ({args.frames}x{args.height}x{args.width})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The base configuration: every key a run can set, with its meaning, and the checks run before compiling.
+
+Experiment files (``experiments/*.py``) start from :func:`base_config` and change only what differs.
+The config is locked after the experiment builds it, so a misspelt key is an error, not a silent no-op.
+Command-line overrides (``--config.train.steps=100``) go through :func:`apply_overrides`, which coerces
+the value to the key's type and names the key when something is wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key."""
+
+
+def base_config() -> ConfigDict:
+    """Every key of a run, with its default. Experiments override a subset."""
+    c = ConfigDict()
+    c.seed = 0  # Data order, noise, timesteps and initialisation all derive from it.
+
+    # --- model: the video diffusion transformer -------------------------------------------------
+    c.model = m = ConfigDict()
+    m.patch_size = (
+        2,
+        4,
+        4,
+    )  # (pt, ph, pw): a token covers pt frames and ph x pw pixels (or latents).
+    m.channels = 3  # Channels of what is patchified: 3 for pixels, the latent channels for latents.
+    m.dim = 128  # Transformer width.
+    m.depth = 4  # Number of DiT blocks.
+    m.heads = 4  # Attention heads; dim must divide by heads.
+    m.mlp_ratio = 4.0
+    m.qk_norm = True  # RMS-normalise queries and keys per head (stabilises attention logits).
+    m.rope_theta = 10_000.0  # Base period of the 3D rotary embedding.
+    m.attention = "xla"  # Attention backend: xla (jax.nn.dot_product_attention) | cudnn (GPU).
+    m.scan_layers = True  # Run blocks under lax.scan: one compiled block, compile time flat in depth.
+    m.remat = "none"  # Rematerialisation per block: none | full | dots (save matmul outputs only).
+    m.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay in param_dtype.
+    m.param_dtype = "float32"
+    # Text: a small encoder trained with the DiT; hidden states feed cross-attention.
+    m.text_vocab_size = 4096  # Hash buckets of the word tokenizer.
+    m.text_dim = 128
+    m.text_depth = 2
+    m.text_heads = 4
+
+    # --- data: what a packed batch holds ---------------------------------------------------------
+    c.data = d = ConfigDict()
+    d.source = "world"  # world: the built-in physics-world generator.
+    d.batch_size = 8  # Rows per global batch.
+    d.seq_len = 512  # L: video tokens per row; every batch has this one static shape.
+    d.max_clips_per_row = 8  # S: clips packed into one row at most.
+    d.text_len = 96  # Lt: text tokens per row (all captions of the row's clips, packed).
+    d.max_caption_tokens = 24  # Captions are cut to this many tokens, the start token included.
+    d.frames = (1, 16)  # Inclusive range of clip durations in frames; 1 frame is an image.
+    d.image_fraction = 0.1  # Probability that a clip is a single frame.
+    d.side = (32, 48)  # Inclusive range of clip height and width in pixels.
+    d.fps = (4.0, 8.0)  # Range of frame rates a clip is rendered at.
+    d.caption_dropout = 0.1  # Fraction of clips trained with the empty caption (for guidance).
+    d.workers = 0  # Background worker processes producing batches; 0 = in the main process.
+    d.prefetch = 2  # Batches prepared ahead per worker.
+
+    # --- diffusion: rectified flow ---------------------------------------------------------------
+    c.diffusion = f = ConfigDict()
+    f.logit_mean = 0.0  # Timesteps t = sigmoid(n), n ~ Normal(logit_mean, logit_std).
+    f.logit_std = 1.0
+    f.shift_base_tokens = 256  # Clips of this many tokens get no timestep shift ...
+    f.shift_max = 4.0  # ... larger ones are shifted towards noise by sqrt(tokens / base), capped.
+    f.sampler = "euler"  # euler | heun
+    f.sample_steps = 32
+    f.guidance = 4.0  # Classifier-free guidance scale; 1 disables guidance.
+
+    # --- optimiser -----------------------------------------------------------------------------
+    c.optim = o = ConfigDict()
+    o.lr = 1e-3  # Peak learning rate after warmup.
+    o.warmup_steps = 100
+    o.min_lr_ratio = 0.1  # Cosine decay ends at lr * min_lr_ratio.
+    o.b1 = 0.9
+    o.b2 = 0.99
+    o.weight_decay = 0.01
+    o.grad_clip = 1.0  # Global-norm clipping; 0 disables.
+    o.ema_decay = 0.999  # EMA of parameters, used for sampling; 0 disables (EMA = parameters).
+
+    # --- train loop ----------------------------------------------------------------------------
+    c.train = t = ConfigDict()
+    t.steps = 1000
+    t.log_every = 1  # Steps between metrics lines (metrics.jsonl, TensorBoard, progress bar).
+    t.sample_every = 0  # Steps between sample videos; 0 = only at the end.
+    t.sample_prompts = ("a small red ball falls and bounces",)
+    t.sample_frames = 16
+    t.sample_height = 32
+    t.sample_width = 32
+    t.sample_fps = 8.0
+
+    # --- device mesh ---------------------------------------------------------------------------
+    c.mesh = ms = ConfigDict()
+    ms.ici_data = -1  # -1: all devices not used by the other axes.
+    ms.ici_fsdp = 1
+    ms.ici_sequence = 1
+    ms.ici_tensor = 1
+    return c
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Build the config named by ``spec`` (``path/to/experiment.py[:arg]``), apply overrides, validate.
+
+    ``overrides`` are ``key.path=value`` strings (the ``--config.`` prefix already removed).
+    """
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_sora_jax_experiment_{file.stem}", file)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    config.lock()
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def config_from_json(text: str) -> ConfigDict:
+    """Rebuild a resolved config written by :func:`config_to_json` (e.g. a workdir's config.json)."""
+    config = base_config()
+    config.lock()
+    _merge(config, json.loads(text), prefix="")
+    validate(config)
+    return config
+
+
+def config_to_json(config: ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def _merge(config: ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _merge(config[key], value, prefix + key + ".")
+        else:
+            _set(config, prefix + key, value)
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
+    """Apply ``a.b=value`` strings; the value is parsed as a Python literal when it is one."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # A bare word: a string value.
+        _set(config, key, value)
+
+
+def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, ConfigDict):
+            keys += _all_keys(value, prefix + key + ".")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _set(config: ConfigDict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ConfigDict) or part not in node:
+            raise _unknown_key(config, dotted)
+        node = node[part]
+    if not isinstance(node, ConfigDict) or leaf not in node or isinstance(node[leaf], ConfigDict):
+        raise _unknown_key(config, dotted)
+    current = node[leaf]
+    node[leaf] = _coerce(dotted, current, value)
+
+
+def _unknown_key(config: ConfigDict, dotted: str) -> ConfigError:
+    close = difflib.get_close_matches(dotted, _all_keys(config), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {dotted!r}{hint}")
+
+
+def _coerce(key: str, current: object, value: object) -> object:
+    """Give ``value`` the type of the key's current value, or explain why it cannot have it."""
+    kind = type(current)
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"config key {key!r} takes true/false, got {value!r}")
+    if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(current, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, str):
+        return str(value)
+    if isinstance(current, tuple | list):
+        items = value if isinstance(value, tuple | list) else (value,)
+        if current and len(items) != len(current) and not isinstance(current[0], str):
+            raise ConfigError(f"config key {key!r} takes {len(current)} values, got {value!r}")
+        if current:
+            items = tuple(_coerce(key, current[0], item) for item in items)
+        return tuple(items)
+    raise ConfigError(f"config key {key!r} takes a {kind.__name__}, got {value!r}")
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ConfigError(f"config key {key!r}: {problem}")
+
+
+def validate(config: ConfigDict) -> None:
+    """Check that the config can run, before anything is built or compiled.
+
+    Raises:
+        ConfigError: naming the first key whose value cannot work, and why.
+    """
+    m, d, f, o, t = config.model, config.data, config.diffusion, config.optim, config.train
+    pt, ph, pw = m.patch_size
+    if min(pt, ph, pw) < 1:
+        _fail("model.patch_size", f"sizes must be positive, got {m.patch_size}")
+    if m.dim % m.heads:
+        _fail("model.dim", f"{m.dim} does not divide into model.heads={m.heads} heads")
+    if (m.dim // m.heads) % 2 or m.dim // m.heads < 6:
+        _fail("model.heads", "head dim (dim / heads) must be even and at least 6 for the 3D RoPE")
+    if m.text_dim % m.text_heads or (m.text_dim // m.text_heads) % 2:
+        _fail("model.text_dim", f"{m.text_dim} must split into text_heads={m.text_heads} even heads")
+    for key, value, allowed in (
+        ("model.attention", m.attention, ("xla", "cudnn")),
+        ("model.remat", m.remat, ("none", "full", "dots")),
+        ("model.dtype", m.dtype, ("float32", "bfloat16")),
+        ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
+        ("data.source", d.source, ("world",)),
+        ("diffusion.sampler", f.sampler, ("euler", "heun")),
+    ):
+        if value not in allowed:
+            _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+    for key in (
+        "model.depth",
+        "data.batch_size",
+        "data.seq_len",
+        "data.max_clips_per_row",
+        "train.steps",
+        "train.log_every",
+        "diffusion.sample_steps",
+    ):
+        section, name = key.split(".")
+        if config[section][name] < 1:
+            _fail(key, f"must be at least 1, got {config[section][name]}")
+
+    lo_side, hi_side = d.side
+    if not 1 <= lo_side <= hi_side:
+        _fail("data.side", f"needs 1 <= min <= max, got {d.side}")
+    if hi_side < max(ph, pw):
+        _fail("data.side", f"largest side {hi_side} is smaller than a patch ({ph}x{pw})")
+    lo_frames, hi_frames = d.frames
+    if not 1 <= lo_frames <= hi_frames:
+        _fail("data.frames", f"needs 1 <= min <= max, got {d.frames}")
+    smallest = _clip_tokens(lo_frames, lo_side, lo_side, m.patch_size)
+    if smallest > d.seq_len:
+        _fail(
+            "data.seq_len",
+            f"{d.seq_len} tokens cannot hold even the smallest clip "
+            f"({lo_frames}x{lo_side}x{lo_side} = {smallest} tokens)",
+        )
+    if d.max_caption_tokens < 1 or d.text_len < d.max_caption_tokens:
+        _fail(
+            "data.text_len",
+            f"{d.text_len} must hold one caption of data.max_caption_tokens={d.max_caption_tokens}",
+        )
+    if not 0.0 <= d.caption_dropout <= 1.0:
+        _fail("data.caption_dropout", "must be a probability in [0, 1]")
+    if not 0.0 <= d.image_fraction <= 1.0:
+        _fail("data.image_fraction", "must be a probability in [0, 1]")
+    if not 0 < d.fps[0] <= d.fps[1]:
+        _fail("data.fps", f"needs 0 < min <= max, got {d.fps}")
+    if d.workers < 0:
+        _fail("data.workers", "must be >= 0")
+    if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:
+        _fail("diffusion.shift_max", "logit_std > 0, shift_base_tokens >= 1 and shift_max >= 1")
+    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
+        _fail("optim.lr", "lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+    if not 0.0 <= o.ema_decay < 1.0:
+        _fail("optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
+    if t.sample_every < 0:
+        _fail("train.sample_every", "must be >= 0")
+    sample_tokens = _clip_tokens(t.sample_frames, t.sample_height, t.sample_width, m.patch_size)
+    if t.sample_height % ph or t.sample_width % pw:
+        _fail(
+            "train.sample_height",
+            f"sample size {t.sample_height}x{t.sample_width} must be a multiple of the patch ({ph}x{pw})",
+        )
+    if sample_tokens > d.seq_len:
+        _fail("train.sample_frames", f"sample clip has {sample_tokens} tokens, over data.seq_len")
+    sizes = [config.mesh[f"ici_{a}"] for a in ("data", "fsdp", "sequence", "tensor")]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        _fail("mesh.ici_data", f"axis sizes must be positive, with at most one -1; got {sizes}")
+
+
+def _clip_tokens(frames: int, height: int, width: int, patch: Sequence[int]) -> int:
+    pt, ph, pw = patch
+    return math.ceil(frames / pt) * (height // ph) * (width // pw)

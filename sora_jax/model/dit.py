@@ -1,0 +1,159 @@
+"""VideoDiT: a diffusion transformer over packed spacetime patches.
+
+One forward pass takes a packed batch (see ``sora_jax/data/packing.py``): ``B`` rows of ``L``
+tokens holding up to ``S`` clips each. Per-clip quantities (the timestep embedding and the
+adaLN-Zero modulation it drives) are computed once per clip, ``[B, S, ...]``, and gathered to the
+clip's tokens, never once per token. Tokens attend within their clip (self-attention with a 3D
+RoPE) and to their clip's caption (cross-attention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from sora_jax.model.attention import Attention, dense, segment_mask
+from sora_jax.model.rope import axis_dims, rope_angles
+from sora_jax.model.text import TextEncoder
+from sora_jax.parallel.sharding import constrain
+
+ACTIVATION = ("batch", "length", "embed")
+REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole block in the backward pass.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal features ``[..., dim]`` of timesteps ``t`` in [0, 1] (scaled to [0, 1000])."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 1000.0 * t.astype(jnp.float32)[..., None] * freqs
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def gather_clips(per_clip_bsx: jax.Array, segment_ids_bl: jax.Array) -> jax.Array:
+    """Per-clip values ``[B, S, X]`` to per-token ``[B, L, X]`` (padding tokens get clip 0's)."""
+    index = jnp.maximum(segment_ids_bl - 1, 0)[..., None]
+    return jnp.take_along_axis(per_clip_bsx, index, axis=1)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    return x * (1.0 + scale) + shift
+
+
+class DiTBlock(nnx.Module):
+    """adaLN-Zero block: self-attention, cross-attention to text, MLP; starts as the identity."""
+
+    def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs, **kw) -> None:
+        dim, heads = config.dim, config.heads
+        self.norm1 = nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
+        self.self_attention = Attention(dim, heads, rngs, qk_norm=config.qk_norm, **kw)
+        self.norm_cross = nnx.LayerNorm(dim, rngs=rngs, **kw)
+        self.cross_attention = Attention(
+            dim, heads, rngs, context_dim=config.text_dim, qk_norm=config.qk_norm, **kw
+        )
+        self.norm2 = nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
+        hidden = int(dim * config.mlp_ratio)
+        self.mlp_in = dense(dim, hidden, ("embed", "mlp"), rngs, **kw)
+        self.mlp_out = dense(hidden, dim, ("mlp", "embed"), rngs, **kw)
+        # Zero-initialised: every gate starts at 0, so the block starts as the identity.
+        self.modulation = dense(dim, 6 * dim, ("embed", "mlp"), rngs, zero_init=True, **kw)
+
+    def __call__(
+        self,
+        x_bld: jax.Array,
+        conditioning_bsd: jax.Array,
+        segment_ids: jax.Array,
+        self_mask: jax.Array,
+        angles: jax.Array,
+        text_bkd: jax.Array,
+        cross_mask: jax.Array,
+    ) -> jax.Array:
+        per_clip = self.modulation(jax.nn.silu(conditioning_bsd))  # [B, S, 6D]: once per clip.
+        mods = jnp.split(gather_clips(per_clip, segment_ids), 6, axis=-1)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+        h = modulate(self.norm1(x_bld), shift_a, scale_a)
+        x_bld = x_bld + gate_a * self.self_attention(h, h, self_mask, query_angles=angles, key_angles=angles)
+        x_bld = x_bld + self.cross_attention(self.norm_cross(x_bld), text_bkd, cross_mask)
+        h = modulate(self.norm2(x_bld), shift_m, scale_m)
+        x_bld = x_bld + gate_m * self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
+        return constrain(x_bld, ACTIVATION)
+
+
+class VideoDiT(nnx.Module):
+    """Predicts the flow velocity of every token of a packed batch.
+
+    Call with the noisy patches ``[B, L, P]``, per-clip timesteps ``[B, S]`` in [0, 1], and the
+    batch's ``segment_ids``, ``positions``, ``text_tokens``, ``text_segment_ids`` and
+    ``text_positions``; returns the velocity ``[B, L, P]`` in float32.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
+        m = config.model
+        self.config = ml_collections.FrozenConfigDict(m)  # Hashable: part of the graph definition.
+        kw = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
+        patch_dim = math.prod(m.patch_size) * m.channels
+        self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
+        self.time_in = dense(256, m.dim, (None, "embed"), rngs, **kw)
+        self.time_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
+        self.text_encoder = TextEncoder(m.text_vocab_size, m.text_dim, m.text_depth, m.text_heads, rngs, **kw)
+
+        @nnx.split_rngs(splits=m.depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs: nnx.Rngs) -> DiTBlock:
+            return DiTBlock(m, rngs, **kw)
+
+        self.blocks = make_blocks(rngs)  # Parameters stacked on a leading "layers" axis.
+        self.final_norm = nnx.LayerNorm(m.dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
+        self.final_modulation = dense(m.dim, 2 * m.dim, ("embed", "mlp"), rngs, zero_init=True, **kw)
+        self.final = dense(m.dim, patch_dim, ("embed", "patch"), rngs, zero_init=True, **kw)
+
+    def __call__(
+        self, noisy_blp: jax.Array, timesteps_bs: jax.Array, batch: dict[str, jax.Array]
+    ) -> jax.Array:
+        m = self.config
+        segment_ids = batch["segment_ids"]
+        x = constrain(self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype))), ACTIVATION)
+        conditioning = self.time_out(
+            jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
+        )  # [B, S, D]
+        text = self.text_encoder(
+            batch["text_tokens"], batch["text_segment_ids"], batch["text_positions"]
+        ).astype(jnp.dtype(m.dtype))
+        self_mask = segment_mask(segment_ids, segment_ids)
+        cross_mask = segment_mask(segment_ids, batch["text_segment_ids"])
+        angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
+        extras = (conditioning, segment_ids, self_mask, angles, text, cross_mask)
+
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def run_block(x_bld: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
+            return nnx.merge(graphdef, block_state)(x_bld, *extras), None
+
+        if m.remat != "none":
+            run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
+        if m.scan_layers:
+            x, _ = jax.lax.scan(run_block, x, stacked)
+        else:
+            for layer in range(m.depth):
+                x, _ = run_block(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
+
+        shift, scale = jnp.split(
+            gather_clips(self.final_modulation(jax.nn.silu(conditioning)), segment_ids), 2, -1
+        )
+        return self.final(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
+
+
+def build_model(config: ml_collections.ConfigDict, seed: int) -> VideoDiT:
+    """A freshly initialised model; parameter sharding is left to ``jit``'s ``out_shardings``.
+
+    Variables carry logical axis names as metadata only (no eager sharding): the trainer maps
+    names to the mesh and places parameters where they belong as it initialises them.
+    """
+    with nnx.use_eager_sharding(False):
+        return VideoDiT(config, nnx.Rngs(params=seed))

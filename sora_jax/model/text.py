@@ -1,0 +1,52 @@
+"""A small text encoder trained together with the DiT: caption token ids to token hidden states.
+
+Captions of a packed row are encoded together; each attends only to its own tokens
+(``text_segment_ids``), with 1D rotary positions from ``text_positions``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.model.attention import Attention, dense, segment_mask
+from sora_jax.model.rope import rope_angles
+
+
+class TextBlock(nnx.Module):
+    def __init__(self, dim: int, heads: int, rngs: nnx.Rngs, **kw) -> None:
+        self.norm1 = nnx.LayerNorm(dim, rngs=rngs, **kw)
+        self.attention = Attention(dim, heads, rngs, **kw)
+        self.norm2 = nnx.LayerNorm(dim, rngs=rngs, **kw)
+        self.mlp_in = dense(dim, 4 * dim, ("embed", "mlp"), rngs, **kw)
+        self.mlp_out = dense(4 * dim, dim, ("mlp", "embed"), rngs, **kw)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, angles: jax.Array) -> jax.Array:
+        h = self.norm1(x)
+        x = x + self.attention(h, h, mask, query_angles=angles, key_angles=angles)
+        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm2(x))))
+
+
+class TextEncoder(nnx.Module):
+    """``tokens [B, Lt]`` int32 -> hidden states ``[B, Lt, Dt]``."""
+
+    def __init__(self, vocab_size: int, dim: int, depth: int, heads: int, rngs: nnx.Rngs, **kw) -> None:
+        self.head_dim = dim // heads
+        self.embed = nnx.Embed(
+            vocab_size,
+            dim,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(stddev=0.02), ("vocab", "embed")),
+            rngs=rngs,
+            **kw,
+        )
+        self.blocks = nnx.List([TextBlock(dim, heads, rngs, **kw) for _ in range(depth)])
+        self.norm = nnx.LayerNorm(dim, rngs=rngs, **kw)
+
+    def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        x = self.embed(tokens)
+        mask = segment_mask(segment_ids, segment_ids)
+        angles = rope_angles(positions[..., None], (self.head_dim,), theta=10_000.0)
+        for block in self.blocks:
+            x = block(x, mask, angles)
+        return self.norm(x).astype(jnp.float32)

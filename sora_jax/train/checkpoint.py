@@ -1,0 +1,83 @@
+"""Saving and restoring the train state with orbax.
+
+A checkpoint of step N is a directory ``DIR/checkpoints/N`` with one item per part of the state
+(``params``, ``ema_params``, ``opt_state``; the step is the directory's name), so sampling and
+evaluation can restore the EMA parameters alone. Orbax writes into a temporary directory and renames it when complete, so a
+crash mid-save never leaves a checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sora_jax.train.state import TrainState
+
+ITEMS = ("params", "ema_params", "opt_state")
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def manager(workdir: str | Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def _pure(tree: Any) -> Any:
+    """nnx States to plain nested dicts of arrays (what orbax stores)."""
+    return jax.tree.map(
+        lambda x: x.to_pure_dict() if isinstance(x, nnx.State) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.State),
+    )
+
+
+def save(mgr: ocp.CheckpointManager, state: TrainState, *, force: bool = True) -> None:
+    step = int(state.step)
+    args = {name: ocp.args.StandardSave(_pure(getattr(state, name))) for name in ITEMS}
+    mgr.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def restore(mgr: ocp.CheckpointManager, abstract: TrainState, step: int | None = None) -> TrainState:
+    """Restore a full train state onto the shardings ``abstract`` carries (any mesh)."""
+    step = mgr.latest_step() if step is None else step
+    args = {name: ocp.args.StandardRestore(_pure(getattr(abstract, name))) for name in ITEMS}
+    restored = mgr.restore(step, args=ocp.args.Composite(**args))
+    parts = {name: _fill(getattr(abstract, name), restored[name]) for name in ITEMS}
+    step_array = jax.device_put(jnp.asarray(step, jnp.int32), abstract.step.sharding)
+    return TrainState(step=step_array, **parts)
+
+
+def restore_params(
+    mgr: ocp.CheckpointManager,
+    abstract_params: nnx.State,
+    step: int | None = None,
+    item: str = "ema_params",
+) -> nnx.State:
+    """Restore only one parameter item (the EMA by default) for sampling or evaluation."""
+    step = mgr.latest_step() if step is None else step
+    restored = mgr.restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(_pure(abstract_params))})
+    )
+    return _fill(abstract_params, restored[item])
+
+
+def _fill(target: Any, pure: Any) -> Any:
+    """Put restored plain arrays back into the structure of ``target`` (nnx States included)."""
+    if isinstance(target, nnx.State):
+        state = jax.tree.map(lambda x: x, target)  # A copy whose leaves are then replaced.
+        nnx.replace_by_pure_dict(state, pure)
+        return state
+    return jax.tree.map(
+        lambda t, p: _fill(t, p) if isinstance(t, nnx.State) else p,
+        target,
+        pure,
+        is_leaf=lambda x: isinstance(x, nnx.State),
+    )

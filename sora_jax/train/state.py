@@ -1,0 +1,94 @@
+"""The train state and how it is created, already sharded, on the mesh.
+
+Following the eval_shape -> shardings -> jit(init, out_shardings) pattern: the state is first
+traced abstractly to learn its shapes and logical axis names, the names are mapped to the mesh,
+and only then is it materialised, each parameter directly on the devices that hold it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sora_jax.model.dit import VideoDiT, build_model
+from sora_jax.parallel.sharding import logical_to_spec
+from sora_jax.train.optimizer import make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; a pytree of arrays (``step`` is an int32 scalar)."""
+
+    step: jax.Array
+    params: nnx.State
+    ema_params: nnx.State
+    opt_state: optax.OptState
+
+
+def split_model(model: VideoDiT) -> tuple[nnx.GraphDef, nnx.State]:
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params
+
+
+def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+    """The model's structure (no arrays are allocated)."""
+    graphdef, _ = jax.eval_shape(lambda: split_model(build_model(config, 0)))
+    return graphdef
+
+
+def state_shardings(abstract: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a pytree whose Variables carry logical names (others: replicated)."""
+    specs = nnx.get_partition_spec(abstract)
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec))),
+        specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
+    optimizer = make_optimizer(config)
+
+    def init() -> TrainState:
+        _, params = split_model(build_model(config, config.seed))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=params,
+            opt_state=optimizer.init(params),
+        )
+
+    return init
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """Initialise parameters, EMA and optimizer state from ``config.seed``, sharded on ``mesh``.
+
+    Returns (graphdef, state, state_shardings).
+    """
+    init = _initializer(config)
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(abstract, mesh)
+    state = jax.jit(init, out_shardings=shardings)()
+    return model_graphdef(config), state, shardings
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, without allocating it (for restore)."""
+    abstract = jax.eval_shape(_initializer(config))
+    shardings = state_shardings(abstract, mesh)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def count_params(params: nnx.State) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,65 @@
+"""The train step: a pure function of (state, batch), jitted once for the whole run.
+
+Noise and timesteps come from ``fold_in(seed, step)`` inside the step, so a run is a pure function
+of (config, seed, step) and a resumed run continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from sora_jax.diffusion.flow import flow_loss
+from sora_jax.train.optimizer import ema_update, learning_rate, make_optimizer
+from sora_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def make_loss_fn(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
+) -> Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict]]:
+    """``loss(params, batch, key) -> (loss, aux)`` for the model described by ``graphdef``."""
+
+    def loss_fn(params: nnx.State, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
+        model = nnx.merge(graphdef, params)
+        return flow_loss(lambda noisy, t: model(noisy, t, batch), batch, key, config)
+
+    return loss_fn
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step; the trainer jits it with shardings and donates the state."""
+    optimizer = make_optimizer(config)
+    schedule = learning_rate(config, config.train.steps)
+    loss_fn = make_loss_fn(graphdef, config)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = step_key(config.seed, state.step)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, config.optim.ema_decay, state.step)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "lr": schedule(state.step),
+            "clips": jnp.sum(batch["clip_grid"][..., 0] > 0),
+            "tokens": jnp.sum(batch["segment_ids"] > 0),
+        }
+        new_state = TrainState(state.step + 1, params, ema, opt_state)
+        return new_state, metrics
+
+    return train_step

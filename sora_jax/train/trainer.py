@@ -1,0 +1,171 @@
+"""``sora-jax train``: one training run, top to bottom.
+
+Sections: workdir and mesh -> input pipeline -> train state (fresh or restored) -> compiled step ->
+sampler -> loop (step, metrics, samples) -> final checkpoint. The same code runs on one CPU, fake
+CPU devices, or a TPU pod; only the mesh differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from sora_jax.config import config_to_json
+from sora_jax.data.pipeline import batch_stream
+from sora_jax.data.video_io import write_video
+from sora_jax.eval.generate import make_generator
+from sora_jax.parallel.mesh import make_mesh
+from sora_jax.parallel.sharding import named
+from sora_jax.train import checkpoint
+from sora_jax.train.metrics import MetricsWriter, model_flops_per_token
+from sora_jax.train.state import (
+    abstract_train_state,
+    count_params,
+    create_train_state,
+    model_graphdef,
+)
+from sora_jax.train.step import make_train_step
+
+log = logging.getLogger("sora_jax")
+
+# Logical names of each packed-batch field's axes: rows are split over the data-parallel devices.
+BATCH_AXES = {
+    "patches": ("batch", None, None),
+    "segment_ids": ("batch", None),
+    "positions": ("batch", None, None),
+    "cond_mask": ("batch", None),
+    "text_tokens": ("batch", None),
+    "text_segment_ids": ("batch", None),
+    "text_positions": ("batch", None),
+    "clip_grid": ("batch", None, None),
+    "clip_frames": ("batch", None),
+    "clip_fps": ("batch", None),
+}
+
+
+def process_rows(config: ml_collections.ConfigDict, mesh: Mesh) -> list[int]:
+    """The rows of each global batch this process builds: those its devices hold."""
+    rows, data_ways = config.data.batch_size, mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % data_ways:
+        raise ValueError(
+            f"data.batch_size={rows} does not split over the {data_ways} data-parallel devices "
+            f"(mesh.ici_data x mesh.ici_fsdp); use a multiple of {data_ways}"
+        )
+    per_process = rows // jax.process_count()
+    start = jax.process_index() * per_process
+    return list(range(start, start + per_process))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rows: int) -> dict[str, jax.Array]:
+    """This process's rows to global arrays sharded over the mesh's data axes."""
+    return {
+        name: jax.make_array_from_process_local_data(
+            named(mesh, BATCH_AXES[name]), value, (rows, *value.shape[1:])
+        )
+        for name, value in batch.items()
+    }
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics."""
+    # --- workdir and mesh ------------------------------------------------------------------------
+    workdir = Path(workdir)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        (workdir / "samples").mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_to_json(config))
+    mesh = make_mesh(config)
+    log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+    # --- train state: restored from the latest checkpoint, or fresh -----------------------------
+    ckpt = checkpoint.manager(workdir)
+    if ckpt.latest_step() is None:
+        graphdef, state, shardings = create_train_state(config, mesh)
+    else:
+        abstract = abstract_train_state(config, mesh)
+        state = checkpoint.restore(ckpt, abstract)
+        graphdef, shardings = model_graphdef(config), jax.tree.map(lambda a: a.sharding, abstract)
+    start = int(state.step)
+    log.info("parameters: %s; starting at step %d", f"{count_params(state.params):,}", start)
+
+    # --- input pipeline ---------------------------------------------------------------------------
+    rows = process_rows(config, mesh)
+    batches = batch_stream(config, start, rows)
+
+    # --- compiled step: one program for the whole run -------------------------------------------
+    step_fn = jax.jit(
+        make_train_step(graphdef, config),
+        in_shardings=(shardings, {k: named(mesh, v) for k, v in BATCH_AXES.items()}),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    t = config.train
+    generate = make_generator(
+        graphdef,
+        config,
+        frames=t.sample_frames,
+        height=t.sample_height,
+        width=t.sample_width,
+        steps=config.diffusion.sample_steps,
+        guidance=config.diffusion.guidance,
+        method=config.diffusion.sampler,
+    )
+
+    # --- loop ------------------------------------------------------------------------------------
+    writer = MetricsWriter(workdir)
+    progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train")
+    metrics: dict[str, float] = {}
+    last_time, last_step = time.perf_counter(), start
+    for step in range(start, t.steps):
+        batch = to_global(next(batches), mesh, config.data.batch_size)
+        state, device_metrics = step_fn(state, batch)
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            now = time.perf_counter()
+            seconds = (now - last_time) / (done - last_step)
+            last_time, last_step = now, done
+            mean_clip = metrics["tokens"] / max(metrics["clips"], 1.0)
+            flops = model_flops_per_token(config, mean_clip) * metrics["tokens"]
+            metrics |= {
+                "step_seconds": seconds,
+                "tokens_per_s": metrics["tokens"] / seconds,
+                "tflops_per_s": flops / seconds / 1e12,
+                "compiles": step_fn._cache_size(),
+            }
+            writer.write(done, metrics)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+        progress.update(1)
+        if t.sample_every and done % t.sample_every == 0 and done != t.steps:
+            write_samples(generate, state, t, workdir, done, writer)
+    progress.close()
+
+    # --- final checkpoint and samples -----------------------------------------------------------
+    checkpoint.save(ckpt, state)
+    ckpt.wait_until_finished()
+    write_samples(generate, state, t, workdir, int(state.step), writer)
+    writer.close()
+    log.info("train step compiled %d time(s)", step_fn._cache_size())
+    return metrics
+
+
+def write_samples(generate, state, train_config, workdir: Path, step: int, writer) -> None:
+    """One mp4 and gif per sample prompt from the EMA parameters, into ``DIR/samples/``."""
+    for index, prompt in enumerate(train_config.sample_prompts):
+        frames = generate(state.ema_params, prompt, index)
+        if jax.process_index() != 0:
+            continue
+        for suffix in ("mp4", "gif"):
+            write_video(
+                workdir / "samples" / f"step_{step:06d}_{index}.{suffix}",
+                frames,
+                train_config.sample_fps,
+            )
+        writer.write_frames(step, f"samples/{index}", frames)

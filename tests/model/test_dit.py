@@ -1,0 +1,102 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments.world_tiny import get_config
+from sora_jax.data.packing import PackedClip, pack_rows
+from sora_jax.data.patches import grid_size, patchify
+from sora_jax.model.dit import build_model
+from sora_jax.model.rope import apply_rope, axis_dims, rope_angles
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rng = np.random.default_rng(0)
+    head_dim = 24
+    q = jnp.asarray(rng.normal(size=(1, 1, 1, head_dim)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(1, 1, 1, head_dim)), jnp.float32)
+    dims = axis_dims(head_dim)
+
+    def score(pos_q, pos_k):
+        aq = rope_angles(jnp.asarray([[pos_q]]), dims, 10_000.0)
+        ak = rope_angles(jnp.asarray([[pos_k]]), dims, 10_000.0)
+        return float(jnp.sum(apply_rope(q, aq) * apply_rope(k, ak)))
+
+    base = score((1, 2, 3), (4, 0, 5))
+    np.testing.assert_allclose(score((11, 7, 2), (14, 5, 4)), base, rtol=1e-4)
+    assert abs(score((1, 2, 3), (4, 1, 5)) - base) > 1e-3  # A different offset scores differently.
+    assert sum(dims) == head_dim and all(d % 2 == 0 for d in dims)
+
+
+def _perturbed_model(config):
+    """A model whose zero-initialised layers are made non-zero, so outputs depend on everything."""
+    model = build_model(config, 0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def _clip(config, frames, height, width, seed, caption):
+    patch = tuple(config.model.patch_size)
+    video = np.random.default_rng(seed).normal(size=(frames, height, width, 3)).astype(np.float32)
+    patches, positions = patchify(video, patch)
+    return PackedClip(
+        patches,
+        positions,
+        grid_size(frames, height, width, patch),
+        frames,
+        8.0,
+        np.asarray(caption, np.int32),
+    )
+
+
+def test_packed_rows_give_each_clip_the_output_it_gets_alone():
+    config = get_config("test")
+    model = _perturbed_model(config)
+    a = _clip(config, 4, 16, 16, 0, [1, 5, 9])
+    b = _clip(config, 2, 16, 24, 1, [1, 7])
+    c = _clip(config, 1, 8, 8, 2, [1])
+    layout = dict(seq_len=96, patch_dim=a.patches.shape[1], max_clips=3, text_len=8)
+    packed = pack_rows([[b, a, c]], **layout)
+    alone = pack_rows([[a]], **layout)
+    t_packed = jnp.asarray([[0.3, 0.7, 0.5]])
+    t_alone = jnp.asarray([[0.7, 0.0, 0.0]])
+    noisy_packed = jnp.asarray(packed["patches"])
+    out_packed = model(noisy_packed, t_packed, jax.tree.map(jnp.asarray, packed))
+    out_alone = model(jnp.asarray(alone["patches"]), t_alone, jax.tree.map(jnp.asarray, alone))
+    in_packed = packed["segment_ids"][0] == 2
+    np.testing.assert_allclose(
+        np.asarray(out_packed[0][in_packed]),
+        np.asarray(out_alone[0][: a.num_tokens]),
+        atol=2e-5,
+        rtol=1e-5,
+    )
+    # The clip's neighbours do influence their own tokens: the output is not trivially constant.
+    assert float(jnp.abs(out_packed[0][packed["segment_ids"][0] == 1]).mean()) > 1e-3
+
+
+def test_fresh_model_predicts_zero_velocity():
+    config = get_config("test")
+    model = build_model(config, 0)
+    clip = _clip(config, 2, 16, 16, 0, [1, 2])
+    batch = pack_rows([[clip]], seq_len=40, patch_dim=clip.patches.shape[1], max_clips=2, text_len=4)
+    out = model(jnp.asarray(batch["patches"]), jnp.full((1, 2), 0.5), jax.tree.map(jnp.asarray, batch))
+    assert out.shape == batch["patches"].shape and out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), 0.0)  # adaLN-Zero and zero final layer.
+
+
+def test_scan_and_loop_over_blocks_agree():
+    config = get_config("test")
+    clip = _clip(config, 4, 16, 16, 3, [1, 4])
+    batch = jax.tree.map(
+        jnp.asarray,
+        pack_rows([[clip]], seq_len=64, patch_dim=clip.patches.shape[1], max_clips=1, text_len=4),
+    )
+    outputs = []
+    for scan, remat in ((True, "full"), (False, "none")):
+        config.model.scan_layers, config.model.remat = scan, remat
+        model = _perturbed_model(config)
+        outputs.append(np.asarray(model(batch["patches"], jnp.full((1, 1), 0.4), batch)))
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
