@@ -150,7 +150,7 @@ def config_to_json(config: ConfigDict) -> str:
 def _merge(config: ConfigDict, values: dict, prefix: str) -> None:
     for key, value in values.items():
         if isinstance(value, dict):
-            _merge(config[key], value, prefix + key + ".")
+            _merge(config, value, prefix + key + ".")
         else:
             _set(config, prefix + key, value)
 

@@ -2,8 +2,8 @@
 
 A checkpoint of step N is a directory ``DIR/checkpoints/N`` with one item per part of the state
 (``params``, ``ema_params``, ``opt_state``; the step is the directory's name), so sampling and
-evaluation can restore the EMA parameters alone. Orbax writes into a temporary directory and renames it when complete, so a
-crash mid-save never leaves a checkpoint that looks finished.
+evaluation can restore the EMA parameters alone. Orbax writes into a temporary directory and
+renames it when complete, so a crash mid-save never leaves a checkpoint that looks finished.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""The ``sora-jax`` commands end to end, as a user runs them (separate processes, 8 fake devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sora_jax.data.video_io import probe_video, read_video
+
+TINY = "experiments/world_tiny.py:test"
+
+
+def sora_jax(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sora_jax.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = sora_jax(
+        "train", "--config", TINY, "--workdir", str(workdir), "--config.train.steps=4", "--config.seed=5"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_train_writes_config_metrics_tensorboard_samples_and_checkpoint(trained):
+    workdir, result = trained
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["steps"] == 4 and config["seed"] == 5
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_seconds", "tflops_per_s"):
+        assert all(np.isfinite(line[key]) for line in lines), key
+    assert lines[-1]["compiles"] == 1  # One compiled step for every mix of clip shapes.
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "checkpoints" / "4").is_dir()
+    frames, fps = read_video(workdir / "samples" / "step_000004_0.mp4")
+    assert frames.shape == (4, 16, 16, 3) and fps == pytest.approx(8.0)
+    assert probe_video(workdir / "samples" / "step_000004_0.gif").num_frames == 4
+    assert "mesh {'data': 8" in result.stderr  # Data parallel over the 8 fake devices.
+
+
+def test_train_resumes_from_the_latest_checkpoint(trained, tmp_path):
+    workdir, _ = trained
+    result = sora_jax(
+        "train", "--config", TINY, "--workdir", str(workdir), "--config.train.steps=6", "--config.seed=5"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting at step 4" in result.stderr
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sample_writes_mp4_and_gif_of_the_asked_shape(trained, tmp_path):
+    workdir, _ = trained
+    out = tmp_path / "clip.mp4"
+    result = sora_jax(
+        "sample",
+        "--workdir",
+        str(workdir),
+        "--prompt",
+        "a small red ball falls",
+        "--frames",
+        "3",
+        "--height",
+        "16",
+        "--width",
+        "24",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--guidance",
+        "2.0",
+        "--sampler",
+        "heun",
+        "--seed",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    frames, _ = read_video(out)
+    assert frames.shape == (3, 16, 24, 3)
+    assert read_video(out.with_suffix(".gif"))[0].shape == (3, 16, 24, 3)
+
+
+def test_bad_config_is_refused_before_compiling(tmp_path):
+    result = sora_jax("train", "--config", TINY, "--workdir", str(tmp_path / "x"), "--config.model.heads=5")
+    assert result.returncode == 2
+    assert "config key 'model.dim'" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_sample_on_a_directory_that_is_not_a_run_is_clear(tmp_path):
+    result = sora_jax("sample", "--workdir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "a.mp4"))
+    assert result.returncode == 2 and "config.json not found" in result.stderr
