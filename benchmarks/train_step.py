@@ -25,8 +25,7 @@ from sora_jax.data.pipeline import WorldBatches
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import count_params, create_train_state
-from sora_jax.train.step import make_train_step
-from sora_jax.train.trainer import BATCH_AXES, to_global
+from sora_jax.train.trainer import jit_train_step, to_global
 
 
 def matmul_flops_per_s(size: int = 1024, repeats: int = 20) -> float:
@@ -58,14 +57,7 @@ def main() -> None:
     config = load_config(args.config)
     mesh = make_mesh(config)
     graphdef, state, shardings = create_train_state(config, mesh)
-    from sora_jax.parallel.sharding import named
-
-    step_fn = jax.jit(
-        make_train_step(graphdef, config),
-        in_shardings=(shardings, {k: named(mesh, v) for k, v in BATCH_AXES.items()}),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(graphdef, config, mesh, shardings)
     source = WorldBatches(config)
     batches = [to_global(source.batch(i), mesh, config.data.batch_size) for i in range(args.steps + 1)]
 
@@ -94,7 +86,7 @@ def main() -> None:
         ("batch", f"{config.data.batch_size} rows x {config.data.seq_len} tokens"),
         ("compile time", f"{compile_seconds:.1f} s"),
         (
-            "step time (mean of %d)" % len(times),
+            f"step time (mean of {len(times)})",
             f"{step_seconds * 1000:.0f} ms (min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})",
         ),
         ("tokens/s (non-padding)", f"{statistics.mean(tokens) / step_seconds:,.0f}"),

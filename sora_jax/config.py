@@ -73,6 +73,8 @@ def base_config() -> ConfigDict:
 
     # --- diffusion: rectified flow ---------------------------------------------------------------
     c.diffusion = f = ConfigDict()
+    f.prediction = "data"  # What the network outputs: data (clean patches) | velocity.
+    f.min_t = 0.05  # With data prediction, velocity = (x_t - x0) / max(t, min_t).
     f.logit_mean = 0.0  # Timesteps t = sigmoid(n), n ~ Normal(logit_mean, logit_std).
     f.logit_std = 1.0
     f.shift_base_tokens = 256  # Clips of this many tokens get no timestep shift ...
@@ -249,6 +251,7 @@ def validate(config: ConfigDict) -> None:
         ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
         ("data.source", d.source, ("world",)),
         ("diffusion.sampler", f.sampler, ("euler", "heun")),
+        ("diffusion.prediction", f.prediction, ("data", "velocity")),
     ):
         if value not in allowed:
             _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
@@ -293,6 +296,8 @@ def validate(config: ConfigDict) -> None:
         _fail("data.fps", f"needs 0 < min <= max, got {d.fps}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
+    if not 0.0 < f.min_t < 1.0:
+        _fail("diffusion.min_t", f"must be in (0, 1), got {f.min_t}")
     if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:
         _fail("diffusion.shift_max", "logit_std > 0, shift_base_tokens >= 1 and shift_max >= 1")
     if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:

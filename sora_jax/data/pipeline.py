@@ -128,12 +128,14 @@ def batch_stream(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches ``start_step, start_step + 1, ...`` up to ``train.steps``, built by grain.
 
-    With ``data.workers > 0`` batches are built in that many worker processes, ``data.prefetch``
-    each ahead of the training step; the order is the same either way.
+    Batches are built ``data.prefetch`` ahead in a background thread, or with ``data.workers > 0``
+    in that many worker processes; the order is the same either way.
     """
     source = WorldBatches(config, row_ids)
     dataset = grain.MapDataset.range(start_step, config.train.steps).map(source.batch)
-    iterable = dataset.to_iter_dataset()
+    # One background thread keeps `prefetch` batches ready while the device computes a step.
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch)
+    iterable = dataset.to_iter_dataset(read)
     if config.data.workers > 0:
         iterable = iterable.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(

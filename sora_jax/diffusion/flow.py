@@ -43,6 +43,35 @@ def clip_token_counts(segment_ids_bl: jax.Array, max_clips: int) -> jax.Array:
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def token_timesteps(t_clip_bs: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    """Per-clip timesteps ``[B, S]`` to per-token ``[B, L, 1]``; conditioning tokens are at t = 0."""
+    t_token = jnp.take_along_axis(t_clip_bs, jnp.maximum(batch["segment_ids"] - 1, 0), axis=1)
+    return jnp.where(batch["cond_mask"], 0.0, t_token)[..., None]
+
+
+def velocity_predictor(
+    model: Callable[[jax.Array, jax.Array, dict], jax.Array],
+    batch: dict[str, jax.Array],
+    config: ml_collections.ConfigDict,
+) -> VelocityFn:
+    """Wrap the network as ``velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``.
+
+    With ``diffusion.prediction = "data"`` the network outputs the clean patches ``x0`` and the
+    velocity is derived as ``(x_t - x0) / t`` (t floored at ``diffusion.min_t``). Clean data lies
+    near a low-dimensional manifold while noise fills every dimension of a patch, so a small
+    network predicts ``x0`` far more accurately than it predicts noise; the loss stays on velocity.
+    With ``"velocity"`` the output is the velocity itself.
+    """
+    if config.prediction == "velocity":
+        return lambda noisy, t: model(noisy, t, batch)
+
+    def velocity(noisy: jax.Array, t_clip: jax.Array) -> jax.Array:
+        clean = model(noisy, t_clip, batch)
+        return (noisy - clean) / jnp.maximum(token_timesteps(t_clip, batch), config.min_t)
+
+    return velocity
+
+
 def flow_loss(
     predict_velocity: VelocityFn,
     batch: dict[str, jax.Array],
@@ -62,8 +91,7 @@ def flow_loss(
     time_key, noise_key = jax.random.split(key)
     counts = clip_token_counts(segment_ids, max_clips)
     t_clip = sample_timesteps(time_key, counts, config.diffusion)  # [B, S]
-    t_token = jnp.take_along_axis(t_clip, jnp.maximum(segment_ids - 1, 0), axis=1)
-    t_token = jnp.where(batch["cond_mask"], 0.0, t_token)[..., None]
+    t_token = token_timesteps(t_clip, batch)
     noise = jax.random.normal(noise_key, patches.shape, patches.dtype)
     noisy = (1.0 - t_token) * patches + t_token * noise
     velocity = predict_velocity(noisy, t_clip)

@@ -19,7 +19,7 @@ from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify, unpatchify
 from sora_jax.data.pipeline import model_to_pixels
 from sora_jax.data.tokenizer import WordTokenizer
-from sora_jax.diffusion.flow import resolution_shift
+from sora_jax.diffusion.flow import resolution_shift, velocity_predictor
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
 
 
@@ -68,10 +68,10 @@ def make_generator(
 
     @jax.jit
     def sample(params: nnx.State, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, params)
+        velocity = velocity_predictor(nnx.merge(graphdef, params), batch, config.diffusion)
 
         def velocity_pair(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-            v = model(jnp.stack([x, x]), jnp.full((2, 1), t), batch)
+            v = velocity(jnp.stack([x, x]), jnp.full((2, 1), t))
             return v[0], v[1]
 
         noise = jax.random.normal(key, (num_tokens, patch_dim))

@@ -14,7 +14,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from sora_jax.diffusion.flow import flow_loss
+from sora_jax.diffusion.flow import flow_loss, velocity_predictor
 from sora_jax.train.optimizer import ema_update, learning_rate, make_optimizer
 from sora_jax.train.state import TrainState
 
@@ -32,7 +32,7 @@ def make_loss_fn(
 
     def loss_fn(params: nnx.State, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
         model = nnx.merge(graphdef, params)
-        return flow_loss(lambda noisy, t: model(noisy, t, batch), batch, key, config)
+        return flow_loss(velocity_predictor(model, batch, config.diffusion), batch, key, config)
 
     return loss_fn
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -26,6 +28,7 @@ from sora_jax.parallel.sharding import named
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter, model_flops_per_token
 from sora_jax.train.state import (
+    TrainState,
     abstract_train_state,
     count_params,
     create_train_state,
@@ -73,6 +76,18 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rows: int) -> dict[str, 
     }
 
 
+def jit_train_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh, state_shardings: TrainState
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The train step jitted with explicit shardings: state in place (donated), batch over rows."""
+    return jax.jit(
+        make_train_step(graphdef, config),
+        in_shardings=(state_shardings, {k: named(mesh, v) for k, v in BATCH_AXES.items()}),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics."""
     # --- workdir and mesh ------------------------------------------------------------------------
@@ -100,12 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     batches = batch_stream(config, start, rows)
 
     # --- compiled step: one program for the whole run -------------------------------------------
-    step_fn = jax.jit(
-        make_train_step(graphdef, config),
-        in_shardings=(shardings, {k: named(mesh, v) for k, v in BATCH_AXES.items()}),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step_fn = jit_train_step(graphdef, config, mesh, shardings)
     t = config.train
     generate = make_generator(
         graphdef,
@@ -148,15 +158,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     progress.close()
 
     # --- final checkpoint and samples -----------------------------------------------------------
-    checkpoint.save(ckpt, state)
-    ckpt.wait_until_finished()
+    if ckpt.latest_step() != int(state.step):  # A run that was already complete saves nothing new.
+        checkpoint.save(ckpt, state)
+        ckpt.wait_until_finished()
     write_samples(generate, state, t, workdir, int(state.step), writer)
     writer.close()
     log.info("train step compiled %d time(s)", step_fn._cache_size())
     return metrics
 
 
-def write_samples(generate, state, train_config, workdir: Path, step: int, writer) -> None:
+def write_samples(
+    generate: Callable[[nnx.State, str, int], np.ndarray],
+    state: TrainState,
+    train_config: ml_collections.ConfigDict,
+    workdir: Path,
+    step: int,
+    writer: MetricsWriter,
+) -> None:
     """One mp4 and gif per sample prompt from the EMA parameters, into ``DIR/samples/``."""
     for index, prompt in enumerate(train_config.sample_prompts):
         frames = generate(state.ema_params, prompt, index)

@@ -96,3 +96,21 @@ def test_euler_reaches_the_end_of_a_constant_flow_and_heun_is_second_order():
 def test_guidance_extrapolates_from_unconditional_to_conditional():
     velocity = guided(lambda x, t: (x + 1.0, x), scale=3.0)
     np.testing.assert_allclose(velocity(jnp.zeros(2), 0.5), 3.0)
+
+
+def test_data_prediction_turns_the_clean_clip_into_the_true_velocity():
+    from sora_jax.diffusion.flow import token_timesteps, velocity_predictor
+
+    config = get_config("test").diffusion
+    batch = _batch()
+    noise = jax.random.normal(jax.random.key(0), batch["patches"].shape)
+    t_clip = jnp.asarray([[0.3, 0.9, 0.5], [0.02, 0.5, 0.5]])
+    t_token = token_timesteps(t_clip, batch)
+    noisy = (1 - t_token) * batch["patches"] + t_token * noise
+    velocity = velocity_predictor(lambda x, t, b: b["patches"], batch, config)(noisy, t_clip)
+    exact = np.asarray(t_token[..., 0] >= config.min_t) & np.asarray(batch["segment_ids"] > 0)
+    np.testing.assert_allclose(
+        np.asarray(velocity)[exact], np.asarray(noise - batch["patches"])[exact], atol=1e-5
+    )
+    # Below min_t the division is floored, so the velocity stays bounded.
+    assert np.isfinite(np.asarray(velocity)).all() and not exact[1].any()

@@ -28,6 +28,11 @@ def test_rope_scores_depend_only_on_relative_position():
     assert sum(dims) == head_dim and all(d % 2 == 0 for d in dims)
 
 
+@nnx.jit
+def _apply(model, noisy, timesteps, batch):
+    return model(noisy, timesteps, batch)
+
+
 def _perturbed_model(config):
     """A model whose zero-initialised layers are made non-zero, so outputs depend on everything."""
     model = build_model(config, 0)
@@ -64,8 +69,8 @@ def test_packed_rows_give_each_clip_the_output_it_gets_alone():
     t_packed = jnp.asarray([[0.3, 0.7, 0.5]])
     t_alone = jnp.asarray([[0.7, 0.0, 0.0]])
     noisy_packed = jnp.asarray(packed["patches"])
-    out_packed = model(noisy_packed, t_packed, jax.tree.map(jnp.asarray, packed))
-    out_alone = model(jnp.asarray(alone["patches"]), t_alone, jax.tree.map(jnp.asarray, alone))
+    out_packed = _apply(model, noisy_packed, t_packed, jax.tree.map(jnp.asarray, packed))
+    out_alone = _apply(model, jnp.asarray(alone["patches"]), t_alone, jax.tree.map(jnp.asarray, alone))
     in_packed = packed["segment_ids"][0] == 2
     np.testing.assert_allclose(
         np.asarray(out_packed[0][in_packed]),
@@ -82,7 +87,9 @@ def test_fresh_model_predicts_zero_velocity():
     model = build_model(config, 0)
     clip = _clip(config, 2, 16, 16, 0, [1, 2])
     batch = pack_rows([[clip]], seq_len=40, patch_dim=clip.patches.shape[1], max_clips=2, text_len=4)
-    out = model(jnp.asarray(batch["patches"]), jnp.full((1, 2), 0.5), jax.tree.map(jnp.asarray, batch))
+    out = _apply(
+        model, jnp.asarray(batch["patches"]), jnp.full((1, 2), 0.5), jax.tree.map(jnp.asarray, batch)
+    )
     assert out.shape == batch["patches"].shape and out.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(out), 0.0)  # adaLN-Zero and zero final layer.
 
@@ -98,5 +105,20 @@ def test_scan_and_loop_over_blocks_agree():
     for scan, remat in ((True, "full"), (False, "none")):
         config.model.scan_layers, config.model.remat = scan, remat
         model = _perturbed_model(config)
-        outputs.append(np.asarray(model(batch["patches"], jnp.full((1, 1), 0.4), batch)))
+        outputs.append(np.asarray(_apply(model, batch["patches"], jnp.full((1, 1), 0.4), batch)))
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32_output():
+    config = get_config("test")
+    clip = _clip(config, 2, 16, 16, 4, [1, 3])
+    batch = jax.tree.map(
+        jnp.asarray, pack_rows([[clip]], seq_len=32, patch_dim=clip.patches.shape[1], max_clips=1, text_len=4)
+    )
+    reference = np.asarray(_apply(_perturbed_model(config), batch["patches"], jnp.full((1, 1), 0.6), batch))
+    config.model.dtype = "bfloat16"
+    model = _perturbed_model(config)
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+    out = np.asarray(_apply(model, batch["patches"], jnp.full((1, 1), 0.6), batch))
+    assert out.dtype == np.float32
+    assert np.abs(out - reference).mean() < 0.05 * np.abs(reference).mean()

@@ -1,0 +1,532 @@
+"""A store of variable-shape clips (pixels or latents) on tensorstore, local or remote.
+
+Layout under the store's root (a local directory or any tensorstore kvstore URL such as
+``gs://bucket/store``; every key is read and written through tensorstore, never ``os``)::
+
+    clip_store.json             {"format", "version", "dtype", "channels", "chunk_elements", "extra"}
+    data/                       zarr v3 array, 1-D, the store's dtype, chunks of ~4 MiB, zstd
+    index/000000000001.jsonl    index segment: one JSON object per line, written once
+    index/000000000007.all.jsonl  compacted index: every entry of segments <= 7
+
+Each clip is the C-order ``[T, H, W, C]`` array flattened into the contiguous element range
+``[offset, offset + T*H*W*C)`` of ``data``, so clips of any shape share one array, reading a
+clip is one tensorstore read, and appending writes only past the end (only the partly filled
+last chunk is rewritten, and a kvstore writes a chunk atomically, so committed bytes are never
+lost). ``data`` grows by resizing its zarr shape, never by moving data. Pixels are ``uint8``
+with ``C == 3``; latents are ``float16``/``float32`` with any ``C``. The dtype and channel
+count are fixed when the store is created.
+
+Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
+"offset"}`` and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
+at once but only stages its entry; :meth:`ClipStore.flush` writes all staged entries as one new
+segment, a single atomic object write. So an entry can only exist for data that was completely
+written: a crash before the flush loses the staged clips (their space is reused by the next
+writer) but never leaves an entry pointing at missing data.
+
+Concurrency: one writer at a time. Ingest decodes in worker processes that return frames to one
+parent process, and only that parent opens the store for writing, so no locking is needed.
+Segment writes are conditional on the key being absent, so a second writer that does appear
+fails loudly instead of silently replacing entries. Any number of readers may open the store;
+a reader sees the entries flushed before it opened it (open it again to see later ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+FORMAT = "sora_jax.clip_store"
+VERSION = 1
+DTYPES = ("uint8", "float16", "float32")
+METADATA_KEY = "clip_store.json"
+DEFAULT_CHUNK_BYTES = 4 << 20  # Big enough for cheap object-store requests, small enough to read.
+
+# A key's generation when it does not exist: a write conditioned on it only creates.
+_NO_VALUE = b"\x02"
+_SEGMENT = re.compile(r"^(\d{12})(\.all)?\.jsonl$")
+_GROWTH = 1.25  # Geometric growth keeps zarr metadata rewrites O(log size).
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipRecord:
+    """One committed clip: where its data lies and what it shows.
+
+    ``shape`` is ``(T, H, W, C)``; ``fps`` frames/s (0.0 for a still image); ``start`` the
+    time (s) in ``source`` of the clip's first frame; ``offset`` the element (not byte) index of
+    the clip's first value in the store's flat data array.
+    """
+
+    clip_id: str
+    shape: tuple[int, int, int, int]
+    fps: float
+    caption: str
+    source: str
+    start: float
+    offset: int
+
+    @property
+    def num_frames(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        """Number of elements, ``T * H * W * C``."""
+        return math.prod(self.shape)
+
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "type": "clip",
+            "id": self.clip_id,
+            "shape": list(self.shape),
+            "fps": self.fps,
+            "caption": self.caption,
+            "source": self.source,
+            "start": self.start,
+            "offset": self.offset,
+        }
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> ClipRecord:
+        shape = tuple(int(n) for n in entry["shape"])
+        if len(shape) != 4:
+            raise ValueError(f"clip entry {entry.get('id')!r} has shape {shape}, expected 4 dims")
+        return cls(
+            clip_id=str(entry["id"]),
+            shape=shape,  # type: ignore[arg-type]  # Length checked above.
+            fps=float(entry["fps"]),
+            caption=str(entry["caption"]),
+            source=str(entry["source"]),
+            start=float(entry["start"]),
+            offset=int(entry["offset"]),
+        )
+
+
+def _root_spec(path: str | os.PathLike) -> ts.KvStore.Spec:
+    """A kvstore spec for the store's root directory (always ending in "/")."""
+    path = os.fspath(path)
+    if "://" in path:
+        return ts.KvStore.Spec(path if path.endswith("/") else path + "/")
+    # A spec rather than a "file://" URL: local paths may hold characters URLs must escape.
+    return ts.KvStore.Spec({"driver": "file", "path": os.path.abspath(path) + "/"})
+
+
+def _encode_lines(entries: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in entries).encode()
+
+
+class ClipStore:
+    """Clips of one dtype and channel count, each a ``[T, H, W, C]`` array with its own T, H, W.
+
+    Open with :meth:`create` or :meth:`open`. In the process that writes, ``len``,
+    :attr:`records`, :meth:`has`, :meth:`read` and :meth:`sources_done` include staged (not yet
+    flushed) entries; other processes, and stores opened later, see them only after
+    :meth:`flush`. Not thread-safe for writing. Pickling gives a fresh reader of the flushed
+    state (so a store can be handed to data-loader worker processes).
+    """
+
+    def __init__(self, path: str, root: ts.KvStore, metadata: dict[str, Any], data: ts.TensorStore) -> None:
+        """Internal: use :meth:`create` or :meth:`open`."""
+        self._path = path
+        self._root = root
+        self._index = root / "index/"
+        self._data = data
+        self.dtype = np.dtype(metadata["dtype"])
+        self.channels = int(metadata["channels"])
+        self.chunk_elements = int(metadata["chunk_elements"])
+        self.extra: dict[str, Any] = dict(metadata.get("extra", {}))
+        self._saved_extra = json.dumps(self.extra, sort_keys=True)
+        self._records: list[ClipRecord] = []
+        self._by_id: dict[str, int] = {}
+        self._done: set[str] = set()
+        self._pending: list[dict[str, Any]] = []  # Staged entries, in order.
+        self._in_atomic = False
+        self._seq = 0  # Highest index segment number seen or written.
+        self._live_segments = 0  # Segment objects a reader has to read (for compaction).
+        self._end = 0  # First element past all committed and staged data.
+        self._load_index()
+
+    # -- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: str | np.dtype = "uint8",
+        channels: int = 3,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        compress: bool = True,
+        extra: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+    ) -> ClipStore:
+        """Creates an empty store at ``path`` (a local directory or a kvstore URL).
+
+        ``dtype`` is one of ``uint8`` (pixels), ``float16``, ``float32`` (latents); ``channels``
+        the last axis of every clip. ``chunk_bytes`` sets the zarr chunk (rounded to whole
+        elements); ``compress`` adds zstd (level 3) to each chunk. ``extra`` seeds
+        :attr:`extra`. With ``exist_ok``, an existing store with the same dtype and channels is
+        opened instead (a different one raises ValueError); otherwise an existing store raises
+        FileExistsError.
+        """
+        name = np.dtype(dtype).name
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+        if not (isinstance(channels, int) and channels >= 1):
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        spec = _root_spec(path)
+        root = ts.KvStore.open(spec).result()
+        if root.read(METADATA_KEY).result().state == "value":
+            if not exist_ok:
+                raise FileExistsError(f"a clip store already exists at {os.fspath(path)!r}")
+            store = cls.open(path)
+            if store.dtype.name != name or store.channels != channels:
+                raise ValueError(
+                    f"existing store at {os.fspath(path)!r} holds {store.dtype.name} clips with "
+                    f"C={store.channels}, not {name} with C={channels}"
+                )
+            return store
+        chunk_elements = max(1, chunk_bytes // np.dtype(name).itemsize)
+        codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        if compress:
+            codecs.append({"name": "zstd", "configuration": {"level": 3}})
+        data_spec = {
+            "driver": "zarr3",
+            "kvstore": (spec / "data/").to_json(),
+            "metadata": {
+                "shape": [0],
+                "data_type": name,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_elements]}},
+                "chunk_key_encoding": {"name": "default"},
+                "fill_value": 0,
+                "codecs": codecs,
+            },
+        }
+        try:
+            data = ts.open(data_spec, create=True).result()
+        except ValueError as e:  # ALREADY_EXISTS: an earlier create died before its metadata.
+            raise FileExistsError(
+                f"{os.fspath(path)!r} holds a data array but no {METADATA_KEY}: an interrupted "
+                "create or not a clip store; remove it first"
+            ) from e
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": name,
+            "channels": channels,
+            "chunk_elements": chunk_elements,
+            "extra": dict(extra or {}),
+        }
+        # Written last, and only if absent: a directory is a store once this key exists.
+        stamp = root.write(METADATA_KEY, json.dumps(metadata, indent=1), if_equal=_NO_VALUE).result()
+        if not stamp.generation:
+            raise FileExistsError(f"another process created a clip store at {os.fspath(path)!r}")
+        return cls(_display_path(path), root, metadata, data)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ClipStore:
+        """Opens the store at ``path``, loading its committed index.
+
+        Raises FileNotFoundError if ``path`` holds no clip store, ValueError if its metadata is
+        not a clip store's of a supported version.
+        """
+        spec = _root_spec(path)
+        root = ts.KvStore.open(spec).result()
+        result = root.read(METADATA_KEY).result()
+        if result.state != "value":
+            raise FileNotFoundError(f"no clip store at {os.fspath(path)!r} (missing {METADATA_KEY})")
+        try:
+            metadata = json.loads(result.value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.fspath(path)!r}: {METADATA_KEY} is not valid JSON: {e}") from e
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a clip store ({METADATA_KEY} has another format)")
+        if metadata.get("version") != VERSION:
+            raise ValueError(f"clip store version {metadata.get('version')} unsupported (want {VERSION})")
+        data = ts.open({"driver": "zarr3", "kvstore": (spec / "data/").to_json()}, open=True).result()
+        if data.dtype.numpy_dtype != np.dtype(metadata["dtype"]) or data.rank != 1:
+            raise ValueError(f"{os.fspath(path)!r}: data array does not match {METADATA_KEY}")
+        return cls(_display_path(path), root, metadata, data)
+
+    def __reduce__(self) -> tuple:
+        return (ClipStore.open, (self._path,))
+
+    def __enter__(self) -> ClipStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Staged entries describe completely written clips, so committing them is safe even
+        # when the block failed; only atomic() blocks drop entries.
+        self.flush()
+
+    def __repr__(self) -> str:
+        return (
+            f"ClipStore({self._path!r}, dtype={self.dtype.name}, channels={self.channels}, clips={len(self)})"
+        )
+
+    # -- index ------------------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        # A compaction may delete segments between our listing and our reads; list again then.
+        for _ in range(5):
+            keys = sorted(k.decode() for k in self._index.list().result())
+            segments = [(int(m[1]), bool(m[2]), k) for k in keys if (m := _SEGMENT.match(k))]
+            compacted = max((seq for seq, full, _ in segments if full), default=0)
+            live = [
+                (seq, k)
+                for seq, full, k in segments
+                if (full and seq == compacted) or (not full and seq > compacted)
+            ]
+            live.sort()
+            futures = [self._index.read(k) for _, k in live]
+            results = [f.result() for f in futures]
+            if all(r.state == "value" for r in results):
+                break
+        else:
+            raise RuntimeError(f"index of {self._path!r} kept changing while being read")
+        self._seq = max((seq for seq, _, _ in segments), default=0)
+        self._live_segments = len(live)
+        for (_, key), result in zip(live, results, strict=True):
+            for n, line in enumerate(result.value.decode().splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    self._apply(json.loads(line))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{self._path!r}: bad index entry at index/{key}:{n + 1}: {e}") from e
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        if entry["type"] == "clip":
+            record = ClipRecord.from_entry(entry)
+            if record.clip_id in self._by_id:
+                raise ValueError(f"duplicate clip id {record.clip_id!r}")
+            self._by_id[record.clip_id] = len(self._records)
+            self._records.append(record)
+            self._end = max(self._end, record.offset + record.size)
+        elif entry["type"] == "done":
+            self._done.add(str(entry["source"]))
+        else:
+            raise ValueError(f"unknown entry type {entry['type']!r}")
+
+    def flush(self) -> None:
+        """Commits staged entries (one atomic segment write) and any change to :attr:`extra`.
+
+        Call it outside :meth:`atomic` blocks. Raises RuntimeError if another writer has written
+        the same segment (two writers on one store is unsupported).
+        """
+        if self._in_atomic:
+            raise RuntimeError("flush() inside atomic() would commit a partial group")
+        extra = json.dumps(self.extra, sort_keys=True)  # Also checks it is JSON-serializable.
+        if self._pending:
+            key = f"{self._seq + 1:012d}.jsonl"
+            stamp = self._index.write(key, _encode_lines(self._pending), if_equal=_NO_VALUE).result()
+            if not stamp.generation:
+                raise RuntimeError(
+                    f"index/{key} of {self._path!r} already exists: another process is writing"
+                )
+            self._seq += 1
+            self._live_segments += 1
+            self._pending.clear()
+        if extra != self._saved_extra:
+            metadata = json.loads(self._root.read(METADATA_KEY).result().value)
+            metadata["extra"] = self.extra
+            self._root.write(METADATA_KEY, json.dumps(metadata, indent=1)).result()
+            self._saved_extra = extra
+
+    def close(self) -> None:
+        """Flushes; the store stays usable."""
+        self.flush()
+
+    def compact(self, min_segments: int = 2) -> None:
+        """Flushes, then merges the index into one object if it spans ``>= min_segments``.
+
+        Opening a store reads every live segment, so a long ingest (a segment per flush) should
+        compact at the end. The merged object is written before older segments are deleted, so a
+        crash at any point leaves a complete index.
+        """
+        self.flush()
+        if self._live_segments < max(min_segments, 1):
+            return
+        entries = [r.to_entry() for r in self._records]
+        entries += [{"type": "done", "source": s} for s in sorted(self._done)]
+        key = f"{self._seq:012d}.all.jsonl"
+        stamp = self._index.write(key, _encode_lines(entries), if_equal=_NO_VALUE).result()
+        if not stamp.generation:
+            raise RuntimeError(f"index/{key} of {self._path!r} already exists: another process is writing")
+        stale = [k.decode() for k in self._index.list().result()]
+        futures = [self._index.write(k, None) for k in stale if _SEGMENT.match(k) and k != key]
+        for f in futures:
+            f.result()
+        self._live_segments = 1
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Groups appends and marks: if the block raises, everything it staged is dropped.
+
+        Entries are committed by a later :meth:`flush`, all or none. Use it to add a source's
+        clips and its done mark so an interruption never commits part of a source.
+        """
+        if self._in_atomic:
+            raise RuntimeError("atomic() blocks do not nest")
+        n_pending, n_records, end = len(self._pending), len(self._records), self._end
+        self._in_atomic = True
+        try:
+            yield
+        except BaseException:
+            for entry in self._pending[n_pending:]:
+                if entry["type"] == "clip":
+                    del self._by_id[entry["id"]]
+                else:
+                    self._done.discard(entry["source"])
+            del self._pending[n_pending:]
+            del self._records[n_records:]
+            self._end = end  # The dropped clips' space is reused by the next append.
+            raise
+        finally:
+            self._in_atomic = False
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        frames: np.ndarray,
+        *,
+        clip_id: str,
+        fps: float,
+        caption: str,
+        source: str,
+        start: float,
+    ) -> None:
+        """Writes ``frames`` (``[T, H, W, C]``, the store's dtype and C) and stages its entry.
+
+        The data is written before this returns; the entry becomes durable at the next
+        :meth:`flush`. ``fps`` is frames/s (>= 0, 0 for stills), ``start`` seconds into
+        ``source``. Raises ValueError naming the problem for a duplicate ``clip_id``, a wrong
+        dtype (no implicit casts), rank or channel count, an empty clip, non-finite latents,
+        or a non-finite ``fps``/``start``.
+        """
+        if not isinstance(clip_id, str) or not clip_id:
+            raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")
+        if clip_id in self._by_id:
+            raise ValueError(f"duplicate clip id {clip_id!r}")
+        if not isinstance(frames, np.ndarray):
+            raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+        if frames.dtype != self.dtype:
+            raise ValueError(
+                f"clip {clip_id!r}: dtype {frames.dtype} does not match the store's {self.dtype}"
+            )
+        if frames.ndim != 4:
+            raise ValueError(f"clip {clip_id!r}: frames must be [T, H, W, C], got shape {frames.shape}")
+        if frames.shape[-1] != self.channels:
+            raise ValueError(
+                f"clip {clip_id!r}: {frames.shape[-1]} channels, the store holds C={self.channels}"
+            )
+        if frames.size == 0:
+            raise ValueError(f"clip {clip_id!r}: empty clip, shape {frames.shape}")
+        if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+            raise ValueError(f"clip {clip_id!r}: frames contain NaN or inf")
+        if not (math.isfinite(fps) and fps >= 0):
+            raise ValueError(f"clip {clip_id!r}: fps must be finite and >= 0, got {fps}")
+        if not math.isfinite(start):
+            raise ValueError(f"clip {clip_id!r}: start must be finite, got {start}")
+        for name, value in (("caption", caption), ("source", source)):
+            if not isinstance(value, str):
+                raise ValueError(f"clip {clip_id!r}: {name} must be a str, got {type(value).__name__}")
+
+        offset, size = self._end, frames.size
+        if offset + size > self._data.shape[0]:
+            # Grow by whole chunks (unwritten chunks cost nothing) and geometrically.
+            want = max(offset + size, math.ceil(self._data.shape[0] * _GROWTH))
+            want = -(-want // self.chunk_elements) * self.chunk_elements
+            self._data = self._data.resize(exclusive_max=[want], expand_only=True).result()
+        self._data[offset : offset + size].write(frames.reshape(-1)).result()
+        record = ClipRecord(
+            clip_id=clip_id,
+            shape=tuple(int(n) for n in frames.shape),  # type: ignore[arg-type]
+            fps=float(fps),
+            caption=caption,
+            source=source,
+            start=float(start),
+            offset=offset,
+        )
+        self._by_id[clip_id] = len(self._records)
+        self._records.append(record)
+        self._pending.append(record.to_entry())
+        self._end = offset + size
+
+    def mark_done(self, source: str) -> None:
+        """Stages a mark that ``source`` is fully ingested; committed by the next :meth:`flush`.
+
+        Entries commit in order, so a mark staged after a source's clips never becomes visible
+        without them. Marking a source twice is a no-op.
+        """
+        if not isinstance(source, str):
+            raise ValueError(f"source must be a str, got {type(source).__name__}")
+        if source not in self._done:
+            self._done.add(source)
+            self._pending.append({"type": "done", "source": source})
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def path(self) -> str:
+        """The store's location: an absolute local path or the URL it was opened with."""
+        return self._path
+
+    @property
+    def kvstore(self) -> ts.KvStore:
+        """The root kvstore, for side files (reports) that must live next to the store."""
+        return self._root
+
+    @property
+    def records(self) -> list[ClipRecord]:
+        """All clips in append order (a new list each call)."""
+        return list(self._records)
+
+    def record(self, key: int | str) -> ClipRecord:
+        """The record at position ``key`` (negative counts from the end) or with id ``key``."""
+        if isinstance(key, str):
+            try:
+                return self._records[self._by_id[key]]
+            except KeyError:
+                raise KeyError(f"no clip {key!r} in {self._path!r}") from None
+        return self._records[key]
+
+    def has(self, clip_id: str) -> bool:
+        return clip_id in self._by_id
+
+    def sources_done(self) -> set[str]:
+        """Sources marked done (a copy)."""
+        return set(self._done)
+
+    def read(self, key: int | str) -> np.ndarray:
+        """The clip at position ``key`` or with id ``key``: ``[T, H, W, C]`` in the store's dtype.
+
+        One tensorstore read of the clip's element range. Raises KeyError for an unknown id and
+        IndexError for a position out of range.
+        """
+        record = self.record(key)
+        end = record.offset + record.size
+        if end > self._data.shape[0]:
+            # A writer grew the array after this handle was opened: reload its metadata.
+            self._data = ts.open(self._data.spec(minimal_spec=True), open=True).result()
+        flat = self._data[record.offset : end].read().result()
+        return flat.reshape(record.shape)
+
+
+def _display_path(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)

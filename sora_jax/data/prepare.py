@@ -1,0 +1,684 @@
+"""Ingest: videos and images with captions into a :class:`~sora_jax.data.clip_store.ClipStore`.
+
+Input is either a folder, searched recursively for ``.mp4 .avi .mov .mkv .webm .gif .jpg .jpeg
+.png`` files (hidden files and folders skipped) each captioned by a sidecar ``.txt`` with the
+same stem, or a CSV in the Open-Sora layout: columns ``path,text`` plus optional
+``num_frames,height,width,fps``, paths relative to the CSV's folder. Only ``fps`` is used from
+the optional columns, and only when the file itself reports no frame rate; sizes and lengths
+are probed from the files, which are what actually gets decoded.
+
+Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``, ids ``"<source>#<k>"`` where
+``<source>`` is the path relative to the folder (or as written in the CSV):
+
+* Frame rate: frames are sampled every ``1/fps`` s from the first frame, each sample taking
+  the frame on screen at that time (the last frame with timestamp <= sample time). Sources at or
+  below ``fps`` keep their own rate instead: repeating frames to reach ``fps`` would only teach
+  the model to stutter. ``fps=None`` keeps every frame. The clip's record says its real rate.
+* Duration: clips hold at most ``floor(max_seconds * rate)`` frames. A leftover tail shorter
+  than half a clip is merged with the clip before it and the two are split evenly, so every
+  clip of a long video has between half and all of the maximum length.
+* Size: scaled by ``s = min(1, sqrt(max_area / (h * w)))`` keeping the aspect ratio, then
+  center-cropped to ``H = floor(h * s)`` and ``W = floor(w * s)`` rounded down to multiples
+  of 8 (so ``H * W <= max_area``; the crop loses at most 7 rows/columns, where stretching to
+  the rounded size would distort small frames by up to 8/H). Scaling uses FFmpeg's swscale
+  area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
+  sampled frames; frames are never upscaled.
+* Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
+
+Bad input never stops a run: each source that cannot be used is skipped and listed with a
+reason (see ``REASONS``). Decoding runs in ``workers`` spawned processes, one file per process
+at a time, so a decoder crash (even a segfault) or hang in one file fails only that file; the
+dead or stuck process is replaced. Workers write decoded clips to a local scratch folder and the
+parent process alone appends them to the store, each source's clips and its done mark in one
+atomic group, so a source is either completely in the store (and skipped by later runs) or not
+at all. Failed sources are retried by later runs. A report is written to
+``<output>/prepare_report.json``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sora_jax.data import video_io
+from sora_jax.data.clip_store import ClipStore
+from sora_jax.data.video_io import VideoDecodeError, probe_video
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+REPORT_KEY = "prepare_report.json"
+
+REASONS = {
+    "missing_caption": "no sidecar .txt / empty CSV text, and no caption_default",
+    "missing_file": "a CSV row names a file that does not exist",
+    "duplicate": "a CSV row repeats an earlier row's path",
+    "empty_file": "zero bytes",
+    "unreadable": "the file cannot be opened (permissions, I/O error)",
+    "decode_error": "FFmpeg cannot demux or decode it (corrupt, truncated, no video stream)",
+    "no_frames": "opens but yields no decodable frame",
+    "unknown_fps": "fps=None and the file reports no frame rate",
+    "too_small": "a side below min_side, or under 8 pixels after scaling to max_area",
+    "too_large": "more than max_input_pixels pixels per frame",
+    "worker_crash": "the decoding process died (segfault, out of memory)",
+    "timeout": "decoding took longer than file_timeout",
+    "partial_in_store": "the store holds clips of this source but no done mark (written by other means)",
+    "internal_error": "an unexpected exception while decoding",
+}
+
+_FLUSH_SECONDS = 30.0  # Work an interruption can lose is bounded by this, plus one file.
+_FLUSH_SOURCES = 256
+_COMPACT_SEGMENTS = 32
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What a :func:`prepare` run did. Counts are for this run only.
+
+    ``inputs_seen``: media files found (folder) or CSV rows. ``sources_done``: sources ingested
+    by this run. ``skipped_done``: sources already done by an earlier run. ``failures``:
+    ``{reason: count}``; ``failed``: ``{"path", "reason", "detail"}`` per skipped source, sorted
+    by path, ``path`` relative to the input folder (or as in the CSV).
+    """
+
+    input: str
+    output: str
+    inputs_seen: int = 0
+    sources_done: int = 0
+    skipped_done: int = 0
+    clips_written: int = 0
+    frames_written: int = 0
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def fail(self, path: str, reason: str, detail: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self.failed.append({"path": path, "reason": reason, "detail": detail})
+        log.info("skipped %s: %s (%s)", path, reason, detail)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
+
+
+class SkipSource(Exception):
+    """A source that cannot be used; args are ``(reason, detail)`` so it pickles intact."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    max_seconds: float
+    fps: float | None
+    max_area: int
+    min_side: int
+    max_input_pixels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    key: str  # Relative path: the source's name in the store and in clip ids.
+    path: str  # Where to read it.
+    caption: str | None
+    fps_hint: float  # From a CSV's fps column; 0.0 if none.
+
+
+def prepare(
+    input: str,
+    output: str,
+    *,
+    max_seconds: float = 4.0,
+    fps: float | None = 8.0,
+    max_area: int = 256 * 256,
+    min_side: int = 16,
+    max_input_pixels: int = 4096 * 4096,
+    workers: int = 2,
+    caption_default: str | None = None,
+    file_timeout: float | None = 1800.0,
+) -> PrepareReport:
+    """Decodes the videos/images under ``input`` into uint8 clips in the store at ``output``.
+
+    ``input``: a folder or an Open-Sora CSV (see the module docstring); ``output``: a clip
+    store path or URL, created if absent (an existing one must hold uint8, C=3 clips).
+    ``max_seconds``: longest clip (s). ``fps``: target frames/s (None keeps every frame).
+    ``max_area``: most pixels per output frame. ``min_side``: smallest usable source side (px).
+    ``max_input_pixels``: largest usable source frame (px), a guard against decompression
+    bombs. ``workers``: decoding processes (0 decodes in this process: no crash isolation, for
+    debugging). ``caption_default``: caption for sources without one (None skips them).
+    ``file_timeout``: seconds one file may take to decode before its process is killed (None:
+    no limit; ignored with ``workers=0``).
+
+    Sources already marked done in the store are skipped, so an interrupted run resumes where
+    it stopped. Raises ValueError for bad arguments or a CSV without a ``path`` column and
+    FileNotFoundError for a missing ``input``; per-source problems are only reported.
+    """
+    if not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be positive or None, got {fps}")
+    if max_area < 64:
+        raise ValueError(f"max_area must be >= 64 (one 8x8 frame), got {max_area}")
+    if min_side < 1 or max_input_pixels < 1:
+        raise ValueError(f"min_side and max_input_pixels must be >= 1, got {min_side}, {max_input_pixels}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if file_timeout is not None and not file_timeout > 0:
+        raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
+    started = time.monotonic()
+    settings = _Settings(
+        float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
+    )
+    report = PrepareReport(input=os.fspath(input), output=os.fspath(output))
+
+    sources, report.inputs_seen = _discover(Path(input), report)
+    store = ClipStore.create(output, dtype="uint8", channels=3, exist_ok=True)
+    done = store.sources_done()
+    partial = {r.source for r in store.records} - done
+    todo: list[_Source] = []
+    for source in sources:
+        if source.key in done:
+            report.skipped_done += 1
+        elif source.key in partial:
+            report.fail(source.key, "partial_in_store", "clips present without a done mark; not re-adding")
+        elif source.caption is None and caption_default is None:
+            report.fail(source.key, "missing_caption", "no caption file or text")
+        else:
+            todo.append(dataclasses.replace(source, caption=source.caption or caption_default))
+
+    scratch = tempfile.mkdtemp(prefix="sora_prepare_")
+    pool = None
+    try:
+        pool = _Pool(workers, file_timeout) if workers > 0 and todo else None
+        tasks = (
+            (i, _decode_source, (s.path, os.path.join(scratch, str(i)), settings, s.fps_hint))
+            for i, s in enumerate(todo)
+        )
+        results = pool.run(tasks) if pool else ((i, *_call(fn, args)) for i, fn, args in tasks)
+        last_flush, unflushed = time.monotonic(), 0
+        for i, ok, value in results:
+            source = todo[i]
+            try:
+                if ok:
+                    _ingest(store, source, *value, report)
+                    unflushed += 1
+                else:
+                    report.fail(source.key, *value)
+            finally:
+                shutil.rmtree(os.path.join(scratch, str(i)), ignore_errors=True)
+            if unflushed >= _FLUSH_SOURCES or time.monotonic() - last_flush > _FLUSH_SECONDS:
+                store.flush()
+                last_flush, unflushed = time.monotonic(), 0
+        store.compact(min_segments=_COMPACT_SEGMENTS)
+    finally:
+        if pool:
+            pool.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+        # Staged entries are whole sources (atomic groups), so committing them is always safe.
+        store.flush()
+
+    report.failed.sort(key=lambda f: (f["path"], f["reason"]))
+    report.elapsed_s = round(time.monotonic() - started, 3)
+    store.kvstore.write(REPORT_KEY, report.to_json()).result()
+    log.info(
+        "prepare %s -> %s: %d sources done, %d already done, %d clips, %d frames, failures %s",
+        report.input,
+        report.output,
+        report.sources_done,
+        report.skipped_done,
+        report.clips_written,
+        report.frames_written,
+        report.failures,
+    )
+    return report
+
+
+def _ingest(
+    store: ClipStore, source: _Source, fps: float, clips: list[tuple[str, float]], report: PrepareReport
+) -> None:
+    """Appends one source's spooled clips and its done mark as one atomic group."""
+    frames_written = 0
+    with store.atomic():
+        for k, (file, start) in enumerate(clips):
+            frames = np.load(file)
+            store.append(
+                frames,
+                clip_id=f"{source.key}#{k}",
+                fps=fps,
+                caption=source.caption,
+                source=source.key,
+                start=start,
+            )
+            frames_written += frames.shape[0]
+        store.mark_done(source.key)
+    report.sources_done += 1
+    report.clips_written += len(clips)
+    report.frames_written += frames_written
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def _discover(input: Path, report: PrepareReport) -> tuple[list[_Source], int]:
+    """Sources in ``input`` (a folder or a CSV), plus how many inputs were seen."""
+    if input.is_file() and input.suffix.lower() == ".csv":
+        return _from_csv(input, report)
+    if input.is_dir():
+        return _from_folder(input)
+    if not input.exists():
+        raise FileNotFoundError(f"input {os.fspath(input)!r} does not exist")
+    raise ValueError(f"input must be a folder or a .csv file, got {os.fspath(input)!r}")
+
+
+def _from_folder(root: Path) -> tuple[list[_Source], int]:
+    sources = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        # Dot-files include partial writes (write_video's temporaries) and OS metadata.
+        if path.suffix.lower() not in MEDIA_SUFFIXES or any(p.startswith(".") for p in rel.parts):
+            continue
+        if not path.is_file():
+            continue
+        caption = _read_caption(path.with_suffix(".txt"))
+        sources.append(_Source(rel.as_posix(), os.fspath(path), caption, 0.0))
+    return sources, len(sources)
+
+
+def _from_csv(csv_path: Path, report: PrepareReport) -> tuple[list[_Source], int]:
+    sources: list[_Source] = []
+    keys: set[str] = set()
+    seen = 0
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ValueError(f"{os.fspath(csv_path)!r} has no 'path' column (columns: {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            seen += 1
+            raw = (row.get("path") or "").strip()
+            if not raw:
+                report.fail(f"{csv_path.name}:{line}", "missing_file", "empty path")
+                continue
+            absolute = os.path.isabs(raw)
+            key = Path(os.path.normpath(raw)).as_posix()
+            path = Path(raw) if absolute else csv_path.parent / raw
+            if key in keys:
+                report.fail(key, "duplicate", f"repeated at {csv_path.name} line {line}")
+                continue
+            keys.add(key)
+            if not path.is_file():
+                report.fail(key, "missing_file", f"{os.fspath(path)} not found")
+                continue
+            caption = (row.get("text") or "").strip() or None
+            sources.append(_Source(key, os.fspath(path), caption, _parse_float(row.get("fps"))))
+    return sources, seen
+
+
+def _read_caption(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def _parse_float(text: str | None) -> float:
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
+# -- decoding (runs in worker processes) ----------------------------------------------------
+
+
+def _target_size(height: int, width: int, max_area: int) -> tuple[int, int, int, int] | None:
+    """``(resize_h, resize_w, crop_h, crop_w)`` for a source frame, or None if under 8 px."""
+    scale = min(1.0, math.sqrt(max_area / (height * width)))
+    # The epsilon keeps exact products (512 * 0.5) from flooring one short through rounding.
+    crop_h = int(height * scale + 1e-9) // 8 * 8
+    crop_w = int(width * scale + 1e-9) // 8 * 8
+    if crop_h < 8 or crop_w < 8:
+        return None
+    return max(crop_h, round(height * scale)), max(crop_w, round(width * scale)), crop_h, crop_w
+
+
+class _ClipSpool:
+    """Cuts a stream of ``(time, frame)`` into clips saved as ``.npy`` files in ``directory``.
+
+    Holds at most two clips in memory: the last full clip is kept back until the stream ends so
+    a short tail can be merged with it and split evenly.
+    """
+
+    def __init__(self, directory: str, clip_len: int) -> None:
+        self.directory = directory
+        self.clip_len = clip_len
+        self.current: list[tuple[float, np.ndarray]] = []
+        self.held: list[tuple[float, np.ndarray]] | None = None
+        self.written: list[tuple[str, float]] = []
+        os.makedirs(directory, exist_ok=True)
+
+    def add(self, t: float, frame: np.ndarray) -> None:
+        self.current.append((t, frame))
+        if len(self.current) == self.clip_len:
+            if self.held is not None:
+                self._write(self.held)
+            self.held, self.current = self.current, []
+
+    def finish(self) -> list[tuple[str, float]]:
+        """Writes what is left; returns ``(file, start seconds)`` per clip in order."""
+        held, tail = self.held, self.current
+        if held is not None and tail and 2 * len(tail) < self.clip_len:
+            both = held + tail
+            half = (len(both) + 1) // 2
+            groups = [both[:half], both[half:]]
+        else:
+            groups = [g for g in (held, tail) if g]
+        for group in groups:
+            self._write(group)
+        self.held, self.current = None, []
+        return self.written
+
+    def _write(self, frames: list[tuple[float, np.ndarray]]) -> None:
+        file = os.path.join(self.directory, f"{len(self.written):06d}.npy")
+        np.save(file, np.stack([f for _, f in frames]))
+        self.written.append((file, frames[0][0]))
+
+
+def _decode_source(
+    path: str, spool: str, settings: _Settings, fps_hint: float
+) -> tuple[float, list[tuple[str, float]]]:
+    """Decodes, resamples, resizes and cuts one source into ``.npy`` clips under ``spool``.
+
+    Returns ``(fps, [(file, start_seconds), ...])``; ``fps`` is the clips' frame rate (0.0
+    for an image). Raises SkipSource for anything that makes the source unusable.
+    """
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError as e:
+        raise SkipSource("missing_file", str(e)) from None
+    except OSError as e:
+        raise SkipSource("unreadable", str(e)) from None
+    if size == 0:
+        raise SkipSource("empty_file", "0 bytes")
+    try:
+        info = probe_video(path)
+    except VideoDecodeError as e:
+        raise SkipSource("decode_error", e.reason) from None
+    _check_pixels(info.height, info.width, settings)
+    target = _target_size(info.height, info.width, settings.max_area)
+    if target is None:
+        raise SkipSource(
+            "too_small", f"{info.width}x{info.height} is under 8 px at max_area {settings.max_area}"
+        )
+    resize_h, resize_w, crop_h, crop_w = target
+    y0, x0 = (resize_h - crop_h) // 2, (resize_w - crop_w) // 2
+
+    def convert(frame: Any) -> np.ndarray:
+        # Checked per frame: headers can lie, and streams can change size midway.
+        _check_pixels(frame.height, frame.width, settings)
+        rgb = frame.to_ndarray(format="rgb24", width=resize_w, height=resize_h, interpolation="AREA")
+        return np.ascontiguousarray(rgb[y0 : y0 + crop_h, x0 : x0 + crop_w])
+
+    # video_io's still-image signature: image demuxers report no rate, one frame, no duration.
+    still = info.fps == 0.0 and info.num_frames == 1 and info.duration == 0.0
+    source_fps = info.fps or fps_hint
+    if still:
+        out_fps, step = 0.0, None
+    elif settings.fps is None or (source_fps and source_fps <= settings.fps * (1 + 1e-3)):
+        if not source_fps:
+            raise SkipSource("unknown_fps", "fps=None and the file reports no frame rate")
+        out_fps, step = source_fps, None  # Keep every frame.
+    else:
+        out_fps, step = settings.fps, 1.0 / settings.fps
+    clip_len = 1 if still else max(1, math.floor(settings.max_seconds * out_fps + 1e-6))
+    clips = _ClipSpool(spool, clip_len)
+
+    eps = 1e-6  # Seconds: float sample times vs exact rational timestamps.
+    t0 = prev = None
+    last_t = -math.inf
+    j = 0  # Next sample is at t0 + j * step; a product, so no drift over long videos.
+    cache: tuple[Any, np.ndarray] | None = None
+
+    def sample(frame: Any) -> np.ndarray:
+        nonlocal cache
+        if cache is None or cache[0] is not frame:  # A frame held over several samples.
+            cache = (frame, convert(frame))
+        return cache[1]
+
+    try:
+        # video_io's container handling (the "file:" prefix, FFmpeg errors as VideoDecodeError)
+        # but on av frames: iter_frames converts every frame to full-size RGB, whereas only the
+        # sampled ones are needed, and swscale converts and shrinks them in one pass.
+        with video_io._open_video(path) as (container, stream):
+            for t, frame in video_io._decode(container, stream, 0.0):
+                if t <= last_t:  # Out-of-order or repeated timestamps in broken streams.
+                    continue
+                last_t = t
+                if still:
+                    clips.add(0.0, convert(frame))
+                    break
+                if step is None:
+                    clips.add(t, convert(frame))
+                    continue
+                if t0 is None:
+                    t0 = t
+                while t0 + j * step < t - eps:  # Samples before this frame show the previous one.
+                    clips.add(t0 + j * step, sample(prev))
+                    j += 1
+                prev = frame
+    except VideoDecodeError as e:
+        raise SkipSource("decode_error", e.reason) from None
+    if prev is not None:
+        # The last frame stays on screen for one source frame interval.
+        end = last_t + (1.0 / source_fps if source_fps else step)
+        while t0 + j * step < end - eps:
+            clips.add(t0 + j * step, sample(prev))
+            j += 1
+    written = clips.finish()
+    if not written:
+        raise SkipSource("no_frames", "no decodable video frames")
+    return out_fps, written
+
+
+def _check_pixels(height: int, width: int, settings: _Settings) -> None:
+    if height * width > settings.max_input_pixels:
+        raise SkipSource("too_large", f"{width}x{height} > max_input_pixels {settings.max_input_pixels}")
+    if min(height, width) < settings.min_side:
+        raise SkipSource("too_small", f"{width}x{height} has a side < min_side {settings.min_side}")
+
+
+# -- worker processes -----------------------------------------------------------------------
+
+_Task = tuple[Any, Callable[..., Any], tuple]
+
+
+def _call(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, (reason, detail))``; never raises an Exception."""
+    try:
+        return True, fn(*args)
+    except SkipSource as e:
+        return False, (e.reason, e.detail)
+    except Exception as e:
+        return False, ("internal_error", f"{type(e).__name__}: {e}")
+
+
+_READY = "ready"  # A worker's first message: it started and can run tasks.
+_STARTUP_GRACE_S = 120.0  # How long a worker may take to start before its task's clock runs.
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides what to do and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send(_READY)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # Parent gone.
+            return
+        if task is None:
+            return
+        key, fn, args = task
+        conn.send((key, *_call(fn, args)))
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: Any  # multiprocessing.Process of the spawn context.
+    conn: multiprocessing.connection.Connection
+    key: Any = None  # The task it is running; None when idle.
+    deadline: float = math.inf
+    ready: bool = False  # Said it started; a worker that dies before that fails the run.
+
+
+class _Pool:
+    """Processes that run one task each at a time, so a crash or hang is pinned on its task.
+
+    ``concurrent.futures.ProcessPoolExecutor`` fails every in-flight task when one worker dies
+    and cannot kill a hung one; here a dead worker fails only its own task ("worker_crash"), a
+    task over ``timeout`` seconds has its worker killed ("timeout"), and either is replaced.
+    Workers are spawned, not forked: the parent may hold threads (tensorstore, JAX) that a fork
+    would copy in a broken state.
+    """
+
+    def __init__(self, size: int, timeout: float | None) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._timeout = timeout
+        self._workers = [self._start() for _ in range(size)]
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="sora-prepare")
+        process.start()
+        child.close()  # Only the worker holds its end: its death then reads as EOF here.
+        return _Worker(process, parent)
+
+    def run(self, tasks: Iterable[_Task]) -> Iterator[tuple[Any, bool, Any]]:
+        """Runs ``(key, fn, args)`` tasks; yields ``(key, ok, result or (reason, detail))``.
+
+        Results come in completion order. Tasks are pulled from ``tasks`` only as workers
+        free up, and the next is not started until the caller has taken the last result.
+        """
+        pending = collections.deque[_Task]()
+        todo = iter(tasks)
+        while True:
+            for i, worker in enumerate(self._workers):
+                if worker.key is not None:
+                    continue
+                task = pending.popleft() if pending else next(todo, None)
+                if task is None:
+                    break
+                try:
+                    worker.conn.send(task)
+                except OSError:  # Died while idle: replace it and retry the task.
+                    self._crashed(i)
+                    pending.append(task)
+                    continue
+                worker.key = task[0]
+                worker.deadline = self._deadline(worker)
+            busy = [(i, w) for i, w in enumerate(self._workers) if w.key is not None]
+            if not busy:
+                if pending:
+                    continue
+                return
+            wait = min(w.deadline for _, w in busy) - time.monotonic()
+            waitables = [w.conn for _, w in busy] + [w.process.sentinel for _, w in busy]
+            ready = set(
+                multiprocessing.connection.wait(waitables, None if math.isinf(wait) else max(wait, 0))
+            )
+            for i, worker in busy:
+                key = worker.key
+                if worker.conn in ready:
+                    try:
+                        message = worker.conn.recv()
+                    except (EOFError, OSError):
+                        yield key, False, self._crashed(i)
+                        continue
+                    if message == _READY:
+                        worker.ready = True
+                        worker.deadline = self._deadline(worker)
+                    else:
+                        worker.key = None
+                        yield key, message[1], message[2]
+                elif worker.process.sentinel in ready:
+                    yield key, False, self._crashed(i)
+                elif time.monotonic() >= worker.deadline:
+                    worker.process.kill()
+                    self._replace(i)
+                    yield key, False, ("timeout", f"no result after {self._timeout:g} s; worker killed")
+
+    def _deadline(self, worker: _Worker) -> float:
+        if not self._timeout:
+            return math.inf
+        # The clock starts once the worker has started: a slow start (a busy machine importing
+        # numpy and FFmpeg) is not the file's fault.
+        return time.monotonic() + self._timeout + (0.0 if worker.ready else _STARTUP_GRACE_S)
+
+    def _crashed(self, i: int) -> tuple[str, str]:
+        worker = self._workers[i]
+        worker.process.join(5.0)
+        code = worker.process.exitcode
+        if code is not None and code < 0:
+            try:
+                detail = f"decoding process killed by {signal.Signals(-code).name}"
+            except ValueError:
+                detail = f"decoding process killed by signal {-code}"
+        else:
+            detail = f"decoding process exited with code {code}"
+        if not worker.ready:
+            # Not the file's fault: no worker can start (an unguarded __main__ under spawn, a
+            # broken install), and blaming each file in turn would fail the whole dataset.
+            raise RuntimeError(
+                f"a decoding worker process died while starting ({detail}); its stderr says why. "
+                "Scripts that call prepare() with workers > 0 need an `if __name__ == '__main__':` guard."
+            )
+        self._replace(i)
+        return "worker_crash", detail
+
+    def _replace(self, i: int) -> None:
+        old = self._workers[i]
+        if old.process.is_alive():
+            old.process.kill()
+        old.process.join()
+        old.conn.close()
+        self._workers[i] = self._start()
+
+    def close(self) -> None:
+        """Stops idle workers politely and kills busy ones (their results are abandoned)."""
+        for worker in self._workers:
+            try:
+                if worker.key is None:
+                    worker.conn.send(None)
+                else:
+                    worker.process.kill()
+            except OSError:
+                pass
+        for worker in self._workers:
+            worker.process.join(5.0)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers = []
