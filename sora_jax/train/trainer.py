@@ -8,6 +8,7 @@ CPU devices, or a TPU pod; only the mesh differs.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,7 +131,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # --- loop ------------------------------------------------------------------------------------
     writer = MetricsWriter(workdir)
-    progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train")
+    # Redraw often on a terminal, rarely into a log file.
+    redraw = 0.5 if sys.stderr.isatty() else 30.0
+    progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train", mininterval=redraw)
     metrics: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
     for step in range(start, t.steps):
