@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.report import replace_section
 from sora_jax.config import load_config
-from sora_jax.data.pipeline import WorldBatches
+from sora_jax.data.pipeline import batch_stream
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import count_params, create_train_state
@@ -58,8 +58,8 @@ def main() -> None:
     mesh = make_mesh(config)
     graphdef, state, shardings = create_train_state(config, mesh)
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
-    source = WorldBatches(config)
-    batches = [to_global(source.batch(i), mesh, config.data.batch_size) for i in range(args.steps + 1)]
+    stream = batch_stream(config, config.data.batch_size)
+    batches = [to_global(next(stream), mesh, config.data.batch_size) for _ in range(args.steps + 1)]
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()

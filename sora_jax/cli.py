@@ -1,4 +1,4 @@
-"""The ``sora-jax`` command: ``train`` and ``sample`` (see ``sora-jax COMMAND --help``)."""
+"""The ``sora-jax`` command: train, sample, prepare, data-stats (see ``sora-jax COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
     sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    stats = commands.add_parser(
+        "data-stats",
+        help="packing efficiency, clip shapes and speed of an experiment's input pipeline",
+        epilog="The last line printed is one JSON object. --config.KEY=VALUE overrides work here too.",
+    )
+    stats.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    stats.add_argument("--batches", type=int, default=20)
+
+    prepare = commands.add_parser(
+        "prepare", help="decode a folder or CSV of captioned videos into a clip store"
+    )
+    prepare.add_argument("--input", required=True, help="folder (sidecar .txt captions) or CSV")
+    prepare.add_argument("--output", required=True, help="clip store path or URL (e.g. gs://...)")
+    prepare.add_argument("--workers", type=int, default=2, help="decoding processes")
+    prepare.add_argument("--max-seconds", type=float, default=4.0, help="longest clip")
+    prepare.add_argument("--fps", type=float, default=8.0, help="target frame rate (0: keep)")
+    prepare.add_argument("--max-area", type=int, default=256 * 256, help="most pixels a frame")
+    prepare.add_argument("--min-side", type=int, default=16, help="smallest usable source side")
+    prepare.add_argument("--caption-default", default=None, help="caption for uncaptioned files")
     return parser
 
 
@@ -63,14 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" notes.
     from sora_jax.config import ConfigError
 
     try:
         if args.command == "train":
             return _train(args, overrides)
+        if args.command == "data-stats":
+            return _data_stats(args, overrides)
         if overrides:
             raise ConfigError(f"{args.command} takes no --config overrides: {overrides}")
-        return _sample(args)
+        return _prepare(args) if args.command == "prepare" else _sample(args)
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
         return 2
@@ -82,6 +104,16 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(args.config, overrides)  # Validated here, before anything compiles.
     train(config, args.workdir)
+    return 0
+
+
+def _data_stats(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from sora_jax.config import load_config
+    from sora_jax.data.stats import pipeline_stats
+
+    print(json.dumps(pipeline_stats(load_config(args.config, overrides), args.batches)))
     return 0
 
 
@@ -124,6 +156,28 @@ def _sample(args: argparse.Namespace) -> int:
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
     print(f"wrote {out} and {out.with_suffix('.gif')} ({args.frames}x{args.height}x{args.width})")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from sora_jax.data.prepare import prepare
+
+    report = prepare(
+        args.input,
+        args.output,
+        max_seconds=args.max_seconds,
+        fps=args.fps or None,
+        max_area=args.max_area,
+        min_side=args.min_side,
+        workers=args.workers,
+        caption_default=args.caption_default,
+    )
+    print(
+        f"{report.clips_written} clips ({report.frames_written} frames) from "
+        f"{report.sources_done} sources; {report.skipped_done} already done; "
+        f"skipped {sum(report.failures.values())}: {report.failures}"
+    )
+    print(f"report: {args.output.rstrip('/')}/prepare_report.json")
     return 0
 
 

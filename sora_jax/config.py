@@ -57,7 +57,8 @@ def base_config() -> ConfigDict:
 
     # --- data: what a packed batch holds ---------------------------------------------------------
     c.data = d = ConfigDict()
-    d.source = "world"  # world: the built-in physics-world generator.
+    d.store = ""  # A clip store made by `sora-jax prepare` (path or URL); empty: physics world only.
+    d.store_weight = 1.0  # Fraction of clips drawn from the store; the physics world gives the rest.
     d.batch_size = 8  # Rows per global batch.
     d.seq_len = 512  # L: video tokens per row; every batch has this one static shape.
     d.max_clips_per_row = 8  # S: clips packed into one row at most.
@@ -249,7 +250,6 @@ def validate(config: ConfigDict) -> None:
         ("model.remat", m.remat, ("none", "full", "dots")),
         ("model.dtype", m.dtype, ("float32", "bfloat16")),
         ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
-        ("data.source", d.source, ("world",)),
         ("diffusion.sampler", f.sampler, ("euler", "heun")),
         ("diffusion.prediction", f.prediction, ("data", "velocity")),
     ):
@@ -294,6 +294,8 @@ def validate(config: ConfigDict) -> None:
         _fail("data.image_fraction", "must be a probability in [0, 1]")
     if not 0 < d.fps[0] <= d.fps[1]:
         _fail("data.fps", f"needs 0 < min <= max, got {d.fps}")
+    if not 0.0 < d.store_weight <= 1.0:
+        _fail("data.store_weight", f"must be in (0, 1], got {d.store_weight}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
     if not 0.0 < f.min_t < 1.0:

@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from sora_jax.data.video_io import probe_video, read_video
+from sora_jax.data.video_io import probe_video, read_video, write_video
 
 TINY = "experiments/world_tiny.py:test"
+# A constant learning rate, so a 4-step run continued to 6 matches a 6-step run step for step.
+CONSTANT_LR = ("--config.optim.warmup_steps=0", "--config.optim.min_lr_ratio=1.0")
 
 
 def sora_jax(*args: str) -> subprocess.CompletedProcess:
@@ -27,7 +29,14 @@ def sora_jax(*args: str) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     result = sora_jax(
-        "train", "--config", TINY, "--workdir", str(workdir), "--config.train.steps=4", "--config.seed=5"
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(workdir),
+        "--config.train.steps=4",
+        "--config.seed=5",
+        *CONSTANT_LR,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
@@ -41,7 +50,8 @@ def test_train_writes_config_metrics_tensorboard_samples_and_checkpoint(trained)
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_seconds", "tflops_per_s"):
         assert all(np.isfinite(line[key]) for line in lines), key
-    assert lines[-1]["compiles"] == 1  # One compiled step for every mix of clip shapes.
+    # One compiled step for every mix of clip shapes.
+    assert lines[-1]["compiles"] == 1 and lines[-1]["distinct_clip_shapes"] >= 10
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "checkpoints" / "4").is_dir()
     frames, fps = read_video(workdir / "samples" / "step_000004_0.mp4")
@@ -53,12 +63,34 @@ def test_train_writes_config_metrics_tensorboard_samples_and_checkpoint(trained)
 def test_train_resumes_from_the_latest_checkpoint(trained, tmp_path):
     workdir, _ = trained
     result = sora_jax(
-        "train", "--config", TINY, "--workdir", str(workdir), "--config.train.steps=6", "--config.seed=5"
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(workdir),
+        "--config.train.steps=6",
+        "--config.seed=5",
+        *CONSTANT_LR,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting at step 4" in result.stderr
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    # The same losses as a run that was never interrupted: state, data position and noise resume.
+    straight = tmp_path / "straight"
+    result = sora_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(straight),
+        "--config.train.steps=6",
+        "--config.seed=5",
+        *CONSTANT_LR,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [line["loss"] for line in lines[4:]] == [line["loss"] for line in reference[4:]]
 
 
 def test_sample_writes_mp4_and_gif_of_the_asked_shape(trained, tmp_path):
@@ -103,3 +135,44 @@ def test_bad_config_is_refused_before_compiling(tmp_path):
 def test_sample_on_a_directory_that_is_not_a_run_is_clear(tmp_path):
     result = sora_jax("sample", "--workdir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "a.mp4"))
     assert result.returncode == 2 and "config.json not found" in result.stderr
+
+
+def test_prepare_then_train_from_the_store(tmp_path):
+    rng = np.random.default_rng(1)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i, (frames, height, width) in enumerate([(10, 48, 64), (6, 64, 40), (8, 40, 40)]):
+        clip = np.clip(rng.normal(128, 50, (frames, height, width, 3)), 0, 255).astype(np.uint8)
+        write_video(videos / f"v{i}.mp4", clip, 8.0)
+        (videos / f"v{i}.txt").write_text(f"a noisy video {i}")
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    (videos / "broken.txt").write_text("a caption for a file that does not decode")
+    store = tmp_path / "store"
+    result = sora_jax("prepare", "--input", str(videos), "--output", str(store), "--workers", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 clips" in result.stdout
+    report = json.loads((store / "prepare_report.json").read_text())
+    assert report["clips_written"] == 3 and report["failures"] == {"decode_error": 1}
+
+    workdir = tmp_path / "run"
+    result = sora_jax(
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(workdir),
+        "--config.train.steps=3",
+        f"--config.data.store={store}",
+        "--config.data.side=(8,40)",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["compiles"] == 1 and last["distinct_clip_shapes"] >= 10
+
+
+def test_data_stats_prints_one_json_object_last():
+    result = sora_jax("data-stats", "--config", TINY, "--batches", "3", "--config.data.batch_size=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["packing_efficiency"] > 0.9 and stats["distinct_shapes"] >= 5
+    assert stats["clips_per_row"] > 1 and stats["tokens_per_s"] > 0

@@ -1,27 +1,35 @@
-"""The training input: a stream of packed batches, each a pure function of (seed, step).
+"""The training input: a grain pipeline from clip sources to packed batches of one static shape.
 
-Every row is filled clip by clip: the pipeline draws a clip's duration and resolution, and when the
-drawn clip does not fit what is left of the row it shortens it (then shrinks it) to fit, so rows end
-nearly full whatever the mix of shapes. The physics world renders each clip at exactly the drawn
-shape, so no resizing or cropping is needed.
+    sources (world, stores) ── shuffle by (seed, epoch), mix by weight ── this process's share
+      ── PackedBatches: choose each clip's shape to fit its row, load, patchify, pack ──
+      ── worker processes with prefetch ── numpy batches [rows, L, ...]
 
-Batch ``step`` holds global rows ``[step * B, (step + 1) * B)``; a process builds only the rows its
-devices hold. Because a batch depends on nothing but (seed, step), resuming at step ``k`` continues
-the exact sequence, and grain's workers can build batches out of order and in parallel.
+A clip's duration and resolution are chosen when it is placed: its shape is drawn at random from
+what its source offers, and a clip that does not fit what is left of the row (or would leave a gap
+no clip can fill) takes instead the largest shape that does. Rows end nearly full whatever the mix
+of shapes, and the train step compiles once.
+
+Each process reads only its own share of the stream (every ``process_count``-th request), so shares
+are disjoint and together cover the data. The iterator's state (grain's ``get_state``) restores
+the exact sequence of batches that would have come next.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
+from absl import flags as absl_flags
 
-from sora_jax.data import world
 from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
+from sora_jax.data.sources import StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
 
 
@@ -35,20 +43,75 @@ def model_to_pixels(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(values) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-class WorldBatches:
-    """Packed batches of physics-world clips; ``batch(step)`` is deterministic in (seed, step)."""
+@dataclasses.dataclass(frozen=True)
+class ClipRequest:
+    """One clip of the stream: ``index`` of source ``source``; ``position`` seeds its randomness."""
 
-    def __init__(self, config: ml_collections.ConfigDict, row_ids: Sequence[int] | None = None) -> None:
-        """``row_ids``: which of the ``data.batch_size`` rows this process builds (default: all)."""
-        self.seed = config.seed
-        self.data = config.data
+    source: int
+    index: int
+    position: int
+
+
+def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
+    """The configured sources and their mixing weights."""
+    data, patch = config.data, tuple(config.model.patch_size)
+    if not data.store:
+        return [WorldSource(config.seed, data, patch)], [1.0]
+    store = StoreSource(data.store, data, patch)
+    if data.store_weight >= 1.0:
+        return [store], [1.0]
+    return [store, WorldSource(config.seed, data, patch)], [data.store_weight, 1 - data.store_weight]
+
+
+def request_stream(
+    config: ml_collections.ConfigDict, sources: Sequence, weights: Sequence[float]
+) -> grain.MapDataset:
+    """Clip requests, each source reshuffled every epoch by (seed, epoch), mixed by weight."""
+    streams = []
+    for number, source in enumerate(sources):
+        indices = grain.MapDataset.range(len(source))
+        if not isinstance(source, WorldSource):  # Procedural clips need no shuffling.
+            indices = indices.shuffle(seed=config.seed + number)
+        streams.append(indices.repeat().map(lambda index, n=number: (n, int(index))))
+    mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, list(weights))
+    return mixed.map_with_index(lambda position, item: ClipRequest(item[0], item[1], position))
+
+
+class PackedBatches(grain.IterDataset):
+    """Packs a stream of clip requests into batches of ``rows`` rows of the packed layout."""
+
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        config: ml_collections.ConfigDict,
+        rows: int,
+        sources: Sequence | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.config, self.rows = config, rows
+        self.sources = sources
+
+    def __iter__(self) -> _PackedBatchIterator:
+        sources = self.sources if self.sources is not None else make_sources(self.config)[0]
+        return _PackedBatchIterator(self._parent.__iter__(), self.config, self.rows, sources)
+
+
+class _PackedBatchIterator(grain.DatasetIterator):
+    def __init__(
+        self, parent: grain.DatasetIterator, config: ml_collections.ConfigDict, rows: int, sources: Sequence
+    ) -> None:
+        super().__init__(parent)
+        self.config, self.data, self.rows, self.sources = config, config.data, rows, sources
         self.patch = tuple(config.model.patch_size)
         self.patch_dim = math.prod(self.patch) * config.model.channels
         self.tokenizer = WordTokenizer(config.model.text_vocab_size)
-        self.row_ids = list(range(self.data.batch_size)) if row_ids is None else list(row_ids)
+        # A request pulled from the parent that did not fit its row opens the next one; the
+        # parent's state from before it was pulled is what a checkpoint records.
+        self._pending: ClipRequest | None = None
+        self._state_before_pending: dict[str, Any] | None = None
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        rows = [self._row(step, r) for r in self.row_ids]
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = [self._fill_row() for _ in range(self.rows)]
         return pack_rows(
             rows,
             seq_len=self.data.seq_len,
@@ -57,89 +120,106 @@ class WorldBatches:
             text_len=self.data.text_len,
         )
 
-    def _row(self, step: int, row: int) -> list[PackedClip]:
+    def get_state(self) -> dict[str, Any]:
+        if self._pending is not None:
+            return {"parent": self._state_before_pending}
+        return {"parent": self._parent.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._pending = self._state_before_pending = None
+
+    def _next_request(self) -> ClipRequest:
+        if self._pending is not None:
+            request, self._pending = self._pending, None
+            return request
+        self._state_before_pending = self._parent.get_state()
+        return next(self._parent)
+
+    def _fill_row(self) -> list[PackedClip]:
         d = self.data
-        global_row = step * d.batch_size + row
-        rng = np.random.default_rng([self.seed, global_row])
         clips: list[PackedClip] = []
         tokens_left, text_left = d.seq_len, d.text_len
         while len(clips) < d.max_clips_per_row and text_left >= 1:
-            shape = self._draw_shape(rng, tokens_left)
-            if shape is None:
+            request = self._next_request()
+            clip = self._place(request, tokens_left, text_left)
+            if clip is None:  # Opens the next row instead; the state from before its pull stands.
+                self._pending = request
                 break
-            frames, height, width = shape
-            fps = float(rng.uniform(*d.fps))
-            clip = world.make_clip(
-                self.seed,
-                global_row * d.max_clips_per_row + len(clips),
-                frames=frames,
-                height=height,
-                width=width,
-                fps=fps,
-            )
-            caption = "" if rng.random() < d.caption_dropout else clip.caption
-            text = self.tokenizer.encode(caption, min(d.max_caption_tokens, text_left))
-            patches, positions = patchify(pixels_to_model(clip.frames), self.patch)
-            clips.append(
-                PackedClip(
-                    patches=patches,
-                    positions=positions,
-                    grid=grid_size(frames, height, width, self.patch),
-                    frames=frames,
-                    fps=fps,
-                    text_tokens=text,
-                )
-            )
-            tokens_left -= len(patches)
-            text_left -= len(text)
+            clips.append(clip)
+            tokens_left -= clip.num_tokens
+            text_left -= len(clip.text_tokens)
         return clips
 
-    def _draw_shape(self, rng: np.random.Generator, budget: int) -> tuple[int, int, int] | None:
-        """Draw (frames, height, width); shorten, then shrink, a clip that exceeds ``budget`` tokens.
-
-        Returns None when not even the smallest clip fits.
-        """
-        d, (pt, ph, pw) = self.data, self.patch
-        sides = lambda step: np.arange(-(-d.side[0] // step) * step, d.side[1] + 1, step)  # noqa: E731
-        heights, widths = sides(ph), sides(pw)
-        if len(heights) == 0 or len(widths) == 0:
-            return None
-        frames = 1 if rng.random() < d.image_fraction else int(rng.integers(d.frames[0], d.frames[1] + 1))
-        height, width = int(rng.choice(heights)), int(rng.choice(widths))
-        for _ in range(len(heights) + len(widths)):
-            per_step = (height // ph) * (width // pw)
-            fit = budget // per_step * pt  # Most frames that fit at this size.
-            if fit >= d.frames[0] or (fit >= 1 and frames == 1):
-                return min(frames, fit), height, width
-            # Too large even at its shortest: shrink the longer side one patch and retry.
-            if height >= width and height > heights[0]:
-                height -= ph
-            elif width > widths[0]:
-                width -= pw
-            else:
+    def _place(self, request: ClipRequest, budget: int, text_left: int) -> PackedClip | None:
+        """Load ``request`` at a shape of at most ``budget`` tokens; None if none fits."""
+        d, source = self.data, self.sources[request.source]
+        rng = np.random.default_rng([self.config.seed, request.position])
+        options = source.shapes(request.index)
+        tokens = options.tokens(self.patch)  # [F, Z]
+        # Durations outside data.frames are never chosen, except one frame: an image.
+        allowed = (options.frames == 1) | (options.frames >= d.frames[0])
+        videos = np.flatnonzero(allowed & (options.frames > 1))
+        frame_row = 0 if rng.random() < d.image_fraction or not len(videos) else int(rng.choice(videos))
+        size_col = int(rng.integers(len(options.sizes)))
+        wanted = tokens[frame_row, size_col]
+        gap = budget - tokens
+        # A shape fits if it leaves either no gap or one another clip can still fill.
+        fits = ((gap == 0) | (gap >= self._smallest_clip)) & allowed[:, None]
+        if not fits[frame_row, size_col]:
+            candidates = fits if fits.any() else (gap >= 0) & allowed[:, None]
+            if not candidates.any():
                 return None
-        return None
+            # The fitting shape nearest in size to the drawn one.
+            score = np.where(candidates, -np.abs(tokens - wanted), np.iinfo(np.int64).min)
+            frame_row, size_col = np.unravel_index(int(np.argmax(score)), score.shape)
+        frames = int(options.frames[frame_row])
+        height, width = (int(v) for v in options.sizes[size_col])
+        loaded = source.load(request.index, frames, height, width, rng)
+        caption = "" if rng.random() < d.caption_dropout else loaded.caption
+        text = self.tokenizer.encode(caption, min(d.max_caption_tokens, text_left))
+        patches, positions = patchify(pixels_to_model(loaded.frames), self.patch)
+        return PackedClip(
+            patches=patches,
+            positions=positions,
+            grid=grid_size(frames, height, width, self.patch),
+            frames=frames,
+            fps=loaded.fps,
+            text_tokens=text,
+        )
+
+    @functools.cached_property
+    def _smallest_clip(self) -> int:
+        """Tokens of the smallest clip any source offers: a gap below it stays padding."""
+        _, ph, pw = self.patch
+        return (-(-self.data.side[0] // ph)) * (-(-self.data.side[0] // pw))
 
 
 def batch_stream(
     config: ml_collections.ConfigDict,
-    start_step: int,
-    row_ids: Sequence[int] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Batches ``start_step, start_step + 1, ...`` up to ``train.steps``, built by grain.
+    rows: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """This process's batches of ``rows`` rows, endlessly; ``get_state``/``set_state`` resume it.
 
     Batches are built ``data.prefetch`` ahead in a background thread, or with ``data.workers > 0``
-    in that many worker processes; the order is the same either way.
+    in that many worker processes (each packs every ``workers``-th share of the requests; the
+    order is fixed either way).
     """
-    source = WorldBatches(config, row_ids)
-    dataset = grain.MapDataset.range(start_step, config.train.steps).map(source.batch)
-    # One background thread keeps `prefetch` batches ready while the device computes a step.
-    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch)
-    iterable = dataset.to_iter_dataset(read)
+    sources, weights = make_sources(config)
+    share = request_stream(config, sources, weights)[process_index::process_count]
+    requests = share.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if config.data.workers > 0:
-        iterable = iterable.mp_prefetch(
-            grain.multiprocessing.MultiprocessingOptions(
+        if not absl_flags.FLAGS.is_parsed():  # grain's workers read absl flags; take the defaults.
+            absl_flags.FLAGS.mark_as_parsed()
+        batches = PackedBatches(requests, config, rows).mp_prefetch(
+            grain.MultiprocessingOptions(
                 num_workers=config.data.workers, per_worker_buffer_size=config.data.prefetch
             )
         )
-    return iter(iterable)
+    else:
+        batches = grain.experimental.ThreadPrefetchIterDataset(
+            PackedBatches(requests, config, rows, sources), prefetch_buffer_size=config.data.prefetch
+        )
+    return iter(batches)

@@ -37,20 +37,15 @@ at all. Failed sources are retried by later runs. A report is written to
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import json
 import logging
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
-import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +53,7 @@ import numpy as np
 
 from sora_jax.data import video_io
 from sora_jax.data.clip_store import ClipStore
+from sora_jax.data.isolated_pool import IsolatedPool, TaskFailure, call_task
 from sora_jax.data.video_io import VideoDecodeError, probe_video
 
 log = logging.getLogger(__name__)
@@ -119,13 +115,8 @@ class PrepareReport:
         return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
 
 
-class SkipSource(Exception):
+class SkipSource(TaskFailure):
     """A source that cannot be used; args are ``(reason, detail)`` so it pickles intact."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,12 +201,12 @@ def prepare(
     scratch = tempfile.mkdtemp(prefix="sora_prepare_")
     pool = None
     try:
-        pool = _Pool(workers, file_timeout) if workers > 0 and todo else None
+        pool = IsolatedPool(workers, file_timeout) if workers > 0 and todo else None
         tasks = (
             (i, _decode_source, (s.path, os.path.join(scratch, str(i)), settings, s.fps_hint))
             for i, s in enumerate(todo)
         )
-        results = pool.run(tasks) if pool else ((i, *_call(fn, args)) for i, fn, args in tasks)
+        results = pool.run(tasks) if pool else ((i, *call_task(fn, args)) for i, fn, args in tasks)
         last_flush, unflushed = time.monotonic(), 0
         for i, ok, value in results:
             source = todo[i]
@@ -508,177 +499,3 @@ def _check_pixels(height: int, width: int, settings: _Settings) -> None:
         raise SkipSource("too_large", f"{width}x{height} > max_input_pixels {settings.max_input_pixels}")
     if min(height, width) < settings.min_side:
         raise SkipSource("too_small", f"{width}x{height} has a side < min_side {settings.min_side}")
-
-
-# -- worker processes -----------------------------------------------------------------------
-
-_Task = tuple[Any, Callable[..., Any], tuple]
-
-
-def _call(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
-    """``(True, result)`` or ``(False, (reason, detail))``; never raises an Exception."""
-    try:
-        return True, fn(*args)
-    except SkipSource as e:
-        return False, (e.reason, e.detail)
-    except Exception as e:
-        return False, ("internal_error", f"{type(e).__name__}: {e}")
-
-
-_READY = "ready"  # A worker's first message: it started and can run tasks.
-_STARTUP_GRACE_S = 120.0  # How long a worker may take to start before its task's clock runs.
-
-
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what to do and stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(_READY)
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:  # Parent gone.
-            return
-        if task is None:
-            return
-        key, fn, args = task
-        conn.send((key, *_call(fn, args)))
-
-
-@dataclasses.dataclass
-class _Worker:
-    process: Any  # multiprocessing.Process of the spawn context.
-    conn: multiprocessing.connection.Connection
-    key: Any = None  # The task it is running; None when idle.
-    deadline: float = math.inf
-    ready: bool = False  # Said it started; a worker that dies before that fails the run.
-
-
-class _Pool:
-    """Processes that run one task each at a time, so a crash or hang is pinned on its task.
-
-    ``concurrent.futures.ProcessPoolExecutor`` fails every in-flight task when one worker dies
-    and cannot kill a hung one; here a dead worker fails only its own task ("worker_crash"), a
-    task over ``timeout`` seconds has its worker killed ("timeout"), and either is replaced.
-    Workers are spawned, not forked: the parent may hold threads (tensorstore, JAX) that a fork
-    would copy in a broken state.
-    """
-
-    def __init__(self, size: int, timeout: float | None) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
-        self._timeout = timeout
-        self._workers = [self._start() for _ in range(size)]
-
-    def _start(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="sora-prepare")
-        process.start()
-        child.close()  # Only the worker holds its end: its death then reads as EOF here.
-        return _Worker(process, parent)
-
-    def run(self, tasks: Iterable[_Task]) -> Iterator[tuple[Any, bool, Any]]:
-        """Runs ``(key, fn, args)`` tasks; yields ``(key, ok, result or (reason, detail))``.
-
-        Results come in completion order. Tasks are pulled from ``tasks`` only as workers
-        free up, and the next is not started until the caller has taken the last result.
-        """
-        pending = collections.deque[_Task]()
-        todo = iter(tasks)
-        while True:
-            for i, worker in enumerate(self._workers):
-                if worker.key is not None:
-                    continue
-                task = pending.popleft() if pending else next(todo, None)
-                if task is None:
-                    break
-                try:
-                    worker.conn.send(task)
-                except OSError:  # Died while idle: replace it and retry the task.
-                    self._crashed(i)
-                    pending.append(task)
-                    continue
-                worker.key = task[0]
-                worker.deadline = self._deadline(worker)
-            busy = [(i, w) for i, w in enumerate(self._workers) if w.key is not None]
-            if not busy:
-                if pending:
-                    continue
-                return
-            wait = min(w.deadline for _, w in busy) - time.monotonic()
-            waitables = [w.conn for _, w in busy] + [w.process.sentinel for _, w in busy]
-            ready = set(
-                multiprocessing.connection.wait(waitables, None if math.isinf(wait) else max(wait, 0))
-            )
-            for i, worker in busy:
-                key = worker.key
-                if worker.conn in ready:
-                    try:
-                        message = worker.conn.recv()
-                    except (EOFError, OSError):
-                        yield key, False, self._crashed(i)
-                        continue
-                    if message == _READY:
-                        worker.ready = True
-                        worker.deadline = self._deadline(worker)
-                    else:
-                        worker.key = None
-                        yield key, message[1], message[2]
-                elif worker.process.sentinel in ready:
-                    yield key, False, self._crashed(i)
-                elif time.monotonic() >= worker.deadline:
-                    worker.process.kill()
-                    self._replace(i)
-                    yield key, False, ("timeout", f"no result after {self._timeout:g} s; worker killed")
-
-    def _deadline(self, worker: _Worker) -> float:
-        if not self._timeout:
-            return math.inf
-        # The clock starts once the worker has started: a slow start (a busy machine importing
-        # numpy and FFmpeg) is not the file's fault.
-        return time.monotonic() + self._timeout + (0.0 if worker.ready else _STARTUP_GRACE_S)
-
-    def _crashed(self, i: int) -> tuple[str, str]:
-        worker = self._workers[i]
-        worker.process.join(5.0)
-        code = worker.process.exitcode
-        if code is not None and code < 0:
-            try:
-                detail = f"decoding process killed by {signal.Signals(-code).name}"
-            except ValueError:
-                detail = f"decoding process killed by signal {-code}"
-        else:
-            detail = f"decoding process exited with code {code}"
-        if not worker.ready:
-            # Not the file's fault: no worker can start (an unguarded __main__ under spawn, a
-            # broken install), and blaming each file in turn would fail the whole dataset.
-            raise RuntimeError(
-                f"a decoding worker process died while starting ({detail}); its stderr says why. "
-                "Scripts that call prepare() with workers > 0 need an `if __name__ == '__main__':` guard."
-            )
-        self._replace(i)
-        return "worker_crash", detail
-
-    def _replace(self, i: int) -> None:
-        old = self._workers[i]
-        if old.process.is_alive():
-            old.process.kill()
-        old.process.join()
-        old.conn.close()
-        self._workers[i] = self._start()
-
-    def close(self) -> None:
-        """Stops idle workers politely and kills busy ones (their results are abandoned)."""
-        for worker in self._workers:
-            try:
-                if worker.key is None:
-                    worker.conn.send(None)
-                else:
-                    worker.process.kill()
-            except OSError:
-                pass
-        for worker in self._workers:
-            worker.process.join(5.0)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
-        self._workers = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -19,6 +20,7 @@ from flax import nnx
 from sora_jax.train.state import TrainState
 
 ITEMS = ("params", "ema_params", "opt_state")
+DATA = "data"  # The input iterator's state, so a resumed run reads exactly the batches that come next.
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -27,7 +29,10 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 
 def manager(workdir: str | Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
+    # Each process writes its own input iterator's position: process_<i>-of-<n>.json.
+    handlers[DATA] = grain.checkpoint.CheckpointHandler()
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def _pure(tree: Any) -> Any:
@@ -39,16 +44,26 @@ def _pure(tree: Any) -> Any:
     )
 
 
-def save(mgr: ocp.CheckpointManager, state: TrainState, *, force: bool = True) -> None:
+def save(
+    mgr: ocp.CheckpointManager, state: TrainState, data: grain.DatasetIterator, *, force: bool = True
+) -> None:
     step = int(state.step)
     args = {name: ocp.args.StandardSave(_pure(getattr(state, name))) for name in ITEMS}
+    args[DATA] = grain.checkpoint.CheckpointSave(data)
     mgr.save(step, args=ocp.args.Composite(**args), force=force)
 
 
-def restore(mgr: ocp.CheckpointManager, abstract: TrainState, step: int | None = None) -> TrainState:
-    """Restore a full train state onto the shardings ``abstract`` carries (any mesh)."""
+def restore(
+    mgr: ocp.CheckpointManager,
+    abstract: TrainState,
+    data: grain.DatasetIterator,
+    step: int | None = None,
+) -> TrainState:
+    """Restore a full train state onto the shardings ``abstract`` carries (any mesh), and move
+    ``data`` (this process's input iterator) to where it stood at that step."""
     step = mgr.latest_step() if step is None else step
     args = {name: ocp.args.StandardRestore(_pure(getattr(abstract, name))) for name in ITEMS}
+    args[DATA] = grain.checkpoint.CheckpointRestore(data)
     restored = mgr.restore(step, args=ocp.args.Composite(**args))
     parts = {name: _fill(getattr(abstract, name), restored[name]) for name in ITEMS}
     step_array = jax.device_put(jnp.asarray(step, jnp.int32), abstract.step.sharding)

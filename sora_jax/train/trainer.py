@@ -54,17 +54,22 @@ BATCH_AXES = {
 }
 
 
-def process_rows(config: ml_collections.ConfigDict, mesh: Mesh) -> list[int]:
-    """The rows of each global batch this process builds: those its devices hold."""
+def process_rows(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """How many rows of each global batch this process builds: those its devices hold."""
     rows, data_ways = config.data.batch_size, mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % data_ways:
         raise ValueError(
             f"data.batch_size={rows} does not split over the {data_ways} data-parallel devices "
             f"(mesh.ici_data x mesh.ici_fsdp); use a multiple of {data_ways}"
         )
-    per_process = rows // jax.process_count()
-    start = jax.process_index() * per_process
-    return list(range(start, start + per_process))
+    return rows // jax.process_count()
+
+
+def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) -> set[tuple[int, int, int]]:
+    """(frames, height, width) in pixels of every clip of a host batch."""
+    grid, frames = batch["clip_grid"].reshape(-1, 3), batch["clip_frames"].reshape(-1)
+    _, ph, pw = patch
+    return {(int(f), int(h) * ph, int(w) * pw) for f, (_, h, w) in zip(frames, grid, strict=True) if f}
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rows: int) -> dict[str, jax.Array]:
@@ -100,20 +105,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     mesh = make_mesh(config)
     log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
-    # --- train state: restored from the latest checkpoint, or fresh -----------------------------
+    # --- input pipeline: this process's share of every batch ---------------------------------
+    batches = batch_stream(config, process_rows(config, mesh), jax.process_index(), jax.process_count())
+
+    # --- train state (and input position): restored from the latest checkpoint, or fresh ------
     ckpt = checkpoint.manager(workdir)
     if ckpt.latest_step() is None:
         graphdef, state, shardings = create_train_state(config, mesh)
     else:
         abstract = abstract_train_state(config, mesh)
-        state = checkpoint.restore(ckpt, abstract)
+        state = checkpoint.restore(ckpt, abstract, batches)
         graphdef, shardings = model_graphdef(config), jax.tree.map(lambda a: a.sharding, abstract)
     start = int(state.step)
     log.info("parameters: %s; starting at step %d", f"{count_params(state.params):,}", start)
-
-    # --- input pipeline ---------------------------------------------------------------------------
-    rows = process_rows(config, mesh)
-    batches = batch_stream(config, start, rows)
 
     # --- compiled step: one program for the whole run -------------------------------------------
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
@@ -136,8 +140,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train", mininterval=redraw)
     metrics: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
+    clip_shapes: set[tuple[int, int, int]] = set()  # (frames, height, width) seen in training
     for step in range(start, t.steps):
-        batch = to_global(next(batches), mesh, config.data.batch_size)
+        host_batch = next(batches)
+        clip_shapes.update(clip_shapes_of(host_batch, config.model.patch_size))
+        batch = to_global(host_batch, mesh, config.data.batch_size)
         state, device_metrics = step_fn(state, batch)
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
@@ -152,6 +159,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 "tokens_per_s": metrics["tokens"] / seconds,
                 "tflops_per_s": flops / seconds / 1e12,
                 "compiles": step_fn._cache_size(),
+                "distinct_clip_shapes": len(clip_shapes),
             }
             writer.write(done, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -162,11 +170,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     # --- final checkpoint and samples -----------------------------------------------------------
     if ckpt.latest_step() != int(state.step):  # A run that was already complete saves nothing new.
-        checkpoint.save(ckpt, state)
+        checkpoint.save(ckpt, state, batches)
         ckpt.wait_until_finished()
     write_samples(generate, state, t, workdir, int(state.step), writer)
     writer.close()
-    log.info("train step compiled %d time(s)", step_fn._cache_size())
+    log.info(
+        "train step compiled %d time(s) for %d distinct clip shapes", step_fn._cache_size(), len(clip_shapes)
+    )
     return metrics
 
 

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 
 from experiments.world_tiny import get_config
-from sora_jax.data.pipeline import WorldBatches
+from sora_jax.data.pipeline import batch_stream
 from sora_jax.model.dit import build_model
 from sora_jax.train.optimizer import make_optimizer
 from sora_jax.train.state import split_model
@@ -23,7 +23,7 @@ def test_overfitting_one_clip_drives_its_loss_down_by_90_percent():
     config.train.steps = 300
     config.optim.lr = 3e-3
     config.optim.warmup_steps = 20
-    batch = jax.tree.map(jax.numpy.asarray, WorldBatches(config).batch(0))
+    batch = jax.tree.map(jax.numpy.asarray, next(batch_stream(config, 1)))
     graphdef, params = split_model(build_model(config, 0))
     loss_fn = make_loss_fn(graphdef, config)
     optimizer = make_optimizer(config)
