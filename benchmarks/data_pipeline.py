@@ -63,17 +63,25 @@ def main() -> None:
 
     world = load_config(args.config)
     real = load_config(args.config, [f"data.store={args.store}", "data.side=(24,64)"])
-    stats = {"physics world": pipeline_stats(world, args.batches),
-             "real-video store": pipeline_stats(real, args.batches)}
+    stats = {
+        "physics world": pipeline_stats(world, args.batches),
+        "real-video store": pipeline_stats(real, args.batches),
+    }
     consumed = train_tokens_per_s(world, args.steps)
     produced = stats["physics world"]["tokens_per_s"]
 
-    rows = ["| input | packing efficiency | clips per row | distinct clip shapes | images | tokens/s |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| input | packing efficiency | clips per row | distinct clip shapes | images | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in stats.items():
-        rows.append(f"| {name} | {s['packing_efficiency']:.2%} | {s['clips_per_row']:.2f} | "
-                    f"{s['distinct_shapes']} | {s['images']:.0%} | {s['tokens_per_s']:,.0f} |")
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+        rows.append(
+            f"| {name} | {s['packing_efficiency']:.2%} | {s['clips_per_row']:.2f} | "
+            f"{s['distinct_shapes']} | {s['images']:.0%} | {s['tokens_per_s']:,.0f} |"
+        )
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+    )
     body = (
         f"Machine: {machine}. `{args.config}`: rows of {world.data.seq_len} tokens, at most "
         f"{world.data.max_clips_per_row} clips a row, data.workers={world.data.workers} "
