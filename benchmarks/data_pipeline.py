@@ -11,6 +11,7 @@ opencv-doc package:
 
     apt-get download opencv-doc && dpkg -x opencv-doc_*.deb /tmp/ocv
     mkdir -p /tmp/real && cp /tmp/ocv/usr/share/doc/opencv-doc/examples/data/*.avi /tmp/real
+    ls /tmp/ocv/usr/share/doc/opencv-doc/examples/data/*.jpg | head -12 | xargs -I{} cp {} /tmp/real
     gunzip -c /tmp/ocv/usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz > /tmp/real/cup.mp4
     gunzip -c /tmp/ocv/usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz > /tmp/real/box.mp4
     sora-jax prepare --input /tmp/real --output /tmp/real_store --caption-default "a real video"
@@ -87,7 +88,9 @@ def main() -> None:
         f"{world.data.max_clips_per_row} clips a row, data.workers={world.data.workers} "
         f"(batches built in a background thread), {args.batches} batches of {world.data.batch_size} rows "
         "each. The store is the sample videos of Debian's opencv-doc (mpeg4, msmpeg4, cinepak AVI "
-        "and H.264 MP4) prepared with `sora-jax prepare`, sampled at areas from 24² to 64² pixels.\n\n"
+        "and H.264 MP4) and 12 of its JPEG images, prepared with `sora-jax prepare` and sampled at areas "
+        "from 24² to 64² pixels. One-frame clips (images) also fill the ends of rows, so their share "
+        "exceeds `data.image_fraction`.\n\n"
         + "\n".join(rows)
         + f"\n\nTrain step on the same machine, same run: consumes {consumed:,.0f} tokens/s; the "
         f"physics-world pipeline delivers {produced / consumed:.1f}x that.\n\n"

@@ -105,8 +105,10 @@ def main() -> None:
         f"Machine: {machine}.\n\n{table}\n\n"
         "Model FLOPs are counted analytically (`sora_jax.train.metrics.model_flops_per_token`: "
         "matmuls of blocks, patch embedding and final layer, attention within each clip; "
-        "forward + backward = 3x forward). XLA's figure counts what the compiled program does, "
-        "including attention over masked-out key positions of the packed row, so it is higher.\n\n"
+        "forward + backward = 3x forward). XLA's cost analysis counts what the compiled program "
+        f"does, but counts the body of the scanned block stack once ({config.model.depth} blocks "
+        "run), and it includes attention over the masked-out keys of each packed row; the two "
+        "figures therefore differ in both directions and only the analytic one enters the ratio.\n\n"
         f"Command: `python -m benchmarks.train_step --config {args.config} --steps {args.steps}`"
     )
     print(section)
