@@ -1,4 +1,4 @@
-"""The ``sora-jax`` command: train, sample, prepare, data-stats (see ``sora-jax COMMAND --help``)."""
+"""The ``sora-jax`` command: train, sample, evaluate, prepare, data-stats (``sora-jax COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from sora_jax.config import ConfigError
 
 CONFIG_PREFIX = "--config."
 
@@ -54,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
     sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    evaluate = commands.add_parser("evaluate", help="validation loss and samples of checkpoints")
+    evaluate.add_argument("--workdir", required=True)
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="this checkpoint (default: the latest)")
+    which.add_argument("--all", action="store_true", help="every checkpoint not yet evaluated")
+    which.add_argument(
+        "--follow", action="store_true", help="evaluate checkpoints as they land until the run's final one"
+    )
+    evaluate.add_argument("--poll", type=float, default=10.0, help="seconds between looks (--follow)")
+    evaluate.add_argument("--timeout", type=float, default=None, help="give up after (--follow)")
+
     stats = commands.add_parser(
         "data-stats",
         help="packing efficiency, clip shapes and speed of an experiment's input pipeline",
@@ -83,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" notes.
-    from sora_jax.config import ConfigError
-
     try:
         if args.command == "train":
             return _train(args, overrides)
@@ -92,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data_stats(args, overrides)
         if overrides:
             raise ConfigError(f"{args.command} takes no --config overrides: {overrides}")
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _prepare(args) if args.command == "prepare" else _sample(args)
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
@@ -117,27 +130,46 @@ def _data_stats(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from sora_jax.eval.evaluate import Evaluator
+
+    evaluator = Evaluator(args.workdir)
+    steps = evaluator.steps()
+    if not steps:
+        raise ConfigError(f"no checkpoint in {args.workdir}/checkpoints")
+    if args.follow:
+        results = evaluator.follow(args.poll, args.timeout)
+    elif args.all:
+        results = [evaluator.evaluate(s) for s in steps if not evaluator.evaluated(s)]
+    else:
+        step = steps[-1] if args.step is None else args.step
+        if step not in steps:
+            raise ConfigError(f"no checkpoint of step {step}; there are {steps}")
+        results = [evaluator.evaluate(step)]
+    evaluator.close()
+    for result in results:
+        print(json.dumps(result))
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
-    from sora_jax.config import ConfigError, config_from_json
     from sora_jax.data.video_io import write_video
+    from sora_jax.eval.evaluate import local_config
     from sora_jax.eval.generate import make_generator
     from sora_jax.parallel.mesh import make_mesh
     from sora_jax.train import checkpoint
     from sora_jax.train.state import abstract_train_state, model_graphdef
 
     workdir = Path(args.workdir)
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{config_file} not found: is {workdir} a training workdir?")
-    config = config_from_json(config_file.read_text())
-    mgr = checkpoint.manager(workdir)
+    try:
+        config = local_config(workdir)  # Sample on the devices here, whatever mesh the run used.
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    mgr = checkpoint.manager(workdir, read_only=True)
     if mgr.latest_step() is None:
         raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-    # Sample on whatever devices are here, whatever mesh the run trained on.
-    with config.unlocked():
-        for axis in ("fsdp", "sequence", "tensor"):
-            config.mesh[f"ici_{axis}"] = 1
-        config.mesh.ici_data = -1
     abstract = abstract_train_state(config, make_mesh(config)).ema_params
     params = checkpoint.restore_params(mgr, abstract, args.step)
     d = config.diffusion

@@ -98,6 +98,7 @@ def base_config() -> ConfigDict:
     # --- train loop ----------------------------------------------------------------------------
     c.train = t = ConfigDict()
     t.steps = 1000
+    t.max_nonfinite = 10  # Stop after this many steps in a row with a non-finite loss or gradient.
     t.log_every = 1  # Steps between metrics lines (metrics.jsonl, TensorBoard, progress bar).
     t.sample_every = 0  # Steps between sample videos; 0 = only at the end.
     t.sample_prompts = ("a small red ball falls and bounces",)
@@ -105,6 +106,19 @@ def base_config() -> ConfigDict:
     t.sample_height = 32
     t.sample_width = 32
     t.sample_fps = 8.0
+
+    # --- checkpoints (orbax, in DIR/checkpoints) -------------------------------------------------
+    c.checkpoint = ck = ConfigDict()
+    ck.every = 100  # Steps between checkpoints; 0 = only at the end (and on preemption).
+    ck.keep = 3  # The newest checkpoints kept ...
+    ck.keep_period = 0  # ... plus, forever, every checkpoint whose step divides by this (0: none).
+    ck.async_save = True  # Write in the background while training continues.
+
+    # --- evaluation (sora-jax evaluate) ------------------------------------------------------------
+    c.eval = ev = ConfigDict()
+    ev.batches = 4  # Held-out batches: physics-world clips from eval.seed, never seen in training.
+    ev.seed = 1_000_003
+    ev.timestep_buckets = 4  # Loss reported at the centre of each of these equal bands of t.
 
     # --- device mesh ---------------------------------------------------------------------------
     c.mesh = ms = ConfigDict()
@@ -306,6 +320,12 @@ def validate(config: ConfigDict) -> None:
         _fail("optim.lr", "lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
     if not 0.0 <= o.ema_decay < 1.0:
         _fail("optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
+    if t.max_nonfinite < 1:
+        _fail("train.max_nonfinite", "must be at least 1")
+    if config.checkpoint.every < 0 or config.checkpoint.keep < 1 or config.checkpoint.keep_period < 0:
+        _fail("checkpoint.every", "every >= 0, keep >= 1 and keep_period >= 0")
+    if config.eval.batches < 1 or config.eval.timestep_buckets < 1:
+        _fail("eval.batches", "eval.batches and eval.timestep_buckets must be at least 1")
     if t.sample_every < 0:
         _fail("train.sample_every", "must be >= 0")
     sample_tokens = _clip_tokens(t.sample_frames, t.sample_height, t.sample_width, m.patch_size)

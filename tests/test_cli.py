@@ -176,3 +176,22 @@ def test_data_stats_prints_one_json_object_last():
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["packing_efficiency"] > 0.9 and stats["distinct_shapes"] >= 5
     assert stats["clips_per_row"] > 1 and stats["tokens_per_s"] > 0
+
+
+def test_evaluate_scores_checkpoints_with_fixed_noise_per_timestep_band(trained):
+    workdir, _ = trained
+    result = sora_jax("evaluate", "--workdir", str(workdir), "--all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert scored and all((workdir / "eval" / f"step_{r['step']}.json").exists() for r in scored)
+    last = json.loads((workdir / "eval" / f"step_{scored[-1]['step']}.json").read_text())
+    bands = [k for k in last if k.startswith("val_loss_t")]
+    assert len(bands) == 4 and np.isfinite(last["val_loss"])
+    assert (workdir / "eval" / f"step_{last['step']:06d}_0.mp4").exists()
+    assert list((workdir / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    # Fixed noise and timesteps: scoring the same checkpoint again gives the same numbers.
+    again = sora_jax("evaluate", "--workdir", str(workdir), "--step", str(last["step"]))
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == last
+    # --follow on a finished run evaluates what is left and stops at the final checkpoint.
+    follow = sora_jax("evaluate", "--workdir", str(workdir), "--follow", "--poll", "0.1", "--timeout", "120")
+    assert follow.returncode == 0, follow.stderr[-3000:]

@@ -77,12 +77,14 @@ def flow_loss(
     batch: dict[str, jax.Array],
     key: jax.Array,
     config: ml_collections.ConfigDict,
+    timesteps: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean over clips of each clip's mean squared velocity error.
 
     Averaging within a clip first makes a clip's loss independent of what shares its row and of
     how many tokens it has. Conditioning tokens (``cond_mask``) stay clean (t = 0) and are left
-    out of the loss. ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``.
+    out of the loss. ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``. ``timesteps``
+    (broadcast to ``[B, S]``) replaces the random draw.
 
     Returns the loss and per-clip ``clip_loss``, ``clip_t`` and ``clip_valid`` (``[B, S]``).
     """
@@ -90,7 +92,10 @@ def flow_loss(
     max_clips = batch["clip_grid"].shape[1]
     time_key, noise_key = jax.random.split(key)
     counts = clip_token_counts(segment_ids, max_clips)
-    t_clip = sample_timesteps(time_key, counts, config.diffusion)  # [B, S]
+    if timesteps is None:
+        t_clip = sample_timesteps(time_key, counts, config.diffusion)  # [B, S]
+    else:  # Fixed timesteps (evaluation): comparable across checkpoints.
+        t_clip = jnp.broadcast_to(timesteps, counts.shape)
     t_token = token_timesteps(t_clip, batch)
     noise = jax.random.normal(noise_key, patches.shape, patches.dtype)
     noisy = (1.0 - t_token) * patches + t_token * noise

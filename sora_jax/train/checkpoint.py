@@ -8,12 +8,14 @@ renames it when complete, so a crash mid-save never leaves a checkpoint that loo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -27,8 +29,19 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
-def manager(workdir: str | Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+def manager(
+    workdir: str | Path, config: ml_collections.ConfigDict | None = None, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """The run's checkpoint manager; ``config.checkpoint`` sets saving (default: read and save
+    at the end only, synchronously)."""
+    ck = config.checkpoint if config is not None else None
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=ck.keep if ck else None,
+        keep_period=(ck.keep_period or None) if ck else None,
+        enable_async_checkpointing=bool(ck and ck.async_save),
+        create=not read_only,
+        read_only=read_only,
+    )
     handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
     # Each process writes its own input iterator's position: process_<i>-of-<n>.json.
     handlers[DATA] = grain.checkpoint.CheckpointHandler()
@@ -44,12 +57,24 @@ def _pure(tree: Any) -> Any:
     )
 
 
+class _PositionSnapshot:
+    """An input iterator's state as it is at construction, in the form grain's handler writes."""
+
+    def __init__(self, iterator: grain.DatasetIterator) -> None:
+        self._state = json.dumps(iterator.get_state(), indent=1).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
 def save(
     mgr: ocp.CheckpointManager, state: TrainState, data: grain.DatasetIterator, *, force: bool = True
 ) -> None:
     step = int(state.step)
     args = {name: ocp.args.StandardSave(_pure(getattr(state, name))) for name in ITEMS}
-    args[DATA] = grain.checkpoint.CheckpointSave(data)
+    # The iterator's position is taken now: an asynchronous save writes it later, by which time
+    # the iterator has moved on.
+    args[DATA] = grain.checkpoint.CheckpointSave(_PositionSnapshot(data))
     mgr.save(step, args=ocp.args.Composite(**args), force=force)
 
 
@@ -66,8 +91,8 @@ def restore(
     args[DATA] = grain.checkpoint.CheckpointRestore(data)
     restored = mgr.restore(step, args=ocp.args.Composite(**args))
     parts = {name: _fill(getattr(abstract, name), restored[name]) for name in ITEMS}
-    step_array = jax.device_put(jnp.asarray(step, jnp.int32), abstract.step.sharding)
-    return TrainState(step=step_array, **parts)
+    scalar = lambda value: jax.device_put(jnp.asarray(value, jnp.int32), abstract.step.sharding)  # noqa: E731
+    return TrainState(step=scalar(step), nonfinite_in_a_row=scalar(0), **parts)
 
 
 def restore_params(

@@ -17,13 +17,22 @@ import numpy as np
 class MetricsWriter:
     """Appends ``{"step": N, ...}`` lines to ``DIR/metrics.jsonl`` and TensorBoard event files."""
 
-    def __init__(self, workdir: str | Path) -> None:
+    def __init__(self, workdir: str | Path, resume_step: int | None = None) -> None:
+        """``resume_step``: the step training restarts from. Lines past it, written before a crash
+        by steps that are about to run again, are dropped so every step has one line."""
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
 
         self.path = Path(workdir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and _complete_step(line) is not None and _complete_step(line) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
         self._jsonl = self.path.open("a")
         self._tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
@@ -51,6 +60,14 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _complete_step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _plain(value: object) -> object:

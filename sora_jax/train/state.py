@@ -31,6 +31,9 @@ class TrainState:
     params: nnx.State
     ema_params: nnx.State
     opt_state: optax.OptState
+    # Steps in a row whose loss or gradient was not finite (their updates were skipped). Not
+    # checkpointed: a resumed run starts counting afresh.
+    nonfinite_in_a_row: jax.Array
 
 
 def split_model(model: VideoDiT) -> tuple[nnx.GraphDef, nnx.State]:
@@ -64,6 +67,7 @@ def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
             params=params,
             ema_params=params,
             opt_state=optimizer.init(params),
+            nonfinite_in_a_row=jnp.zeros((), jnp.int32),
         )
 
     return init

@@ -51,15 +51,24 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, config.optim.ema_decay, state.step)
+        grad_norm = optax.tree.norm(grads)
+        # A non-finite loss or gradient skips the update: parameters, EMA and moments stay put.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        params, ema = keep(params, state.params), keep(ema, state.ema_params)
+        opt_state = keep(opt_state, state.opt_state)
+        nonfinite_in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": grad_norm,
+            "skipped_nonfinite": (~finite).astype(jnp.int32),
+            "nonfinite_in_a_row": nonfinite_in_a_row,
+            "param_norm": optax.tree.norm(params),
             "lr": schedule(state.step),
             "clips": jnp.sum(batch["clip_grid"][..., 0] > 0),
             "tokens": jnp.sum(batch["segment_ids"] > 0),
         }
-        new_state = TrainState(state.step + 1, params, ema, opt_state)
+        new_state = TrainState(state.step + 1, params, ema, opt_state, nonfinite_in_a_row)
         return new_state, metrics
 
     return train_step

@@ -8,7 +8,9 @@ CPU devices, or a TPU pod; only the mesh differs.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -94,6 +97,32 @@ def jit_train_step(
     )
 
 
+class PreemptionWatch:
+    """Turns SIGTERM (a preemption notice) into a request to save and stop at a step boundary.
+
+    With several processes they must agree on the step; JAX's preemption sync point does that
+    (every process gets True at the same step once any process was notified).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._notice)
+
+    def _notice(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics."""
     # --- workdir and mesh ------------------------------------------------------------------------
@@ -109,7 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     batches = batch_stream(config, process_rows(config, mesh), jax.process_index(), jax.process_count())
 
     # --- train state (and input position): restored from the latest checkpoint, or fresh ------
-    ckpt = checkpoint.manager(workdir)
+    ckpt = checkpoint.manager(workdir, config)
     if ckpt.latest_step() is None:
         graphdef, state, shardings = create_train_state(config, mesh)
     else:
@@ -134,7 +163,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     )
 
     # --- loop ------------------------------------------------------------------------------------
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resume_step=start)
+    preemption = PreemptionWatch()
     # Redraw often on a terminal, rarely into a log file.
     redraw = 0.5 if sys.stderr.isatty() else 30.0
     progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train", mininterval=redraw)
@@ -163,15 +193,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             }
             writer.write(done, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
+                ckpt.wait_until_finished()
+                raise FloatingPointError(
+                    f"{int(metrics['nonfinite_in_a_row'])} steps in a row up to step {done} had a "
+                    f"non-finite loss or gradient (train.max_nonfinite={t.max_nonfinite}); their updates "
+                    "were skipped. Lower optim.lr, raise optim.warmup_steps or check the data; "
+                    f"the last good checkpoint is step {ckpt.latest_step()}."
+                )
         progress.update(1)
+        every = config.checkpoint.every
+        if every and done % every == 0 and done != t.steps:
+            checkpoint.save(ckpt, state, batches)
+        if preemption.reached(done):
+            log.info("preemption notice: saving step %d and exiting", done)
+            if ckpt.latest_step() != done:
+                checkpoint.save(ckpt, state, batches)
+            ckpt.wait_until_finished()
+            writer.close()
+            return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
             write_samples(generate, state, t, workdir, done, writer)
     progress.close()
+    preemption.close()
 
     # --- final checkpoint and samples -----------------------------------------------------------
     if ckpt.latest_step() != int(state.step):  # A run that was already complete saves nothing new.
         checkpoint.save(ckpt, state, batches)
-        ckpt.wait_until_finished()
+    ckpt.wait_until_finished()
     write_samples(generate, state, t, workdir, int(state.step), writer)
     writer.close()
     log.info(

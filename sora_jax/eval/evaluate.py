@@ -1,0 +1,141 @@
+"""``sora-jax evaluate``: score checkpoints of a run, alone or beside the training job.
+
+For each checkpoint: the EMA parameters are restored (onto whatever devices are here), the flow
+loss is computed on held-out physics-world batches (seed ``eval.seed``, never used in training)
+with fixed noise at fixed timesteps, one per band of ``eval.timestep_buckets`` equal bands of t,
+so two checkpoints compare without sampling noise; and videos are generated for the run's sample
+prompts. Results go to ``DIR/eval/step_N.json``, ``DIR/eval/metrics.jsonl`` and TensorBoard
+(``DIR/eval/tensorboard``), videos to ``DIR/eval/step_N_I.mp4`` and ``.gif``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from sora_jax.config import config_from_json
+from sora_jax.data.pipeline import batch_stream
+from sora_jax.data.video_io import write_video
+from sora_jax.diffusion.flow import flow_loss, velocity_predictor
+from sora_jax.eval.generate import make_generator
+from sora_jax.parallel.mesh import make_mesh
+from sora_jax.train import checkpoint
+from sora_jax.train.metrics import MetricsWriter
+from sora_jax.train.state import abstract_train_state, model_graphdef
+
+log = logging.getLogger("sora_jax")
+
+
+def local_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The run's config, with its mesh replaced by data parallelism over the devices here."""
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
+    config = config_from_json(config_file.read_text())
+    with config.unlocked():
+        for axis in ("fsdp", "sequence", "tensor"):
+            config.mesh[f"ici_{axis}"] = 1
+        config.mesh.ici_data = -1
+    return config
+
+
+def held_out_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.ndarray]]:
+    """``eval.batches`` physics-world batches from ``eval.seed``, captions always kept."""
+    held_out = config.copy_and_resolve_references()
+    with held_out.unlocked():
+        held_out.seed = config.eval.seed
+        held_out.data.store = ""
+        held_out.data.caption_dropout = 0.0
+        held_out.data.workers = 0
+    return list(itertools.islice(batch_stream(held_out, config.data.batch_size), config.eval.batches))
+
+
+class Evaluator:
+    """Evaluates checkpoints of one workdir; compiled functions are reused across checkpoints."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.workdir = Path(workdir)
+        self.config = config = local_config(self.workdir)
+        self.manager = checkpoint.manager(self.workdir, read_only=True)
+        self.abstract = abstract_train_state(config, make_mesh(config)).ema_params
+        self.graphdef = model_graphdef(config)
+        self.batches = held_out_batches(config)
+        buckets = config.eval.timestep_buckets
+        self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
+        self.loss = jax.jit(self._loss)
+        t = config.train
+        self.generate: Callable = make_generator(
+            self.graphdef,
+            config,
+            frames=t.sample_frames,
+            height=t.sample_height,
+            width=t.sample_width,
+            steps=config.diffusion.sample_steps,
+            guidance=config.diffusion.guidance,
+            method=config.diffusion.sampler,
+        )
+        self.out = self.workdir / "eval"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.writer = MetricsWriter(self.out)
+
+    def _loss(self, params: nnx.State, batch: dict, key: jax.Array, t: jax.Array) -> jax.Array:
+        model = nnx.merge(self.graphdef, params)
+        velocity = velocity_predictor(model, batch, self.config.diffusion)
+        return flow_loss(velocity, batch, key, self.config, timesteps=t)[0]
+
+    def steps(self) -> list[int]:
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def evaluated(self, step: int) -> bool:
+        return (self.out / f"step_{step}.json").exists()
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        params = checkpoint.restore_params(self.manager, self.abstract, step)
+        base = jax.random.key(self.config.eval.seed)
+        by_bucket = {}
+        for t in self.bucket_t:
+            losses = [
+                float(self.loss(params, batch, jax.random.fold_in(base, i), jnp.float32(t)))
+                for i, batch in enumerate(self.batches)
+            ]
+            by_bucket[f"val_loss_t{t:.3f}"] = float(np.mean(losses))
+        result = {"step": step, "val_loss": float(np.mean(list(by_bucket.values()))), **by_bucket}
+        for index, prompt in enumerate(self.config.train.sample_prompts):
+            frames = self.generate(params, prompt, index)
+            for suffix in ("mp4", "gif"):
+                write_video(
+                    self.out / f"step_{step:06d}_{index}.{suffix}", frames, self.config.train.sample_fps
+                )
+            self.writer.write_frames(step, f"eval_samples/{index}", frames)
+        self.writer.write(step, {k: v for k, v in result.items() if k != "step"})
+        (self.out / f"step_{step}.json").write_text(json.dumps(result, indent=1))
+        log.info("evaluated step %d: val_loss %.4f", step, result["val_loss"])
+        return result
+
+    def follow(self, poll_seconds: float = 10.0, timeout: float | None = None) -> list[dict]:
+        """Evaluate each new checkpoint as it lands; stop once the run's final step is evaluated."""
+        results, started = [], time.monotonic()
+        final = self.config.train.steps
+        while True:
+            for step in self.steps():
+                if not self.evaluated(step):
+                    results.append(self.evaluate(step))
+            if self.evaluated(final):
+                return results
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(f"no checkpoint of step {final} in {self.workdir} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    def close(self) -> None:
+        self.writer.close()
