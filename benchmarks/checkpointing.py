@@ -8,8 +8,6 @@ Both loops run in one process on the same batches, alternating, so machine noise
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -17,7 +15,7 @@ import time
 
 import jax
 
-from benchmarks.report import replace_section
+from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.parallel.mesh import make_mesh
@@ -95,7 +93,7 @@ def main() -> None:
         f"| {params:,} parameters (+ EMA + Adam moments) | {saved:.2f} s | {restored:.2f} s |"
         for params, saved, restored in sizes
     )
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0].platform}"
+    machine = machine_description()
     body = (
         f"Machine: {machine}; local disk. `{args.config}`, {args.steps} steps a loop, median of "
         f"{args.rounds} alternating rounds.\n\n"

@@ -20,13 +20,11 @@ opencv-doc package:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 
-from benchmarks.report import replace_section
+from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.stats import pipeline_stats
@@ -80,9 +78,7 @@ def main() -> None:
             f"| {name} | {s['packing_efficiency']:.2%} | {s['clips_per_row']:.2f} | "
             f"{s['distinct_shapes']} | {s['images']:.0%} | {s['tokens_per_s']:,.0f} |"
         )
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
-    )
+    machine = machine_description()
     body = (
         f"Machine: {machine}. `{args.config}`: rows of {world.data.seq_len} tokens, at most "
         f"{world.data.max_clips_per_row} clips a row, data.workers={world.data.workers} "

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from pathlib import Path
+
+import jax
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADER = (
@@ -21,3 +25,12 @@ def replace_section(name: str, title: str, body: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(text + ("" if text.endswith("\n") else "\n"))
+
+
+def machine_description() -> str:
+    """Processor, cores, JAX version and devices: the line each section starts with."""
+    devices = jax.devices()
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{len(devices)} {devices[0].platform} device(s)"
+    )

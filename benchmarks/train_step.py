@@ -10,8 +10,6 @@ batches, and its FLOP/s as a fraction of the matmul figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -19,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.report import replace_section
+from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.parallel.mesh import make_mesh
@@ -96,10 +94,7 @@ def main() -> None:
         ("machine f32 matmul FLOP/s (1024^3, same run)", f"{peak / 1e9:.2f} GFLOP/s"),
         ("step FLOP/s / matmul FLOP/s", f"{achieved / peak:.1%}"),
     ]
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform} "
-        f"x{jax.device_count()}, jax {jax.__version__}"
-    )
+    machine = machine_description()
     table = "\n".join(["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
     section = (
         f"Machine: {machine}.\n\n{table}\n\n"

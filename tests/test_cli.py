@@ -25,19 +25,24 @@ def sora_jax(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    result = sora_jax(
+def train_tiny(workdir, steps: int) -> subprocess.CompletedProcess:
+    """The tiny experiment for ``steps`` steps, seed 5, constant learning rate."""
+    return sora_jax(
         "train",
         "--config",
         TINY,
         "--workdir",
         str(workdir),
-        "--config.train.steps=4",
+        f"--config.train.steps={steps}",
         "--config.seed=5",
         *CONSTANT_LR,
     )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = train_tiny(workdir, 4)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -62,32 +67,14 @@ def test_train_writes_config_metrics_tensorboard_samples_and_checkpoint(trained)
 
 def test_train_resumes_from_the_latest_checkpoint(trained, tmp_path):
     workdir, _ = trained
-    result = sora_jax(
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        str(workdir),
-        "--config.train.steps=6",
-        "--config.seed=5",
-        *CONSTANT_LR,
-    )
+    result = train_tiny(workdir, 6)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting at step 4" in result.stderr
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
     # The same losses as a run that was never interrupted: state, data position and noise resume.
     straight = tmp_path / "straight"
-    result = sora_jax(
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        str(straight),
-        "--config.train.steps=6",
-        "--config.seed=5",
-        *CONSTANT_LR,
-    )
+    result = train_tiny(straight, 6)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [line["loss"] for line in lines[4:]] == [line["loss"] for line in reference[4:]]

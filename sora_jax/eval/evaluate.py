@@ -27,7 +27,7 @@ from sora_jax.config import config_from_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.diffusion.flow import flow_loss, velocity_predictor
-from sora_jax.eval.generate import make_generator
+from sora_jax.eval.generate import sample_generator
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter
@@ -73,17 +73,7 @@ class Evaluator:
         buckets = config.eval.timestep_buckets
         self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
         self.loss = jax.jit(self._loss)
-        t = config.train
-        self.generate: Callable = make_generator(
-            self.graphdef,
-            config,
-            frames=t.sample_frames,
-            height=t.sample_height,
-            width=t.sample_width,
-            steps=config.diffusion.sample_steps,
-            guidance=config.diffusion.guidance,
-            method=config.diffusion.sampler,
-        )
+        self.generate: Callable = sample_generator(self.graphdef, config)
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
         self.writer = MetricsWriter(self.out)

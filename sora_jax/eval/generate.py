@@ -84,3 +84,18 @@ def make_generator(
         return model_to_pixels(clip)
 
     return generate
+
+
+def sample_generator(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Callable:
+    """:func:`make_generator` for the run's own sample shape (``train.sample_*``) and sampler."""
+    t, d = config.train, config.diffusion
+    return make_generator(
+        graphdef,
+        config,
+        frames=t.sample_frames,
+        height=t.sample_height,
+        width=t.sample_width,
+        steps=d.sample_steps,
+        guidance=d.guidance,
+        method=d.sampler,
+    )

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sora_jax.config import config_to_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
-from sora_jax.eval.generate import make_generator
+from sora_jax.eval.generate import sample_generator
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import named
 from sora_jax.train import checkpoint
@@ -151,16 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     # --- compiled step: one program for the whole run -------------------------------------------
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     t = config.train
-    generate = make_generator(
-        graphdef,
-        config,
-        frames=t.sample_frames,
-        height=t.sample_height,
-        width=t.sample_width,
-        steps=config.diffusion.sample_steps,
-        guidance=config.diffusion.guidance,
-        method=config.diffusion.sampler,
-    )
+    generate = sample_generator(graphdef, config)
 
     # --- loop ------------------------------------------------------------------------------------
     writer = MetricsWriter(workdir, resume_step=start)
