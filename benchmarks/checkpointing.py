@@ -101,9 +101,10 @@ def main() -> None:
         f"| no checkpoints | {base * 1000:.0f} ms |\n"
         f"| async checkpoint every step | {with_saves * 1000:.0f} ms ({with_saves / base - 1:+.1%}) |\n\n"
         "| state | save (synchronous) | restore |\n|---|---|---|\n" + size_rows + "\n\n"
-        "Saving every step is the worst case: runs save every `checkpoint.every` steps. On this "
-        "2-core CPU the background write competes with the step for the same cores; on an "
-        "accelerator it overlaps device compute.\n\n"
+        "Saving every step is the worst case: runs save every `checkpoint.every` steps. Here the "
+        "save's blocking part (host copies, orbax's set-up of four items) and "
+        "its background write both take the same 2 cores as the step; an accelerator host, where "
+        "the step runs on the device, has not been measured.\n\n"
         f"Command: `python -m benchmarks.checkpointing --steps {args.steps} --rounds {args.rounds}`"
     )
     print(body)
