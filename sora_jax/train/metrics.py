@@ -30,7 +30,7 @@ class MetricsWriter:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and _complete_step(line) is not None and _complete_step(line) <= resume_step
+                if (step := _complete_step(line)) is not None and step <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._jsonl = self.path.open("a")

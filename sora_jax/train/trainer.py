@@ -202,6 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 checkpoint.save(ckpt, state, batches)
             ckpt.wait_until_finished()
             writer.close()
+            preemption.close()
             return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
             write_samples(generate, state, t, workdir, done, writer)
