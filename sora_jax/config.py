@@ -44,7 +44,14 @@ def base_config() -> ConfigDict:
     m.mlp_ratio = 4.0
     m.qk_norm = True  # RMS-normalise queries and keys per head (stabilises attention logits).
     m.rope_theta = 10_000.0  # Base period of the 3D rotary embedding.
-    m.attention = "xla"  # Attention backend: xla (jax.nn.dot_product_attention) | cudnn (GPU).
+    # Attention kernel: xla (jax.nn.dot_product_attention; CPU, GPU, TPU) | cudnn (fused, GPU) |
+    # splash (Pallas splash attention, TPU) | ring (blockwise over the mesh's sequence axis).
+    m.attention = "xla"
+    # How self-attention crosses the mesh's `sequence` axis when it is larger than 1:
+    # all_to_all (Ulysses: trade token shards for head shards around the kernel; heads must divide
+    # by tensor x sequence) | gather (let XLA all-gather keys and values). `ring` attention is its own.
+    m.sequence_parallel = "all_to_all"
+    m.splash_interpret = False  # Run splash's Pallas kernel in the interpreter (any backend; slow): checks.
     m.scan_layers = True  # Run blocks under lax.scan: one compiled block, compile time flat in depth.
     m.remat = "none"  # Rematerialisation per block: none | full | dots (save matmul outputs only).
     m.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay in param_dtype.
@@ -121,11 +128,34 @@ def base_config() -> ConfigDict:
     ev.timestep_buckets = 4  # Loss reported at the centre of each of these equal bands of t.
 
     # --- device mesh ---------------------------------------------------------------------------
+    # Axes: data (replicas), fsdp (replicas that also shard parameters and optimizer state),
+    # sequence (tokens of a row), tensor (heads and MLP features). ici_* size the axes within a slice
+    # (fast links), dcn_* across slices (data-centre network); each mesh axis is ici x dcn devices.
     c.mesh = ms = ConfigDict()
     ms.ici_data = -1  # -1: all devices not used by the other axes.
     ms.ici_fsdp = 1
     ms.ici_sequence = 1
     ms.ici_tensor = 1
+    ms.dcn_data = 1  # Slices; their product must equal the number of slices.
+    ms.dcn_fsdp = 1
+    ms.dcn_sequence = 1
+    ms.dcn_tensor = 1
+    # Logical axis name -> the mesh axes that shard it (empty: replicated). Model code names axes;
+    # only this table knows the mesh, so changing the parallelism never touches the model.
+    ms.rules = ConfigDict(
+        {
+            "batch": ("data", "fsdp"),  # rows of a packed batch
+            "length": ("sequence",),  # tokens of a row
+            "embed": ("fsdp",),  # model width of parameters (FSDP); activations keep it whole
+            "heads": ("tensor",),
+            "mlp": ("tensor",),
+            "vocab": ("tensor",),
+            "layers": (),  # the stacked-blocks axis
+            "patch": (),
+            "text_length": (),
+            "clips": (),
+        }
+    )
     return c
 
 
@@ -260,7 +290,8 @@ def validate(config: ConfigDict) -> None:
     if m.text_dim % m.text_heads or (m.text_dim // m.text_heads) % 2:
         _fail("model.text_dim", f"{m.text_dim} must split into text_heads={m.text_heads} even heads")
     for key, value, allowed in (
-        ("model.attention", m.attention, ("xla", "cudnn")),
+        ("model.attention", m.attention, ("xla", "cudnn", "splash", "ring")),
+        ("model.sequence_parallel", m.sequence_parallel, ("all_to_all", "gather")),
         ("model.remat", m.remat, ("none", "full", "dots")),
         ("model.dtype", m.dtype, ("float32", "bfloat16")),
         ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
@@ -336,9 +367,23 @@ def validate(config: ConfigDict) -> None:
         )
     if sample_tokens > d.seq_len:
         _fail("train.sample_frames", f"sample clip has {sample_tokens} tokens, over data.seq_len")
-    sizes = [config.mesh[f"ici_{a}"] for a in ("data", "fsdp", "sequence", "tensor")]
+    _validate_mesh(config.mesh)
+
+
+def _validate_mesh(mesh: ConfigDict) -> None:
+    axes = ("data", "fsdp", "sequence", "tensor")
+    sizes = [mesh[f"ici_{a}"] for a in axes]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         _fail("mesh.ici_data", f"axis sizes must be positive, with at most one -1; got {sizes}")
+    for axis in axes:
+        if mesh[f"dcn_{axis}"] < 1:
+            _fail(f"mesh.dcn_{axis}", f"must be at least 1, got {mesh[f'dcn_{axis}']}")
+    for name, mesh_axes in mesh.rules.items():
+        unknown = [a for a in mesh_axes if a not in axes]
+        if unknown:
+            _fail(f"mesh.rules.{name}", f"{unknown} are not mesh axes ({', '.join(axes)})")
+        if len(set(mesh_axes)) != len(mesh_axes):
+            _fail(f"mesh.rules.{name}", f"repeats a mesh axis: {mesh_axes}")
 
 
 def _clip_tokens(frames: int, height: int, width: int, patch: Sequence[int]) -> int:

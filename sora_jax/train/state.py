@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sora_jax.model.dit import VideoDiT, build_model
-from sora_jax.parallel.sharding import logical_to_spec
+from sora_jax.parallel.sharding import Rules, axis_rules, logical_to_spec
 from sora_jax.train.optimizer import make_optimizer
 
 
@@ -47,11 +47,11 @@ def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
     return graphdef
 
 
-def state_shardings(abstract: Any, mesh: Mesh) -> Any:
+def state_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a pytree whose Variables carry logical names (others: replicated)."""
     specs = nnx.get_partition_spec(abstract)
     return jax.tree.map(
-        lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec))),
+        lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules)),
         specs,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
@@ -82,7 +82,7 @@ def create_train_state(
     """
     init = _initializer(config)
     abstract = jax.eval_shape(init)
-    shardings = state_shardings(abstract, mesh)
+    shardings = state_shardings(abstract, mesh, axis_rules(config))
     state = jax.jit(init, out_shardings=shardings)()
     return model_graphdef(config), state, shardings
 
@@ -90,7 +90,7 @@ def create_train_state(
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
     """Shapes, dtypes and shardings of the train state, without allocating it (for restore)."""
     abstract = jax.eval_shape(_initializer(config))
-    shardings = state_shardings(abstract, mesh)
+    shardings = state_shardings(abstract, mesh, axis_rules(config))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
