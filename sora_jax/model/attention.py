@@ -1,15 +1,23 @@
 """Multi-head attention over packed rows: tokens attend only within their own segment (clip).
 
 Shapes: ``B`` rows, ``L`` query tokens, ``K`` key tokens, ``N`` heads of ``H`` features.
+Which kernel computes it, and how it is split over the mesh, is chosen by
+:class:`AttentionKernel` (from ``model.attention`` and ``model.sequence_parallel``); see
+``sora_jax/parallel/sequence_attention.py``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sora_jax.model.rope import apply_rope
+from sora_jax.parallel.sequence_attention import LocalKernel, all_to_all_attention, ring_attention
+from sora_jax.parallel.sharding import Rules, axis_size, logical_to_spec, mesh_axes
 
 
 def segment_mask(q_segments_bl: jax.Array, kv_segments_bk: jax.Array) -> jax.Array:
@@ -19,6 +27,96 @@ def segment_mask(q_segments_bl: jax.Array, kv_segments_bk: jax.Array) -> jax.Arr
     only masked logits; padding outputs are never read.
     """
     return q_segments_bl[:, None, :, None] == kv_segments_bk[:, None, None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKernel:
+    """How attention is computed; hashable, so it is part of a module's static structure.
+
+    ``kernel``: xla | cudnn | splash | ring. ``sequence_parallel``: all_to_all | gather, used when
+    keys are split over the mesh's sequence axis. ``rules`` map logical axes to mesh axes.
+    ``interpret``: run the splash kernel in the Pallas interpreter (to check it off TPU).
+    """
+
+    kernel: str = "xla"
+    sequence_parallel: str = "all_to_all"
+    rules: Rules = ()
+    interpret: bool = False
+
+
+def dense_attention(
+    q_blnh: jax.Array,
+    k_bknh: jax.Array,
+    v_bknh: jax.Array,
+    q_segments_bl: jax.Array,
+    kv_segments_bk: jax.Array,
+    implementation: str | None = None,
+) -> jax.Array:
+    """Masked softmax attention ``[B, L, N, H]`` with the whole ``[L, K]`` logits per head."""
+    mask = segment_mask(q_segments_bl, kv_segments_bk)
+    return jax.nn.dot_product_attention(q_blnh, k_bknh, v_bknh, mask=mask, implementation=implementation)
+
+
+def local_kernel(kernel: str, interpret: bool = False) -> LocalKernel:
+    """The single-device computation of ``kernel`` (ring attention is dense within one device)."""
+    if kernel == "splash":
+        from sora_jax.model.splash import splash_attention  # Imports Pallas TPU code: only when used.
+
+        return functools.partial(splash_attention, interpret=interpret)
+    implementation = "cudnn" if kernel == "cudnn" else None
+    return lambda q, k, v, qs, ks: dense_attention(q, k, v, qs, ks, implementation)
+
+
+def attend(
+    q_blnh: jax.Array,
+    k_bknh: jax.Array,
+    v_bknh: jax.Array,
+    q_segments_bl: jax.Array,
+    kv_segments_bk: jax.Array,
+    kernel: AttentionKernel,
+    *,
+    self_attention: bool,
+) -> jax.Array:
+    """Segment-masked attention ``[B, L, N, H]`` as ``kernel`` says, on the current mesh.
+
+    Without a mesh (``jax.set_mesh``), or where XLA can partition the computation itself (dense
+    kernels whose keys are not split over ``sequence``), it is one call that XLA shards over rows
+    and heads. Otherwise it runs per device under ``jax.shard_map``: Pallas kernels cannot be
+    partitioned by XLA, and split keys need the all-to-all or ring exchange.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    compute = local_kernel(kernel.kernel, kernel.interpret)
+    if mesh.empty:
+        return compute(q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk)
+    rules = kernel.rules
+    sequence = axis_size(mesh, "length", rules)
+    exchange = kernel.kernel == "ring" or kernel.sequence_parallel == "all_to_all"
+    keys_split = self_attention and sequence > 1 and exchange
+    if kernel.kernel != "splash" and not keys_split:
+        return compute(q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk)
+
+    axis = mesh_axes("length", rules)
+    if kernel.kernel == "ring" and keys_split:
+        body = lambda q, k, v, qs, ks: ring_attention(q, k, v, qs, ks, axis, sequence)  # noqa: E731
+    elif keys_split:
+        body = lambda q, k, v, qs, ks: all_to_all_attention(compute, q, k, v, qs, ks, axis)  # noqa: E731
+    else:
+        body = compute  # Splash on its shard; keys not split (cross-attention, or gathered).
+    key_length = "length" if keys_split else None
+    q_spec = logical_to_spec(("batch", "length", "heads", None), rules)
+    kv_spec = logical_to_spec(("batch", key_length, "heads", None), rules)
+    return jax.shard_map(
+        body,
+        in_specs=(
+            q_spec,
+            kv_spec,
+            kv_spec,
+            logical_to_spec(("batch", "length"), rules),
+            logical_to_spec(("batch", key_length), rules),
+        ),
+        out_specs=q_spec,
+        check_vma=False,
+    )(q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk)
 
 
 def dense(
@@ -55,10 +153,12 @@ class Attention(nnx.Module):
         *,
         context_dim: int | None = None,
         qk_norm: bool = True,
+        kernel: AttentionKernel = AttentionKernel(),
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
     ) -> None:
         self.heads, self.head_dim = heads, dim // heads
+        self.kernel = kernel
         kv_dim = context_dim or dim
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.query = dense(dim, dim, ("embed", "heads"), rngs, **kw)
@@ -80,14 +180,17 @@ class Attention(nnx.Module):
         self,
         x_bld: jax.Array,
         context_bkd: jax.Array,
-        mask_b1lk: jax.Array,
+        q_segments_bl: jax.Array,
+        kv_segments_bk: jax.Array,
         *,
         query_angles: jax.Array | None = None,
         key_angles: jax.Array | None = None,
+        self_attention: bool = False,
     ) -> jax.Array:
-        """``x [B, L, D]`` attends to ``context [B, K, Dc]`` where ``mask``; returns ``[B, L, D]``.
+        """``x [B, L, D]`` attends to the tokens of ``context [B, K, Dc]`` in its own segment.
 
-        ``*_angles [B, L|K, H/2]`` rotate queries/keys (RoPE) when given.
+        ``*_angles [B, L|K, H/2]`` rotate queries/keys (RoPE) when given. ``self_attention``: the
+        context is ``x`` itself, so its tokens are split over the mesh like the queries.
         """
         b, length, dim = x_bld.shape
         split = lambda t: t.reshape(*t.shape[:2], self.heads, self.head_dim)  # noqa: E731
@@ -100,5 +203,7 @@ class Attention(nnx.Module):
             q_blnh = apply_rope(q_blnh, query_angles)
         if key_angles is not None:
             k_bknh = apply_rope(k_bknh, key_angles)
-        out_blnh = jax.nn.dot_product_attention(q_blnh, k_bknh, v_bknh, mask=mask_b1lk)
+        out_blnh = attend(
+            q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk, self.kernel, self_attention=self_attention
+        )
         return self.out(out_blnh.reshape(b, length, dim))

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from sora_jax.model.attention import Attention, dense, segment_mask
+from sora_jax.model.attention import Attention, AttentionKernel, dense
 from sora_jax.model.rope import axis_dims, rope_angles
 from sora_jax.model.text import TextEncoder
-from sora_jax.parallel.sharding import constrain
+from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 
 ACTIVATION = ("batch", "length", "embed")
 REMAT_POLICIES = {
@@ -49,13 +49,16 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 class DiTBlock(nnx.Module):
     """adaLN-Zero block: self-attention, cross-attention to text, MLP; starts as the identity."""
 
-    def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs, **kw) -> None:
+    def __init__(
+        self, config: ml_collections.ConfigDict, kernel: AttentionKernel, rngs: nnx.Rngs, **kw
+    ) -> None:
         dim, heads = config.dim, config.heads
+        self.rules = kernel.rules
         self.norm1 = nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
-        self.self_attention = Attention(dim, heads, rngs, qk_norm=config.qk_norm, **kw)
+        self.self_attention = Attention(dim, heads, rngs, qk_norm=config.qk_norm, kernel=kernel, **kw)
         self.norm_cross = nnx.LayerNorm(dim, rngs=rngs, **kw)
         self.cross_attention = Attention(
-            dim, heads, rngs, context_dim=config.text_dim, qk_norm=config.qk_norm, **kw
+            dim, heads, rngs, context_dim=config.text_dim, qk_norm=config.qk_norm, kernel=kernel, **kw
         )
         self.norm2 = nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
         hidden = int(dim * config.mlp_ratio)
@@ -69,20 +72,22 @@ class DiTBlock(nnx.Module):
         x_bld: jax.Array,
         conditioning_bsd: jax.Array,
         segment_ids: jax.Array,
-        self_mask: jax.Array,
         angles: jax.Array,
         text_bkd: jax.Array,
-        cross_mask: jax.Array,
+        text_segment_ids: jax.Array,
     ) -> jax.Array:
         per_clip = self.modulation(jax.nn.silu(conditioning_bsd))  # [B, S, 6D]: once per clip.
         mods = jnp.split(gather_clips(per_clip, segment_ids), 6, axis=-1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = modulate(self.norm1(x_bld), shift_a, scale_a)
-        x_bld = x_bld + gate_a * self.self_attention(h, h, self_mask, query_angles=angles, key_angles=angles)
-        x_bld = x_bld + self.cross_attention(self.norm_cross(x_bld), text_bkd, cross_mask)
+        attended = self.self_attention(
+            h, h, segment_ids, segment_ids, query_angles=angles, key_angles=angles, self_attention=True
+        )
+        x_bld = x_bld + gate_a * attended
+        x_bld = x_bld + self.cross_attention(self.norm_cross(x_bld), text_bkd, segment_ids, text_segment_ids)
         h = modulate(self.norm2(x_bld), shift_m, scale_m)
         x_bld = x_bld + gate_m * self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
-        return constrain(x_bld, ACTIVATION)
+        return constrain(x_bld, ACTIVATION, self.rules)
 
 
 class VideoDiT(nnx.Module):
@@ -96,6 +101,8 @@ class VideoDiT(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
         m = config.model
         self.config = ml_collections.FrozenConfigDict(m)  # Hashable: part of the graph definition.
+        self.rules: Rules = axis_rules(config)
+        kernel = AttentionKernel(m.attention, m.sequence_parallel, self.rules, m.splash_interpret)
         kw = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
         patch_dim = math.prod(m.patch_size) * m.channels
         self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
@@ -106,7 +113,7 @@ class VideoDiT(nnx.Module):
         @nnx.split_rngs(splits=m.depth)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(rngs: nnx.Rngs) -> DiTBlock:
-            return DiTBlock(m, rngs, **kw)
+            return DiTBlock(m, kernel, rngs, **kw)
 
         self.blocks = make_blocks(rngs)  # Parameters stacked on a leading "layers" axis.
         self.final_norm = nnx.LayerNorm(m.dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
@@ -118,17 +125,16 @@ class VideoDiT(nnx.Module):
     ) -> jax.Array:
         m = self.config
         segment_ids = batch["segment_ids"]
-        x = constrain(self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype))), ACTIVATION)
+        x = constrain(self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype))), ACTIVATION, self.rules)
         conditioning = self.time_out(
             jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
         )  # [B, S, D]
         text = self.text_encoder(
             batch["text_tokens"], batch["text_segment_ids"], batch["text_positions"]
         ).astype(jnp.dtype(m.dtype))
-        self_mask = segment_mask(segment_ids, segment_ids)
-        cross_mask = segment_mask(segment_ids, batch["text_segment_ids"])
         angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
-        extras = (conditioning, segment_ids, self_mask, angles, text, cross_mask)
+        angles = constrain(angles, ("batch", "length", None), self.rules)
+        extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
 
         graphdef, stacked = nnx.split(self.blocks)
 

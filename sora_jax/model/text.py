@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sora_jax.model.attention import Attention, dense, segment_mask
+from sora_jax.model.attention import Attention, dense
 from sora_jax.model.rope import rope_angles
 
 
@@ -22,9 +22,9 @@ class TextBlock(nnx.Module):
         self.mlp_in = dense(dim, 4 * dim, ("embed", "mlp"), rngs, **kw)
         self.mlp_out = dense(4 * dim, dim, ("mlp", "embed"), rngs, **kw)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, angles: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, angles: jax.Array) -> jax.Array:
         h = self.norm1(x)
-        x = x + self.attention(h, h, mask, query_angles=angles, key_angles=angles)
+        x = x + self.attention(h, h, segment_ids, segment_ids, query_angles=angles, key_angles=angles)
         return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm2(x))))
 
 
@@ -45,8 +45,7 @@ class TextEncoder(nnx.Module):
 
     def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
         x = self.embed(tokens)
-        mask = segment_mask(segment_ids, segment_ids)
         angles = rope_angles(positions[..., None], (self.head_dim,), theta=10_000.0)
         for block in self.blocks:
-            x = block(x, mask, angles)
+            x = block(x, segment_ids, angles)
         return self.norm(x).astype(jnp.float32)
