@@ -18,10 +18,11 @@ import jax
 from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
+from sora_jax.parallel.global_batch import BatchLayout
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.state import abstract_train_state, count_params, create_train_state
-from sora_jax.train.trainer import jit_train_step, to_global
+from sora_jax.train.trainer import jit_train_step
 
 
 def run_steps(config, state, step_fn, batches, stream, directory: str | None) -> tuple[float, object]:
@@ -75,7 +76,7 @@ def main() -> None:
     graphdef, state, shardings = create_train_state(config, mesh)
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
-    batches = [to_global(next(stream), mesh, config.data.batch_size) for _ in range(args.steps)]
+    batches = [BatchLayout.of(config, mesh).to_global(next(stream)) for _ in range(args.steps)]
     state, _ = step_fn(state, batches[0])  # Compile outside the timing.
     plain, saving = [], []
     for _ in range(args.rounds):

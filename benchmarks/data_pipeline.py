@@ -28,9 +28,10 @@ from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.stats import pipeline_stats
+from sora_jax.parallel.global_batch import BatchLayout
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.state import create_train_state
-from sora_jax.train.trainer import jit_train_step, to_global
+from sora_jax.train.trainer import jit_train_step
 
 
 def train_tokens_per_s(config, steps: int) -> float:
@@ -40,7 +41,7 @@ def train_tokens_per_s(config, steps: int) -> float:
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
     host = [next(stream) for _ in range(steps + 1)]
-    batches = [to_global(b, mesh, config.data.batch_size) for b in host]
+    batches = [BatchLayout.of(config, mesh).to_global(b) for b in host]
     state, metrics = step_fn(state, batches[0])
     jax.block_until_ready(metrics)
     start = time.perf_counter()

@@ -20,10 +20,11 @@ import numpy as np
 from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
+from sora_jax.parallel.global_batch import BatchLayout
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import count_params, create_train_state
-from sora_jax.train.trainer import jit_train_step, to_global
+from sora_jax.train.trainer import jit_train_step
 
 
 def matmul_flops_per_s(size: int = 1024, repeats: int = 20) -> float:
@@ -57,7 +58,7 @@ def main() -> None:
     graphdef, state, shardings = create_train_state(config, mesh)
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
-    batches = [to_global(next(stream), mesh, config.data.batch_size) for _ in range(args.steps + 1)]
+    batches = [BatchLayout.of(config, mesh).to_global(next(stream)) for _ in range(args.steps + 1)]
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()

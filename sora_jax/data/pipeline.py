@@ -1,6 +1,6 @@
 """The training input: a grain pipeline from clip sources to packed batches of one static shape.
 
-    sources (world, stores) ── shuffle by (seed, epoch), mix by weight ── this process's share
+    sources (world, stores) ── shuffle by (seed, epoch), mix by weight ── one slice per batch row
       ── PackedBatches: choose each clip's shape to fit its row, load, patchify, pack ──
       ── worker processes with prefetch ── numpy batches [rows, L, ...]
 
@@ -9,9 +9,11 @@ what its source offers, and a clip that does not fit what is left of the row (or
 no clip can fill) takes instead the largest shape that does. Rows end nearly full whatever the mix
 of shapes, and the train step compiles once.
 
-Each process reads only its own share of the stream (every ``process_count``-th request), so shares
-are disjoint and together cover the data. The iterator's state (grain's ``get_state``) restores
-the exact sequence of batches that would have come next.
+Row ``i`` of every global batch of ``R`` rows is packed from its own slice of the request stream
+(every ``R``-th request, from the ``i``-th), so slices are disjoint and together cover the data. A
+process packs only the rows its devices hold: the global batch is the same whether one process
+or many build it. The iterator's state (grain's ``get_state``) restores the exact sequence of
+batches that would have come next.
 """
 
 from __future__ import annotations
@@ -78,42 +80,61 @@ def request_stream(
 
 
 class PackedBatches(grain.IterDataset):
-    """Packs a stream of clip requests into batches of ``rows`` rows of the packed layout."""
+    """Packs clip requests into batches of the packed layout: row ``i`` from ``parents[i]``."""
 
     def __init__(
         self,
-        parent: grain.IterDataset,
+        parents: Sequence[grain.IterDataset],
         config: ml_collections.ConfigDict,
-        rows: int,
         sources: Sequence | None = None,
     ) -> None:
-        super().__init__(parent)
-        self.config, self.rows = config, rows
+        super().__init__(list(parents))
+        self.config = config
         self.sources = sources
 
     def __iter__(self) -> _PackedBatchIterator:
         sources = self.sources if self.sources is not None else make_sources(self.config)[0]
-        return _PackedBatchIterator(self._parent.__iter__(), self.config, self.rows, sources)
+        return _PackedBatchIterator([parent.__iter__() for parent in self._parents], self.config, sources)
+
+
+@dataclasses.dataclass
+class _RowRequests:
+    """One row's request iterator. A request pulled that did not fit its row opens the next one;
+    the iterator's state from before it was pulled is what a checkpoint records."""
+
+    requests: grain.DatasetIterator
+    pending: ClipRequest | None = None
+    state_before_pending: dict[str, Any] | None = None
+
+    def next(self) -> ClipRequest:
+        if self.pending is not None:
+            request, self.pending = self.pending, None
+            return request
+        self.state_before_pending = self.requests.get_state()
+        return next(self.requests)
+
+    def get_state(self) -> dict[str, Any]:
+        return self.state_before_pending if self.pending is not None else self.requests.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.requests.set_state(state)
+        self.pending = self.state_before_pending = None
 
 
 class _PackedBatchIterator(grain.DatasetIterator):
     def __init__(
-        self, parent: grain.DatasetIterator, config: ml_collections.ConfigDict, rows: int, sources: Sequence
+        self, parents: list[grain.DatasetIterator], config: ml_collections.ConfigDict, sources: Sequence
     ) -> None:
-        super().__init__(parent)
-        self.config, self.data, self.rows, self.sources = config, config.data, rows, sources
+        super().__init__(parents)
+        self.config, self.data, self.sources = config, config.data, sources
         self.patch = tuple(config.model.patch_size)
         self.patch_dim = math.prod(self.patch) * config.model.channels
         self.tokenizer = WordTokenizer(config.model.text_vocab_size)
-        # A request pulled from the parent that did not fit its row opens the next one; the
-        # parent's state from before it was pulled is what a checkpoint records.
-        self._pending: ClipRequest | None = None
-        self._state_before_pending: dict[str, Any] | None = None
+        self.rows = [_RowRequests(parent) for parent in parents]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rows = [self._fill_row() for _ in range(self.rows)]
         return pack_rows(
-            rows,
+            [self._fill_row(row) for row in self.rows],
             seq_len=self.data.seq_len,
             patch_dim=self.patch_dim,
             max_clips=self.data.max_clips_per_row,
@@ -121,30 +142,23 @@ class _PackedBatchIterator(grain.DatasetIterator):
         )
 
     def get_state(self) -> dict[str, Any]:
-        if self._pending is not None:
-            return {"parent": self._state_before_pending}
-        return {"parent": self._parent.get_state()}
+        return {"rows": [row.get_state() for row in self.rows]}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
-        self._pending = self._state_before_pending = None
+        if len(state["rows"]) != len(self.rows):
+            raise ValueError(f"input state has {len(state['rows'])} rows; this stream has {len(self.rows)}")
+        for row, row_state in zip(self.rows, state["rows"], strict=True):
+            row.set_state(row_state)
 
-    def _next_request(self) -> ClipRequest:
-        if self._pending is not None:
-            request, self._pending = self._pending, None
-            return request
-        self._state_before_pending = self._parent.get_state()
-        return next(self._parent)
-
-    def _fill_row(self) -> list[PackedClip]:
+    def _fill_row(self, row: _RowRequests) -> list[PackedClip]:
         d = self.data
         clips: list[PackedClip] = []
         tokens_left, text_left = d.seq_len, d.text_len
         while len(clips) < d.max_clips_per_row and text_left >= 1:
-            request = self._next_request()
+            request = row.next()
             clip = self._place(request, tokens_left, text_left)
             if clip is None:  # Opens the next row instead; the state from before its pull stands.
-                self._pending = request
+                row.pending = request
                 break
             clips.append(clip)
             tokens_left -= clip.num_tokens
@@ -198,28 +212,35 @@ class _PackedBatchIterator(grain.DatasetIterator):
 def batch_stream(
     config: ml_collections.ConfigDict,
     rows: int,
-    process_index: int = 0,
-    process_count: int = 1,
+    first_row: int = 0,
+    total_rows: int | None = None,
 ) -> grain.DatasetIterator:
-    """This process's batches of ``rows`` rows, endlessly; ``get_state``/``set_state`` resume it.
+    """Rows ``first_row .. first_row + rows - 1`` of every global batch of ``total_rows`` rows
+    (default: all ``rows``), endlessly; ``get_state``/``set_state`` resume it.
 
     Batches are built ``data.prefetch`` ahead in a background thread, or with ``data.workers > 0``
-    in that many worker processes (each packs every ``workers``-th share of the requests; the
-    order is fixed either way).
+    in that many worker processes (each packs every ``workers``-th batch from its share of every
+    row's requests; the order is fixed either way).
     """
+    total_rows = rows if total_rows is None else total_rows
+    if not 0 <= first_row <= first_row + rows <= total_rows:
+        raise ValueError(f"rows {first_row}..{first_row + rows - 1} are not rows of a {total_rows}-row batch")
     sources, weights = make_sources(config)
-    share = request_stream(config, sources, weights)[process_index::process_count]
-    requests = share.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    requests = request_stream(config, sources, weights)
+    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    row_requests = [
+        requests[row::total_rows].to_iter_dataset(read) for row in range(first_row, first_row + rows)
+    ]
     if config.data.workers > 0:
         if not absl_flags.FLAGS.is_parsed():  # grain's workers read absl flags; take the defaults.
             absl_flags.FLAGS.mark_as_parsed()
-        batches = PackedBatches(requests, config, rows).mp_prefetch(
+        batches = PackedBatches(row_requests, config).mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=config.data.workers, per_worker_buffer_size=config.data.prefetch
             )
         )
     else:
         batches = grain.experimental.ThreadPrefetchIterDataset(
-            PackedBatches(requests, config, rows, sources), prefetch_buffer_size=config.data.prefetch
+            PackedBatches(row_requests, config, sources), prefetch_buffer_size=config.data.prefetch
         )
     return iter(batches)

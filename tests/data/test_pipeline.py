@@ -119,3 +119,16 @@ def test_store_clips_keep_their_aspect_and_mix_with_the_world(store):
     number = WordTokenizer(config.model.text_vocab_size).encode("video number", 3).tolist()
     from_store = [c for c in captions if c[:3] == number]
     assert 0 < len(from_store) < len([c for c in captions if c])
+
+
+def test_a_process_share_of_rows_equals_those_rows_of_the_whole_batch():
+    """Rows are packed per row slot, so any split of the rows over processes gives the same batch."""
+    config = get_config("test")
+    whole = _take(batch_stream(config, 4), 2)
+    lower = _take(batch_stream(config, 2, first_row=0, total_rows=4), 2)
+    upper = _take(batch_stream(config, 2, first_row=2, total_rows=4), 2)
+    for full, low, up in zip(whole, lower, upper, strict=True):
+        for name in full:
+            np.testing.assert_array_equal(full[name], np.concatenate([low[name], up[name]]), err_msg=name)
+    other = _take(batch_stream(config, 2, first_row=1, total_rows=4), 1)[0]
+    assert not np.array_equal(other["patches"], lower[0]["patches"])

@@ -1,0 +1,83 @@
+"""Global batches: which rows each process loads, and how they become sharded ``jax.Array``s.
+
+Rows of a packed batch are split over the mesh axes of the logical ``batch`` axis. A process loads
+only the rows its own devices hold; processes whose devices hold the same rows (for example
+because they split those rows' tokens over ``sequence``) load the same rows, and the input
+pipeline gives them the same data because each row is packed from its own slice of the stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from sora_jax.parallel.sharding import Rules, axis_rules, named
+
+# Logical names of each packed-batch field's axes.
+BATCH_AXES = {
+    "patches": ("batch", "length", None),
+    "segment_ids": ("batch", "length"),
+    "positions": ("batch", "length", None),
+    "cond_mask": ("batch", "length"),
+    "text_tokens": ("batch", None),
+    "text_segment_ids": ("batch", None),
+    "text_positions": ("batch", None),
+    "clip_grid": ("batch", None, None),
+    "clip_frames": ("batch", None),
+    "clip_fps": ("batch", None),
+}
+
+
+def batch_shardings(mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
+    return {name: named(mesh, axes, rules) for name, axes in BATCH_AXES.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """This process's rows of every global batch of ``rows`` rows: the contiguous block
+    ``first_row .. first_row + num_rows - 1`` that its devices hold."""
+
+    mesh: Mesh
+    rules: Rules
+    rows: int
+    first_row: int
+    num_rows: int
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict, mesh: Mesh) -> BatchLayout:
+        rules, rows = axis_rules(config), config.data.batch_size
+        sharding = named(mesh, BATCH_AXES["clip_frames"], rules)
+        held = {
+            (index[0].start or 0, rows if index[0].stop is None else index[0].stop)
+            for index in sharding.addressable_devices_indices_map((rows, 1)).values()
+        }
+        first, stop = min(start for start, _ in held), max(end for _, end in held)
+        covered = sum(end - start for start, end in held)
+        if covered != stop - first:
+            raise ValueError(
+                f"process {jax.process_index()} holds rows {sorted(held)} of the batch, not one block; "
+                "order the mesh so each process's devices hold contiguous rows"
+            )
+        return cls(mesh, rules, rows, first, stop - first)
+
+    def to_global(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's ``num_rows`` rows of each field to global arrays sharded over the mesh."""
+        arrays = {}
+        for name, local in host_batch.items():
+            if local.shape[0] != self.num_rows:
+                raise ValueError(f"{name} has {local.shape[0]} rows; this process holds {self.num_rows}")
+
+            def shard(index: tuple[slice, ...], local: np.ndarray = local) -> np.ndarray:
+                row = index[0]
+                start = (row.start or 0) - self.first_row
+                stop = (self.rows if row.stop is None else row.stop) - self.first_row
+                return local[(slice(start, stop), *index[1:])]
+
+            shape = (self.rows, *local.shape[1:])
+            sharding = named(self.mesh, BATCH_AXES[name], self.rules)
+            arrays[name] = jax.make_array_from_callback(shape, sharding, shard)
+        return arrays
