@@ -1,4 +1,4 @@
-"""The ``sora-jax`` command: train, sample, evaluate, prepare, data-stats (``sora-jax COMMAND --help``)."""
+"""The ``sora-jax`` command: train, sample, evaluate, aot, prepare, data-stats (``COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     train.add_argument("--workdir", required=True, help="run directory (config, metrics, ...)")
+    hosts = train.add_argument_group(
+        "multi-host", "explicit process group (TPU pods and SLURM are detected without these)"
+    )
+    hosts.add_argument("--coordinator", help="HOST:PORT of process 0 (env SORA_JAX_COORDINATOR)")
+    hosts.add_argument("--num-processes", type=int, help="env SORA_JAX_NUM_PROCESSES")
+    hosts.add_argument("--process-id", type=int, help="env SORA_JAX_PROCESS_ID")
 
     sample = commands.add_parser("sample", help="generate a video from a trained workdir")
     sample.add_argument("--workdir", required=True)
@@ -66,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--poll", type=float, default=10.0, help="seconds between looks (--follow)")
     evaluate.add_argument("--timeout", type=float, default=None, help="give up after (--follow)")
+
+    aot = commands.add_parser(
+        "aot",
+        help="compile the train step for a TPU slice here (no TPU needed): memory per chip, FLOPs, MFU",
+        epilog="--config.KEY=VALUE overrides work here too. Exits 1 when the step does not fit.",
+    )
+    aot.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    aot.add_argument("--topology", required=True, help="Cloud TPU accelerator type, e.g. v5p-256, v6e-64")
+    aot.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN")
+    aot.add_argument("--json", help="also write the report to this file")
+    aot.add_argument(
+        "--no-estimate", action="store_true", help="skip the two extra compiles behind the MFU estimate"
+    )
 
     stats = commands.add_parser(
         "data-stats",
@@ -101,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "data-stats":
             return _data_stats(args, overrides)
+        if args.command == "aot":
+            return _aot(args, overrides)
         if overrides:
             raise ConfigError(f"{args.command} takes no --config overrides: {overrides}")
         if args.command == "evaluate":
@@ -113,10 +134,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from sora_jax.config import load_config
+    from sora_jax.parallel import distributed
     from sora_jax.train.trainer import train
 
     config = load_config(args.config, overrides)  # Validated here, before anything compiles.
-    train(config, args.workdir)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    try:
+        train(config, args.workdir)
+    except BaseException as error:  # noqa: BLE001 - any failure must stop the other processes too.
+        distributed.exit_on_failure(error)
+        raise
+    return 0
+
+
+def _aot(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+    import os
+
+    # libtpu describes the slice; this machine's own TPU, if any, must not be claimed for it.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from sora_jax.config import load_config
+    from sora_jax.train.aot import aot_report, not_fitting_message
+
+    config = load_config(args.config, overrides)
+    try:
+        report = aot_report(config, args.topology, args.num_slices, estimate=not args.no_estimate)
+    except ValueError as error:  # A malformed accelerator type.
+        raise ConfigError(str(error)) from None
+    print(report.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=1))
+    if not report.fits:
+        print(f"sora-jax aot: {not_fitting_message(report, config)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,6 +205,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from etils import epath
+
     from sora_jax.data.video_io import write_video
     from sora_jax.eval.evaluate import local_config
     from sora_jax.eval.generate import make_generator
@@ -162,7 +214,7 @@ def _sample(args: argparse.Namespace) -> int:
     from sora_jax.train import checkpoint
     from sora_jax.train.state import abstract_train_state, model_graphdef
 
-    workdir = Path(args.workdir)
+    workdir = epath.Path(args.workdir)  # A local directory or a URL such as gs://bucket/run.
     try:
         config = local_config(workdir)  # Sample on the devices here, whatever mesh the run used.
     except FileNotFoundError as error:
@@ -184,7 +236,7 @@ def _sample(args: argparse.Namespace) -> int:
         method=args.sampler or d.sampler,
     )
     frames = generate(params, args.prompt, args.seed)
-    out = Path(args.out)
+    out = epath.Path(args.out)  # May be a URL too.
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
     print(f"wrote {out} and {out.with_suffix('.gif')} ({args.frames}x{args.height}x{args.width})")

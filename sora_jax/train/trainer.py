@@ -8,16 +8,17 @@ CPU devices, or a TPU pod; only the mesh differs.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -27,8 +28,9 @@ from sora_jax.config import config_to_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.eval.generate import sample_generator
+from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
-from sora_jax.parallel.sharding import named
+from sora_jax.parallel.sharding import axis_rules, describe_shardings
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter, model_flops_per_token
 from sora_jax.train.state import (
@@ -42,31 +44,6 @@ from sora_jax.train.step import make_train_step
 
 log = logging.getLogger("sora_jax")
 
-# Logical names of each packed-batch field's axes: rows are split over the data-parallel devices.
-BATCH_AXES = {
-    "patches": ("batch", None, None),
-    "segment_ids": ("batch", None),
-    "positions": ("batch", None, None),
-    "cond_mask": ("batch", None),
-    "text_tokens": ("batch", None),
-    "text_segment_ids": ("batch", None),
-    "text_positions": ("batch", None),
-    "clip_grid": ("batch", None, None),
-    "clip_frames": ("batch", None),
-    "clip_fps": ("batch", None),
-}
-
-
-def process_rows(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
-    """How many rows of each global batch this process builds: those its devices hold."""
-    rows, data_ways = config.data.batch_size, mesh.shape["data"] * mesh.shape["fsdp"]
-    if rows % data_ways:
-        raise ValueError(
-            f"data.batch_size={rows} does not split over the {data_ways} data-parallel devices "
-            f"(mesh.ici_data x mesh.ici_fsdp); use a multiple of {data_ways}"
-        )
-    return rows // jax.process_count()
-
 
 def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) -> set[tuple[int, int, int]]:
     """(frames, height, width) in pixels of every clip of a host batch."""
@@ -75,23 +52,13 @@ def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) ->
     return {(int(f), int(h) * ph, int(w) * pw) for f, (_, h, w) in zip(frames, grid, strict=True) if f}
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh, rows: int) -> dict[str, jax.Array]:
-    """This process's rows to global arrays sharded over the mesh's data axes."""
-    return {
-        name: jax.make_array_from_process_local_data(
-            named(mesh, BATCH_AXES[name]), value, (rows, *value.shape[1:])
-        )
-        for name, value in batch.items()
-    }
-
-
 def jit_train_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh, state_shardings: TrainState
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The train step jitted with explicit shardings: state in place (donated), batch over rows."""
     return jax.jit(
         make_train_step(graphdef, config),
-        in_shardings=(state_shardings, {k: named(mesh, v) for k, v in BATCH_AXES.items()}),
+        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(config))),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
@@ -123,19 +90,29 @@ class PreemptionWatch:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics.
+
+    ``workdir`` is a local directory or a URL that every process reaches (``gs://bucket/run``).
+    """
     # --- workdir and mesh ------------------------------------------------------------------------
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)  # Unlike pathlib, keeps "gs://" whole.
     is_writer = jax.process_index() == 0
     if is_writer:
         (workdir / "samples").mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_to_json(config))
     mesh = make_mesh(config)
-    log.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+    log.info("mesh %s over %d devices in %d process(es)", dict(mesh.shape), mesh.size, jax.process_count())
+    with jax.set_mesh(mesh):  # Model code constrains activations and splits attention on it.
+        return _train(config, workdir, mesh, is_writer)
 
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, is_writer: bool
+) -> dict[str, float]:
     # --- input pipeline: this process's share of every batch ---------------------------------
-    batches = batch_stream(config, process_rows(config, mesh), jax.process_index(), jax.process_count())
+    layout = BatchLayout.of(config, mesh)
+    batches = batch_stream(config, layout.num_rows, layout.first_row, layout.rows)
 
     # --- train state (and input position): restored from the latest checkpoint, or fresh ------
     ckpt = checkpoint.manager(workdir, config)
@@ -147,6 +124,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         graphdef, shardings = model_graphdef(config), jax.tree.map(lambda a: a.sharding, abstract)
     start = int(state.step)
     log.info("parameters: %s; starting at step %d", f"{count_params(state.params):,}", start)
+    for line in describe_shardings(state):
+        log.info("%s", line)
 
     # --- compiled step: one program for the whole run -------------------------------------------
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
@@ -165,7 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     for step in range(start, t.steps):
         host_batch = next(batches)
         clip_shapes.update(clip_shapes_of(host_batch, config.model.patch_size))
-        batch = to_global(host_batch, mesh, config.data.batch_size)
+        batch = layout.to_global(host_batch)
         state, device_metrics = step_fn(state, batch)
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
@@ -183,7 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                 "distinct_clip_shapes": len(clip_shapes),
             }
             writer.write(done, metrics)
-            progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
                 ckpt.wait_until_finished()
                 raise FloatingPointError(
@@ -196,6 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         every = config.checkpoint.every
         if every and done % every == 0 and done != t.steps:
             checkpoint.save(ckpt, state, batches)
+            writer.flush()  # A bucket's metrics keep up with its checkpoints: no gap after a resume.
         if preemption.reached(done):
             log.info("preemption notice: saving step %d and exiting", done)
             if ckpt.latest_step() != done:
@@ -225,7 +205,7 @@ def write_samples(
     generate: Callable[[nnx.State, str, int], np.ndarray],
     state: TrainState,
     train_config: ml_collections.ConfigDict,
-    workdir: Path,
+    workdir: epath.Path,
     step: int,
     writer: MetricsWriter,
 ) -> None:
