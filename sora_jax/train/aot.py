@@ -1,0 +1,245 @@
+"""``sora-jax aot``: compile the real train step for a TPU slice ahead of time, on this machine.
+
+Before spending pod hours, compile the run's train step (the same code path as ``sora-jax
+train``: mesh, shardings, donation, remat, attention kernel) for the slice's devices, described by
+``libtpu`` without any TPU, and read what XLA planned:
+
+- **memory per chip**: arguments (this chip's shards of the train state and batch), outputs,
+  outputs that reuse donated arguments, temporaries (activations, gradients, workspace) and code,
+  against the chip's HBM;
+- **FLOPs per step**, two ways. *Model FLOPs* are counted analytically (see
+  :func:`sora_jax.train.metrics.model_flops_per_token`): the work the model needs. *XLA FLOPs* are
+  XLA's ``cost_analysis()``, which counts the body of the scanned layer stack once, whatever its
+  length, and gives Pallas kernels (splash attention) no cost at all: read as-is, a deep scanned
+  model looks several times cheaper than it is, and an MFU derived from it can exceed 100%;
+- **estimated MFU**: model FLOPs over what the chips could do in XLA's estimated step time. The
+  estimate is XLA's ``optimal_seconds`` (its roofline over compute and memory traffic) of the model
+  with one and with two blocks, unrolled (their difference is one block's time, counted ``depth``
+  times in all), plus the splash kernels' attention FLOPs at peak speed.
+  It ignores communication that XLA does not overlap, so it is an upper bound on real MFU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+
+import jax
+import ml_collections
+
+from sora_jax.config import ConfigError
+from sora_jax.data.packing import empty_batch
+from sora_jax.parallel.global_batch import batch_shardings
+from sora_jax.parallel.mesh import make_mesh
+from sora_jax.parallel.sharding import axis_rules
+from sora_jax.parallel.tpu import parse_accelerator, topology_devices
+from sora_jax.train.metrics import model_flops_per_token
+from sora_jax.train.state import abstract_train_state, count_params, model_graphdef
+from sora_jax.train.trainer import jit_train_step
+
+
+@dataclasses.dataclass
+class AotReport:
+    """What compiling the train step for ``accelerator`` x ``num_slices`` showed (bytes per chip)."""
+
+    accelerator: str
+    num_slices: int
+    chips: int
+    mesh: dict[str, int]
+    parameters: int
+    tokens_per_step: int
+    per_chip_bytes: dict[str, int]  # arguments, outputs, aliased, temporaries, code, total
+    hbm_bytes_per_chip: int
+    usable_hbm_bytes_per_chip: int
+    fits: bool  # total <= the HBM the compiler lets a program use
+    spare_fraction: float  # of HBM left free
+    flops_per_step: float  # analytic model FLOPs, all chips
+    xla_flops_per_chip: float  # cost_analysis(): the scanned layer stack counted once
+    estimated_step_seconds: float | None
+    estimated_mfu: float | None
+    compile_seconds: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        gib = 2**30
+        b = self.per_chip_bytes
+        lines = [
+            f"{self.accelerator} x {self.num_slices} slice(s): {self.chips} chips, mesh {self.mesh}",
+            f"parameters {self.parameters:,}; {self.tokens_per_step:,} tokens a step",
+            f"per chip: arguments {b['arguments'] / gib:.2f} GiB + outputs {b['outputs'] / gib:.2f} GiB "
+            f"- donated {b['aliased'] / gib:.2f} GiB + temporaries {b['temporaries'] / gib:.2f} GiB "
+            f"+ code {b['code'] / gib:.2f} GiB = {b['total'] / gib:.2f} GiB "
+            f"of {self.hbm_bytes_per_chip / gib:.1f} GiB HBM ({100 * self.spare_fraction:.0f}% spare)",
+            f"model FLOPs per step {self.flops_per_step:.3e} (analytic); XLA cost analysis "
+            f"{self.xla_flops_per_chip:.3e} per chip (scanned layers counted once, Pallas "
+            "kernels not at all)",
+        ]
+        if self.estimated_mfu is not None:
+            lines.append(
+                f"estimated step {self.estimated_step_seconds:.4g} s from XLA's roofline (scan-corrected): "
+                f"MFU <= {100 * self.estimated_mfu:.1f}%"
+            )
+        lines.append("fits" if self.fits else "DOES NOT FIT")
+        return "\n".join(lines)
+
+
+def _abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
+    m, d = config.model, config.data
+    one_row = empty_batch(1, d.seq_len, math.prod(m.patch_size) * m.channels, d.max_clips_per_row, d.text_len)
+    shardings = batch_shardings(mesh, axis_rules(config))
+    return {
+        name: jax.ShapeDtypeStruct((d.batch_size, *row.shape[1:]), row.dtype, sharding=shardings[name])
+        for name, row in one_row.items()
+    }
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices: list) -> jax.stages.Compiled:
+    """The train step of ``config`` compiled for ``devices`` (on the mesh the config asks for)."""
+    mesh = make_mesh(config, devices)
+    with jax.set_mesh(mesh):
+        abstract = abstract_train_state(config, mesh)
+        shardings = jax.tree.map(lambda a: a.sharding, abstract)
+        step = jit_train_step(model_graphdef(config), config, mesh, shardings)
+        return step.lower(abstract, _abstract_batch(config, mesh)).compile()
+
+
+def _with_layers(config: ml_collections.ConfigDict, depth: int, scan: bool) -> ml_collections.ConfigDict:
+    probe = config.copy_and_resolve_references()
+    with probe.unlocked():
+        probe.model.depth, probe.model.scan_layers = depth, scan
+    return probe
+
+
+def _splash_flops(config: ml_collections.ConfigDict) -> float:
+    """Training FLOPs of the attention that splash kernels compute, which XLA does not cost:
+    scores and weighted sums over the whole row (self) and the text (cross), forward and backward."""
+    m, d = config.model, config.data
+    per_token = 2 * 2 * (d.seq_len + d.text_len) * m.dim
+    return 3.0 * m.depth * per_token * d.batch_size * d.seq_len
+
+
+def estimated_step_seconds(
+    config: ml_collections.ConfigDict, devices: list, peak_flops: float
+) -> float | None:
+    """XLA's roofline time of the whole step, from two probes with the layer stack unrolled.
+
+    One and two unrolled blocks differ by exactly one block (forward, backward, its optimizer update),
+    so ``t(depth) = t(1) + (depth - 1) * (t(2) - t(1))``; the scanned program cannot be used, as its
+    cost counts the loop body once. Splash kernels get no cost from XLA: their attention FLOPs are
+    added at peak speed. None when XLA gives no usable estimate.
+    """
+    seconds = []
+    for depth in (1, 2):
+        cost = compile_train_step(_with_layers(config, depth, scan=False), devices).cost_analysis()
+        seconds.append(cost.get("optimal_seconds", -1.0))
+    one, two = seconds
+    layer = two - one
+    if one <= 0 or layer <= 0:
+        return None
+    total = one + (config.model.depth - 1) * layer
+    if config.model.attention == "splash":
+        total += _splash_flops(config) / len(devices) / peak_flops
+    return total
+
+
+def _not_fitting_advice(config: ml_collections.ConfigDict) -> str:
+    m = config.model
+    advice = []
+    if m.remat != "full":
+        advice.append("model.remat=full (recompute each block in the backward pass)")
+    advice += [
+        "a larger mesh.ici_fsdp (shard parameters and optimizer state over more chips)",
+        "a larger mesh.ici_sequence (split each row's tokens over more chips)",
+        "a smaller data.batch_size or data.seq_len",
+    ]
+    if m.param_dtype == "float32" and m.dtype == "float32":
+        advice.append("model.dtype=bfloat16")
+    return "; ".join(advice)
+
+
+def not_fitting_message(report: AotReport, config: ml_collections.ConfigDict) -> str:
+    gib = 2**30
+    return (
+        f"the train step needs {report.per_chip_bytes['total'] / gib:.1f} GiB per chip; "
+        f"{report.accelerator} chips have {report.usable_hbm_bytes_per_chip / gib:.1f} GiB for a program. "
+        f"Try {_not_fitting_advice(config)}"
+    )
+
+
+def aot_report(
+    config: ml_collections.ConfigDict, accelerator: str, num_slices: int = 1, estimate: bool = True
+) -> AotReport:
+    """Compile ``config``'s train step for ``num_slices`` slices of ``accelerator``; see the module doc.
+
+    With several slices and no ``mesh.dcn_*`` set, the slices split the data (``mesh.dcn_data``).
+
+    Raises:
+        ConfigError: the config cannot be laid out on the slice, or XLA cannot fit its step in HBM
+            (the message says what to change).
+    """
+    if (
+        num_slices > 1
+        and math.prod(config.mesh[f"dcn_{a}"] for a in ("data", "fsdp", "sequence", "tensor")) == 1
+    ):
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.mesh.dcn_data = num_slices
+    tpu = parse_accelerator(accelerator)
+    devices = topology_devices(accelerator, num_slices)
+    started = time.perf_counter()
+    try:
+        compiled = compile_train_step(config, devices)
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
+            raise
+        needed = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", str(error))
+        amount = f" ({needed[1]} needed of {needed[2]} HBM per chip)" if needed else ""
+        raise ConfigError(
+            f"the train step does not fit on {tpu.accelerator}{amount}. Try {_not_fitting_advice(config)}"
+        ) from None
+    compile_seconds = time.perf_counter() - started
+    memory = compiled.memory_analysis()
+    per_chip = {
+        "arguments": memory.argument_size_in_bytes,
+        "outputs": memory.output_size_in_bytes,
+        "aliased": memory.alias_size_in_bytes,
+        "temporaries": memory.temp_size_in_bytes,
+        "code": memory.generated_code_size_in_bytes,
+    }
+    per_chip["total"] = (
+        per_chip["arguments"] + per_chip["outputs"] - per_chip["aliased"] + per_chip["temporaries"]
+    ) + per_chip["code"]
+    spare = 1.0 - per_chip["total"] / tpu.hbm_bytes
+    chips = len(devices)
+    d = config.data
+    tokens = d.batch_size * d.seq_len
+    # Rows of the presets hold one long clip: every token attends to the whole row.
+    flops = model_flops_per_token(config, d.seq_len) * tokens
+    cost = compiled.cost_analysis()
+    step_seconds = mfu = None
+    if estimate and "optimal_seconds" in cost:
+        step_seconds = estimated_step_seconds(config, devices, tpu.peak_flops)
+        mfu = None if step_seconds is None else flops / (chips * tpu.peak_flops * step_seconds)
+    mesh = make_mesh(config, devices)
+    return AotReport(
+        accelerator=tpu.accelerator,
+        num_slices=num_slices,
+        chips=chips,
+        mesh=dict(mesh.shape),
+        parameters=count_params(abstract_train_state(config, mesh).params),
+        tokens_per_step=tokens,
+        per_chip_bytes=per_chip,
+        hbm_bytes_per_chip=tpu.hbm_bytes,
+        usable_hbm_bytes_per_chip=tpu.usable_hbm_bytes,
+        fits=per_chip["total"] <= tpu.usable_hbm_bytes,
+        spare_fraction=spare,
+        flops_per_step=flops,
+        xla_flops_per_chip=float(cost["flops"]),
+        estimated_step_seconds=step_seconds,
+        estimated_mfu=mfu,
+        compile_seconds=compile_seconds,
+    )
