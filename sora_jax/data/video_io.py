@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import secrets
@@ -73,15 +74,20 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
     docstring for codecs, odd-size padding and GIF timing). Parent directories are created. The
     file is encoded to a hidden temporary file in the same directory, fsynced, then renamed over
     ``path``, so ``path`` is either absent, its previous content, or the complete new file.
+    ``path`` may also be a URL such as ``gs://bucket/run/x.mp4`` (through ``etils.epath``): the
+    video is encoded in memory and uploaded as one object, which a bucket only shows once whole.
 
     Raises ValueError for a wrong dtype/shape, an empty clip, ``fps`` not finite or below 1/1001,
     an unknown suffix, or several frames for ``.png``; encoder failures propagate as raised.
     """
-    path = Path(path)
+    url = os.fspath(path) if "://" in os.fspath(path) else None
+    path = Path(os.fspath(path))
     suffix = path.suffix.lower()
     encode = _ENCODERS.get(suffix)
     if encode is None:
-        raise ValueError(f"unsupported video suffix {suffix!r} for {path}; use one of {sorted(_ENCODERS)}")
+        raise ValueError(
+            f"unsupported video suffix {suffix!r} for {url or path}; use one of {sorted(_ENCODERS)}"
+        )
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
@@ -93,6 +99,13 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
         raise ValueError(f"fps must be finite and >= 1/{_MAX_FPS_DENOMINATOR}, got {fps}")
     rate = Fraction(float(fps)).limit_denominator(_MAX_FPS_DENOMINATOR)
 
+    if url is not None:
+        from etils import epath  # Imported here: local files, what data workers write, need none of it.
+
+        encoded = io.BytesIO()
+        encode(encoded, np.ascontiguousarray(frames), rate)
+        epath.Path(url).write_bytes(encoded.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     # Dot-prefixed so globs like "*.mp4" over the directory never pick up a partial file.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -5,7 +5,8 @@ loss is computed on held-out physics-world batches (seed ``eval.seed``, never us
 with fixed noise at fixed timesteps, one per band of ``eval.timestep_buckets`` equal bands of t,
 so two checkpoints compare without sampling noise; and videos are generated for the run's sample
 prompts. Results go to ``DIR/eval/step_N.json``, ``DIR/eval/metrics.jsonl`` and TensorBoard
-(``DIR/eval/tensorboard``), videos to ``DIR/eval/step_N_I.mp4`` and ``.gif``.
+(``DIR/eval/tensorboard``), videos to ``DIR/eval/step_N_I.mp4`` and ``.gif``. ``DIR`` may be a URL
+(``gs://bucket/run``), read and written through ``etils.epath``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from sora_jax.config import config_from_json
@@ -36,9 +38,9 @@ from sora_jax.train.state import abstract_train_state, model_graphdef
 log = logging.getLogger("sora_jax")
 
 
-def local_config(workdir: Path) -> ml_collections.ConfigDict:
+def local_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The run's config, with its mesh replaced by data parallelism over the devices here."""
-    config_file = workdir / "config.json"
+    config_file = epath.Path(workdir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
     config = config_from_json(config_file.read_text())
@@ -46,6 +48,10 @@ def local_config(workdir: Path) -> ml_collections.ConfigDict:
         for axis in ("fsdp", "sequence", "tensor"):
             config.mesh[f"ici_{axis}"] = 1
         config.mesh.ici_data = -1
+        for axis in ("data", "fsdp", "sequence", "tensor"):
+            config.mesh[f"dcn_{axis}"] = 1
+        if config.model.attention == "splash" and jax.default_backend() != "tpu":
+            config.model.attention = "xla"  # The same function, computed without the TPU kernel.
     return config
 
 
@@ -63,8 +69,8 @@ def held_out_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.nda
 class Evaluator:
     """Evaluates checkpoints of one workdir; compiled functions are reused across checkpoints."""
 
-    def __init__(self, workdir: str | Path) -> None:
-        self.workdir = Path(workdir)
+    def __init__(self, workdir: str | os.PathLike) -> None:
+        self.workdir = epath.Path(workdir)
         self.config = config = local_config(self.workdir)
         self.manager = checkpoint.manager(self.workdir, read_only=True)
         self.abstract = abstract_train_state(config, make_mesh(config)).ema_params
@@ -76,7 +82,8 @@ class Evaluator:
         self.generate: Callable = sample_generator(self.graphdef, config)
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.writer = MetricsWriter(self.out)
+        # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.
+        self.writer = MetricsWriter(self.out, upload_seconds=0.0)
 
     def _loss(self, params: nnx.State, batch: dict, key: jax.Array, t: jax.Array) -> jax.Array:
         model = nnx.merge(self.graphdef, params)

@@ -3,13 +3,16 @@
 A checkpoint of step N is a directory ``DIR/checkpoints/N`` with one item per part of the state
 (``params``, ``ema_params``, ``opt_state``; the step is the directory's name), so sampling and
 evaluation can restore the EMA parameters alone. Orbax writes into a temporary directory and
-renames it when complete, so a crash mid-save never leaves a checkpoint that looks finished.
+renames it when complete, so a crash mid-save never leaves a checkpoint that looks finished. A
+workdir may also be a URL (``gs://bucket/run``, what every host of a TPU pod shares): paths are
+``etils.epath`` paths, which keep URLs intact, and orbax writes objects there with its commit
+marker (object stores have no rename).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import grain
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from sora_jax.train.state import TrainState
@@ -25,12 +29,14 @@ ITEMS = ("params", "ema_params", "opt_state")
 DATA = "data"  # The input iterator's state, so a resumed run reads exactly the batches that come next.
 
 
-def checkpoint_dir(workdir: str | Path) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    path = epath.Path(workdir)
+    # Orbax wants local paths absolute; a URL already is (and absolute() would mangle it).
+    return (path if "://" in os.fspath(path) else path.absolute()) / "checkpoints"
 
 
 def manager(
-    workdir: str | Path, config: ml_collections.ConfigDict | None = None, *, read_only: bool = False
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
     """The run's checkpoint manager; ``config.checkpoint`` sets saving (default: read and save
     at the end only, synchronously)."""
