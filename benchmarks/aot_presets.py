@@ -25,6 +25,10 @@ PRESETS = [
 GIB = 2**30
 
 
+def _estimate(value: float | None, style: str) -> str:
+    return "n/a (1)" if value is None else style.format(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
@@ -41,7 +45,8 @@ def main() -> None:
             f"{b['arguments'] / GIB:.1f} / {b['temporaries'] / GIB:.1f} / {b['total'] / GIB:.1f} | "
             f"{report.hbm_bytes_per_chip / GIB:.0f} | {100 * report.spare_fraction:.0f}% | "
             f"{report.flops_per_step:.2e} | {report.xla_flops_per_chip:.2e} | "
-            f"{report.estimated_step_seconds:.2f} | {100 * report.estimated_mfu:.0f}% | "
+            f"{_estimate(report.estimated_step_seconds, '{:.2f}')} | "
+            f"{_estimate(report.estimated_mfu and 100 * report.estimated_mfu, '{:.0f}%')} | "
             f"{report.compile_seconds:.0f} s |"
         )
         commands.append(f"`sora-jax aot --config {spec} --topology {topology}`")
@@ -66,7 +71,9 @@ def main() -> None:
         "and with 2 blocks unrolled, extrapolated linearly to the full depth (checked against a 4-block "
         "unrolled compile of the smoke preset: within 1%), plus the splash kernels' attention FLOPs at "
         "peak; MFU = model FLOPs / (chips x peak bf16 FLOP/s x estimated step). It leaves out "
-        "communication XLA does not overlap, so a measured MFU will be lower.\n\n"
+        "communication XLA does not overlap, so a measured MFU will be lower. (1): XLA's roofline for "
+        "2 unrolled blocks was not above that for 1 block, so no per-block time can be derived; "
+        "the estimate is left out rather than guessed.\n\n"
         "Commands: " + "; ".join(commands) + ". All: `python -m benchmarks.aot_presets`"
     )
     print(section)
