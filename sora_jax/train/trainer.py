@@ -110,6 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 def _train(
     config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, is_writer: bool
 ) -> dict[str, float]:
+    """The rest of :func:`train`, traced and run with ``mesh`` as the current mesh."""
     # --- input pipeline: this process's share of every batch ---------------------------------
     layout = BatchLayout.of(config, mesh)
     batches = batch_stream(config, layout.num_rows, layout.first_row, layout.rows)
