@@ -1,16 +1,23 @@
 """Saving and restoring the train state with orbax.
 
-A checkpoint of step N is a directory ``DIR/checkpoints/N`` with one item per part of the state
-(``params``, ``ema_params``, ``opt_state``; the step is the directory's name), so sampling and
-evaluation can restore the EMA parameters alone. Orbax writes into a temporary directory and
+A checkpoint of step N is a directory ``DIR/checkpoints/N`` holding two items: ``state``, one
+pytree of ``params``, ``ema_params`` and ``opt_state`` (the step is the directory's name), and
+``data``, every process's input position. Sampling and evaluation restore the EMA parameters alone
+from ``state`` (a partial restore). Checkpoints written by earlier versions, with each part of the
+state as its own item, still restore. Orbax writes into a temporary directory and
 renames it when complete, so a crash mid-save never leaves a checkpoint that looks finished. A
 workdir may also be a URL (``gs://bucket/run``, what every host of a TPU pod shares): paths are
 ``etils.epath`` paths, which keep URLs intact, and orbax writes objects there with its commit
 marker (object stores have no rename).
+
+Training saves through :class:`BackgroundSaver`: the train loop pays only for an on-device copy of
+the state, and orbax's own blocking work (copying to host, per-array metadata, directory set-up,
+waiting for the previous save) runs on a saver thread while the next steps compute.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 from typing import Any
@@ -25,7 +32,10 @@ from flax import nnx
 
 from sora_jax.train.state import TrainState
 
-ITEMS = ("params", "ema_params", "opt_state")
+PARTS = ("params", "ema_params", "opt_state")  # The train state's checkpointed arrays.
+# One item for all parts: orbax's set-up and metadata work is per item, and a save every few steps
+# pays it each time.
+STATE = "state"
 DATA = "data"  # The input iterator's state, so a resumed run reads exactly the batches that come next.
 
 
@@ -48,10 +58,16 @@ def manager(
         create=not read_only,
         read_only=read_only,
     )
-    handlers = {name: ocp.StandardCheckpointHandler() for name in ITEMS}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=item_handlers())
+
+
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
+    """How each item of a checkpoint is written."""
+    handlers: dict[str, ocp.CheckpointHandler] = {STATE: ocp.PyTreeCheckpointHandler()}
+    handlers |= {name: ocp.StandardCheckpointHandler() for name in PARTS}  # Earlier versions' items.
     # Each process writes its own input iterator's position: process_<i>-of-<n>.json.
     handlers[DATA] = grain.checkpoint.CheckpointHandler()
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+    return handlers
 
 
 def _pure(tree: Any) -> Any:
@@ -73,15 +89,92 @@ class _PositionSnapshot:
         return self._state
 
 
-def save(
-    mgr: ocp.CheckpointManager, state: TrainState, data: grain.DatasetIterator, *, force: bool = True
-) -> None:
-    step = int(state.step)
-    args = {name: ocp.args.StandardSave(_pure(getattr(state, name))) for name in ITEMS}
-    # The iterator's position is taken now: an asynchronous save writes it later, by which time
-    # the iterator has moved on.
-    args[DATA] = grain.checkpoint.CheckpointSave(_PositionSnapshot(data))
-    mgr.save(step, args=ocp.args.Composite(**args), force=force)
+def save(mgr: ocp.CheckpointManager, state: TrainState, data: grain.DatasetIterator) -> None:
+    """Save ``state`` and the input position from the calling thread (orbax may still write
+    asynchronously). The iterator's position is taken now: an asynchronous save writes it later,
+    by which time the iterator has moved on."""
+    _save(mgr, int(state.step), _arrays(state), _PositionSnapshot(data))
+
+
+@jax.jit
+def _device_copy(tree: Any) -> Any:
+    """A copy of ``tree``'s arrays in new device buffers, on the same shardings: the train step
+    donates (frees) the state's buffers, so a save that outlives the step needs its own."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+class BackgroundSaver:
+    """Saves train states from one background thread, so the train loop does not wait for orbax.
+
+    ``save`` snapshots the state with one on-device copy (asynchronous, like any dispatched
+    computation) and the input position, then returns; the saver thread hands them to the
+    (asynchronous) orbax manager, which copies them to host and writes them. At most one snapshot
+    is pending: a save waits until the previous one has reached orbax, so the extra device memory
+    is at most one copy of params, EMA and optimizer state. A save that failed raises at the next
+    ``save`` or ``wait_until_finished``. Every process of a multi-host run makes the same calls in
+    the same order, as orbax's cross-process barriers need.
+    """
+
+    def __init__(self, mgr: ocp.CheckpointManager) -> None:
+        self.manager = mgr
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt_saver")
+        self._pending: concurrent.futures.Future | None = None
+        self._last_requested = mgr.latest_step()
+
+    @property
+    def latest_step(self) -> int | None:
+        """The newest step saved or being saved (orbax's ``latest_step`` lags while one is queued)."""
+        return self._last_requested
+
+    def save(self, step: int, state: TrainState, data: grain.DatasetIterator) -> None:
+        """Save ``state``, which is at ``step`` (given, so the loop need not wait for the device to
+        report it), and ``data``'s position."""
+        self._hand_off()
+        # Both snapshots are taken now: the next step donates the state, and the iterator moves on.
+        arrays = _device_copy(_arrays(state))
+        self._pending = self._thread.submit(_save, self.manager, step, arrays, _PositionSnapshot(data))
+        self._last_requested = step
+
+    def _hand_off(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # Re-raises a failed save here, in the train loop.
+
+    def wait_until_finished(self) -> None:
+        """Block until every requested checkpoint is complete on storage."""
+        self._hand_off()
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait_until_finished()
+        self._thread.shutdown()
+        self.manager.close()
+
+
+def _arrays(state: TrainState) -> dict[str, Any]:
+    """The checkpointed arrays of ``state``, one plain pytree per item."""
+    return {name: _pure(getattr(state, name)) for name in PARTS}
+
+
+def _save(mgr: ocp.CheckpointManager, step: int, arrays: dict[str, Any], position: _PositionSnapshot) -> None:
+    args = {STATE: ocp.args.PyTreeSave(arrays), DATA: grain.checkpoint.CheckpointSave(position)}
+    mgr.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def _restore_parts(
+    mgr: ocp.CheckpointManager, step: int, targets: dict[str, Any], **more: ocp.args.CheckpointArgs
+) -> dict[str, Any]:
+    """Restore the parts named in ``targets`` (abstract plain pytrees carrying the shardings to
+    restore onto), and the ``more`` items in place (an input iterator's position)."""
+    if (epath.Path(mgr.directory) / str(step) / STATE).exists():
+        restore_args = ocp.checkpoint_utils.construct_restore_args(targets)
+        args = {STATE: ocp.args.PyTreeRestore(targets, restore_args=restore_args, partial_restore=True)}
+        restored = mgr.restore(step, args=ocp.args.Composite(**args, **more))
+        return dict(restored[STATE])
+    # An earlier version's checkpoint: one item per part.
+    args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+    restored = mgr.restore(step, args=ocp.args.Composite(**args, **more))
+    return {name: restored[name] for name in targets}
 
 
 def restore(
@@ -93,10 +186,9 @@ def restore(
     """Restore a full train state onto the shardings ``abstract`` carries (any mesh), and move
     ``data`` (this process's input iterator) to where it stood at that step."""
     step = mgr.latest_step() if step is None else step
-    args = {name: ocp.args.StandardRestore(_pure(getattr(abstract, name))) for name in ITEMS}
-    args[DATA] = grain.checkpoint.CheckpointRestore(data)
-    restored = mgr.restore(step, args=ocp.args.Composite(**args))
-    parts = {name: _fill(getattr(abstract, name), restored[name]) for name in ITEMS}
+    targets = {name: _pure(getattr(abstract, name)) for name in PARTS}
+    restored = _restore_parts(mgr, step, targets, **{DATA: grain.checkpoint.CheckpointRestore(data)})
+    parts = {name: _fill(getattr(abstract, name), restored[name]) for name in PARTS}
     scalar = lambda value: jax.device_put(jnp.asarray(value, jnp.int32), abstract.step.sharding)  # noqa: E731
     return TrainState(step=scalar(step), nonfinite_in_a_row=scalar(0), **parts)
 
@@ -109,9 +201,7 @@ def restore_params(
 ) -> nnx.State:
     """Restore only one parameter item (the EMA by default) for sampling or evaluation."""
     step = mgr.latest_step() if step is None else step
-    restored = mgr.restore(
-        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(_pure(abstract_params))})
-    )
+    restored = _restore_parts(mgr, step, {item: _pure(abstract_params)})
     return _fill(abstract_params, restored[item])
 
 

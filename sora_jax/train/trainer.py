@@ -68,13 +68,15 @@ class PreemptionWatch:
     """Turns SIGTERM (a preemption notice) into a request to save and stop at a step boundary.
 
     With several processes they must agree on the step; JAX's preemption sync point does that
-    (every process gets True at the same step once any process was notified).
+    (every process gets True at the same step once any process was notified). It hears SIGTERM
+    through its own handler, installed by ``jax.distributed.initialize``, which a Python handler
+    would replace: so one is installed only for a single process.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._notice)
 
     def _notice(self, signum: int, frame: object) -> None:
@@ -117,6 +119,7 @@ def _train(
 
     # --- train state (and input position): restored from the latest checkpoint, or fresh ------
     ckpt = checkpoint.manager(workdir, config)
+    saver = checkpoint.BackgroundSaver(ckpt)
     if ckpt.latest_step() is None:
         graphdef, state, shardings = create_train_state(config, mesh)
     else:
@@ -165,23 +168,23 @@ def _train(
             writer.write(done, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
-                ckpt.wait_until_finished()
+                saver.close()
                 raise FloatingPointError(
                     f"{int(metrics['nonfinite_in_a_row'])} steps in a row up to step {done} had a "
                     f"non-finite loss or gradient (train.max_nonfinite={t.max_nonfinite}); their updates "
                     "were skipped. Lower optim.lr, raise optim.warmup_steps or check the data; "
-                    f"the last good checkpoint is step {ckpt.latest_step()}."
+                    f"the last good checkpoint is step {saver.latest_step}."
                 )
         progress.update(1)
         every = config.checkpoint.every
         if every and done % every == 0 and done != t.steps:
-            checkpoint.save(ckpt, state, batches)
+            saver.save(done, state, batches)
             writer.flush()  # A bucket's metrics keep up with its checkpoints: no gap after a resume.
         if preemption.reached(done):
             log.info("preemption notice: saving step %d and exiting", done)
-            if ckpt.latest_step() != done:
-                checkpoint.save(ckpt, state, batches)
-            ckpt.wait_until_finished()
+            if saver.latest_step != done:
+                saver.save(done, state, batches)
+            saver.close()
             writer.close()
             preemption.close()
             return metrics
@@ -191,9 +194,10 @@ def _train(
     preemption.close()
 
     # --- final checkpoint and samples -----------------------------------------------------------
-    if ckpt.latest_step() != int(state.step):  # A run that was already complete saves nothing new.
-        checkpoint.save(ckpt, state, batches)
-    ckpt.wait_until_finished()
+    final = int(state.step)
+    if saver.latest_step != final:  # A run that was already complete saves nothing new.
+        saver.save(final, state, batches)
+    saver.close()
     write_samples(generate, state, t, workdir, int(state.step), writer)
     writer.close()
     log.info(

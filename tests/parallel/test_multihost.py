@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,3 +108,40 @@ def _environ(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+@pytest.mark.slow
+def test_a_preemption_notice_to_one_process_saves_the_same_step_everywhere_and_exits_0(tmp_path):
+    launched = local_launch(
+        "--processes", "2", "--",
+        "train", "--config", "experiments/world_tiny.py:test", "--config.train.steps=100000",
+        "--config.checkpoint.every=0", "--workdir", str(tmp_path),
+    )  # fmt: skip
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert launched.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(1)
+        notified = next(
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _environ(pid).get("SORA_JAX_PROCESS_ID") == "1"
+            and str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_text()
+        )
+        os.kill(notified, signal.SIGTERM)  # Only process 1 is told; process 0 learns it from JAX.
+        output, _ = launched.communicate(timeout=180)
+    finally:
+        stop(launched)
+    assert launched.returncode == 0, output[-3000:]
+    # A progress bar's "\r" reads as a line break here, so a message may sit lines below its prefix.
+    pattern = r"\[process (\d)\](?:(?!\[process \d\])[\s\S])*?preemption notice: saving step (\d+)"
+    saved = dict(re.findall(pattern, output))
+    assert set(saved) == {"0", "1"}, output[-3000:]
+    assert len(set(saved.values())) == 1, saved
+    step = int(saved["0"])
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / str(step) / "data").glob("*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
