@@ -71,10 +71,11 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(tmp_path):
     assert (tmp_path / "two" / "checkpoints" / "3").is_dir()
 
 
-@pytest.mark.slow
-def test_when_one_process_dies_the_others_stop_with_an_error(tmp_path):
+def signal_process_1_once_training(tmp_path: Path, signum: int, *launcher_args: str) -> tuple[int, str]:
+    """Start a long 2-process run in ``tmp_path``; once it has logged two steps, send ``signum`` to
+    process 1 alone. Returns the launcher's exit status and everyone's output."""
     launched = local_launch(
-        "--processes", "2", "--heartbeat", "5", "--",
+        "--processes", "2", *launcher_args, "--",
         "train", "--config", "experiments/world_tiny.py:test", "--config.train.steps=100000",
         "--config.checkpoint.every=0", "--workdir", str(tmp_path),
     )  # fmt: skip
@@ -84,17 +85,23 @@ def test_when_one_process_dies_the_others_stop_with_an_error(tmp_path):
         while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
             assert launched.poll() is None and time.monotonic() < deadline, "training did not start"
             time.sleep(1)
-        victim = next(
+        process_1 = next(
             pid
             for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
             if _environ(pid).get("SORA_JAX_PROCESS_ID") == "1"
             and str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_text()
         )
-        os.kill(victim, signal.SIGKILL)
-        output, _ = launched.communicate(timeout=120)
+        os.kill(process_1, signum)
+        output, _ = launched.communicate(timeout=180)
     finally:
         stop(launched)
-    assert launched.returncode != 0
+    return launched.returncode, output
+
+
+@pytest.mark.slow
+def test_when_one_process_dies_the_others_stop_with_an_error(tmp_path):
+    returncode, output = signal_process_1_once_training(tmp_path, signal.SIGKILL, "--heartbeat", "5")
+    assert returncode != 0
     assert "process 1 exited with status" in output
     # Process 0 noticed by itself (a failed collective, or the coordination service's heartbeat
     # check, whichever comes first) and said why it stopped.
@@ -112,28 +119,9 @@ def _environ(pid: int) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_preemption_notice_to_one_process_saves_the_same_step_everywhere_and_exits_0(tmp_path):
-    launched = local_launch(
-        "--processes", "2", "--",
-        "train", "--config", "experiments/world_tiny.py:test", "--config.train.steps=100000",
-        "--config.checkpoint.every=0", "--workdir", str(tmp_path),
-    )  # fmt: skip
-    try:
-        metrics = tmp_path / "metrics.jsonl"
-        deadline = time.monotonic() + 300
-        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-            assert launched.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(1)
-        notified = next(
-            pid
-            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if _environ(pid).get("SORA_JAX_PROCESS_ID") == "1"
-            and str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_text()
-        )
-        os.kill(notified, signal.SIGTERM)  # Only process 1 is told; process 0 learns it from JAX.
-        output, _ = launched.communicate(timeout=180)
-    finally:
-        stop(launched)
-    assert launched.returncode == 0, output[-3000:]
+    # Only process 1 is told; process 0 learns of it through JAX's preemption sync point.
+    returncode, output = signal_process_1_once_training(tmp_path, signal.SIGTERM)
+    assert returncode == 0, output[-3000:]
     # A progress bar's "\r" reads as a line break here, so a message may sit lines below its prefix.
     pattern = r"\[process (\d)\](?:(?!\[process \d\])[\s\S])*?preemption notice: saving step (\d+)"
     saved = dict(re.findall(pattern, output))
