@@ -26,7 +26,10 @@ GIB = 2**30
 
 
 def _estimate(value: float | None, style: str) -> str:
-    return "n/a (1)" if value is None else style.format(value)
+    return "n/a" if value is None else style.format(value)
+
+
+METHOD_NOTES = {"xla-roofline": "", "flops-bytes-bound": " (1)", None: ""}
 
 
 def main() -> None:
@@ -46,7 +49,8 @@ def main() -> None:
             f"{report.hbm_bytes_per_chip / GIB:.0f} | {100 * report.spare_fraction:.0f}% | "
             f"{report.flops_per_step:.2e} | {report.xla_flops_per_chip:.2e} | "
             f"{_estimate(report.estimated_step_seconds, '{:.2f}')} | "
-            f"{_estimate(report.estimated_mfu and 100 * report.estimated_mfu, '{:.0f}%')} | "
+            f"{_estimate(report.estimated_mfu and 100 * report.estimated_mfu, '{:.0f}%')}"
+            f"{METHOD_NOTES[report.estimate_method]} | "
             f"{report.compile_seconds:.0f} s |"
         )
         commands.append(f"`sora-jax aot --config {spec} --topology {topology}`")
@@ -71,9 +75,10 @@ def main() -> None:
         "and with 2 blocks unrolled, extrapolated linearly to the full depth (checked against a 4-block "
         "unrolled compile of the smoke preset: within 1%), plus the splash kernels' attention FLOPs at "
         "peak; MFU = model FLOPs / (chips x peak bf16 FLOP/s x estimated step). It leaves out "
-        "communication XLA does not overlap, so a measured MFU will be lower. (1): XLA's roofline for "
-        "2 unrolled blocks was not above that for 1 block, so no per-block time can be derived; "
-        "the estimate is left out rather than guessed.\n\n"
+        "communication XLA does not overlap, so a measured MFU will be lower. (1): libtpu gave no usable "
+        "roofline (a negative `optimal_seconds`), so the step time is the longer of the extrapolated "
+        "XLA FLOPs at peak and the extrapolated bytes accessed at the chip's HBM bandwidth, over the "
+        "whole step: a looser bound, as it lets every operation's compute overlap its memory traffic.\n\n"
         "Commands: " + "; ".join(commands) + ". All: `python -m benchmarks.aot_presets`"
     )
     print(section)

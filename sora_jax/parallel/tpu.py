@@ -5,16 +5,20 @@ HBM and peak bf16 FLOP/s, the topology string that ``libtpu`` understands); ``to
 ``libtpu`` for that slice's devices, which ``jax.jit(...).lower(...).compile()`` can target from a
 machine without any TPU (install ``libtpu`` and keep ``JAX_PLATFORMS=cpu``).
 
-Per-chip figures are the public Cloud TPU system-architecture pages:
-  v4:  https://cloud.google.com/tpu/docs/v4          (2 TensorCores/chip, 32 GiB HBM2, 275 TFLOP/s bf16,
-                                                      4096-chip pod, 3D slices 2x2x1 ... in 4x4x4 cubes)
-  v5e: https://docs.cloud.google.com/tpu/docs/v5e    (1 TensorCore/chip, 16 GB HBM2, 197 TFLOP/s bf16,
-                                                      8 chips/host, 2D slices 1x1 ... 16x16)
-  v5p: https://cloud.google.com/tpu/docs/v5p-training (2 TensorCores/chip, 95 GB HBM2e, 459 TFLOP/s bf16,
-                                                      4 chips/host, 3D slices 2x2x1 ... 16x16x24 = 6144
-                                                      chips; accelerator types count TensorCores)
-  v6e: https://docs.cloud.google.com/tpu/docs/v6e    (1 TensorCore/chip, 32 GB HBM, 918 TFLOP/s bf16,
-                                                      8 chips/host, 2D slices like v5e)
+Per-chip figures are the public Cloud TPU system-architecture pages (HBM bandwidth in GB/s):
+  v4:  https://cloud.google.com/tpu/docs/v4          (2 TensorCores/chip, 32 GiB HBM2, 1200 GB/s,
+                                                      275 TFLOP/s bf16, 4096-chip pod, 3D slices
+                                                      2x2x1 ... in 4x4x4 cubes)
+  v5e: https://docs.cloud.google.com/tpu/docs/v5e    (1 TensorCore/chip, 16 GB HBM2, 819 GB/s,
+                                                      197 TFLOP/s bf16, 8 chips/host, 2D slices
+                                                      1x1 ... 16x16)
+  v5p: https://cloud.google.com/tpu/docs/v5p-training (2 TensorCores/chip, 95 GB HBM2e, 2765 GB/s,
+                                                      459 TFLOP/s bf16, 4 chips/host, 3D slices
+                                                      2x2x1 ... 16x16x24 = 6144 chips; accelerator
+                                                      types count TensorCores)
+  v6e: https://docs.cloud.google.com/tpu/docs/v6e    (1 TensorCore/chip, 32 GB HBM, 1640 GB/s,
+                                                      918 TFLOP/s bf16, 8 chips/host, 2D slices
+                                                      like v5e)
 HBM is listed there in GB or GiB inconsistently; we take GiB (HBM stacks are binary-sized). The compiler
 keeps part of it for itself: ``usable_hbm_bytes`` is what libtpu 0.0.42 reports as "available HBM" when a
 program does not fit (v4 30.75, v5e 15.75, v5p 95.74, v6e 31.25 GiB); plans compare against that.
@@ -41,6 +45,7 @@ class TpuGeneration:
     hbm_bytes: int  # per chip
     usable_hbm_bytes: int  # per chip, what a compiled program may use
     peak_flops: float  # dense bf16 FLOP/s per chip
+    hbm_bandwidth: float  # bytes/s per chip
     cores_per_chip: int  # what the accelerator-type suffix counts, per chip (TensorCores)
     chips_per_host: int
     dims: int  # 3 for a 3D torus (v4, v5p), 2 for a 2D torus (v5e, v6e)
@@ -49,10 +54,10 @@ class TpuGeneration:
 
 
 GENERATIONS: dict[str, TpuGeneration] = {
-    "v4": TpuGeneration("v4", "v4", 32 * GiB, int(30.75 * GiB), 275e12, 2, 4, 3, "megacore", 4096),
-    "v5e": TpuGeneration("v5e", "v5e", 16 * GiB, int(15.75 * GiB), 197e12, 1, 8, 2, "default", 256),
-    "v5p": TpuGeneration("v5p", "v5p", 95 * GiB, int(95.74 * GiB), 459e12, 2, 4, 3, "megacore", 6144),
-    "v6e": TpuGeneration("v6e", "v6e", 32 * GiB, int(31.25 * GiB), 918e12, 1, 8, 2, "default", 256),
+    "v4": TpuGeneration("v4", "v4", 32 * GiB, int(30.75 * GiB), 275e12, 1200e9, 2, 4, 3, "megacore", 4096),
+    "v5e": TpuGeneration("v5e", "v5e", 16 * GiB, int(15.75 * GiB), 197e12, 819e9, 1, 8, 2, "default", 256),
+    "v5p": TpuGeneration("v5p", "v5p", 95 * GiB, int(95.74 * GiB), 459e12, 2765e9, 2, 4, 3, "megacore", 6144),
+    "v6e": TpuGeneration("v6e", "v6e", 32 * GiB, int(31.25 * GiB), 918e12, 1640e9, 1, 8, 2, "default", 256),
 }
 # Cloud names v5e slices "v5litepod-N"; "v5e-N" is the common shorthand.
 _ALIASES = {"v5litepod": "v5e"}
@@ -75,8 +80,8 @@ _SHAPES_2D = {
 class TpuSlice:
     """One TPU slice: ``chips`` chips of ``generation`` wired as ``topology_name``.
 
-    ``hbm_bytes``, ``usable_hbm_bytes`` and ``peak_flops`` are per chip; one chip is one JAX device
-    (v4 and v5p run their two TensorCores as one "megacore" device).
+    ``hbm_bytes``, ``usable_hbm_bytes``, ``peak_flops`` and ``hbm_bandwidth`` are per chip; one chip
+    is one JAX device (v4 and v5p run their two TensorCores as one "megacore" device).
     """
 
     accelerator: str  # normalised accelerator type, e.g. "v5p-64"
@@ -88,6 +93,7 @@ class TpuSlice:
     hbm_bytes: int
     usable_hbm_bytes: int
     peak_flops: float
+    hbm_bandwidth: float
 
     @property
     def hosts(self) -> int:
@@ -166,6 +172,7 @@ def parse_accelerator(name: str) -> TpuSlice:
         hbm_bytes=gen.hbm_bytes,
         usable_hbm_bytes=gen.usable_hbm_bytes,
         peak_flops=gen.peak_flops,
+        hbm_bandwidth=gen.hbm_bandwidth,
     )
 
 

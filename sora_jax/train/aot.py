@@ -15,7 +15,8 @@ train``: mesh, shardings, donation, remat, attention kernel) for the slice's dev
 - **estimated MFU**: model FLOPs over what the chips could do in XLA's estimated step time. The
   estimate is XLA's ``optimal_seconds`` (its roofline over compute and memory traffic) of the model
   with one and with two blocks, unrolled (their difference is one block's time, counted ``depth``
-  times in all), plus the splash kernels' attention FLOPs at peak speed.
+  times in all), plus the splash kernels' attention FLOPs at peak speed; where libtpu gives no usable
+  roofline, the same extrapolation of its FLOPs and bytes accessed, at peak and at full HBM bandwidth.
   It ignores communication that XLA does not overlap, so it is an upper bound on real MFU.
 """
 
@@ -34,7 +35,7 @@ from sora_jax.data.packing import empty_batch
 from sora_jax.parallel.global_batch import batch_shardings
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules
-from sora_jax.parallel.tpu import parse_accelerator, topology_devices
+from sora_jax.parallel.tpu import TpuSlice, parse_accelerator, topology_devices
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import abstract_train_state, count_params, model_graphdef
 from sora_jax.train.trainer import jit_train_step
@@ -59,6 +60,7 @@ class AotReport:
     xla_flops_per_chip: float  # cost_analysis(): the scanned layer stack counted once
     estimated_step_seconds: float | None
     estimated_mfu: float | None
+    estimate_method: str | None  # "xla-roofline" or "flops-bytes-bound"; see estimated_step_seconds
     compile_seconds: float
 
     def to_json(self) -> dict:
@@ -80,8 +82,8 @@ class AotReport:
         ]
         if self.estimated_mfu is not None:
             lines.append(
-                f"estimated step {self.estimated_step_seconds:.4g} s from XLA's roofline "
-                f"(1 and 2 unrolled blocks, extrapolated): MFU <= {100 * self.estimated_mfu:.1f}%"
+                f"estimated step {self.estimated_step_seconds:.4g} s ({self.estimate_method}, from 1 "
+                f"and 2 unrolled blocks, extrapolated): MFU <= {100 * self.estimated_mfu:.1f}%"
             )
         lines.append("fits" if self.fits else "DOES NOT FIT")
         return "\n".join(lines)
@@ -123,27 +125,49 @@ def _splash_flops(config: ml_collections.ConfigDict) -> float:
 
 
 def estimated_step_seconds(
-    config: ml_collections.ConfigDict, devices: list, peak_flops: float
-) -> float | None:
-    """XLA's roofline time of the whole step, from two probes with the layer stack unrolled.
+    config: ml_collections.ConfigDict, devices: list, tpu: TpuSlice
+) -> tuple[float, str] | tuple[None, None]:
+    """XLA's estimate of the whole step's time, from two probes with the layer stack unrolled, and
+    how it was made.
 
-    One and two unrolled blocks differ by exactly one block (forward, backward, its optimizer update),
-    so ``t(depth) = t(1) + (depth - 1) * (t(2) - t(1))``; the scanned program cannot be used, as its
-    cost counts the loop body once. Splash kernels get no cost from XLA: their attention FLOPs are
-    added at peak speed. None when XLA gives no usable estimate.
+    One and two unrolled blocks differ by exactly one block (forward, backward, its optimizer
+    update), so any per-step cost ``c`` extrapolates as ``c(depth) = c(1) + (depth - 1) * (c(2) -
+    c(1))``; the scanned program cannot be used, as its cost counts the loop body once. The time
+    is XLA's roofline (``optimal_seconds``: per operation, the longer of compute and memory
+    traffic) when it gives a usable one ("xla-roofline"). libtpu sometimes does not (negative for
+    the v6e preset); then it is the longer of the chip's FLOPs at peak and its bytes accessed at
+    full HBM bandwidth, over the whole step ("flops-bytes-bound", looser: operations' compute and
+    traffic are assumed to overlap perfectly). Splash kernels get no cost from XLA: their
+    attention FLOPs are added at peak speed. ``(None, None)`` when XLA's costs do not grow with
+    depth.
     """
-    seconds = []
-    for depth in (1, 2):
-        cost = compile_train_step(_with_layers(config, depth, scan=False), devices).cost_analysis()
-        seconds.append(cost.get("optimal_seconds", -1.0))
-    one, two = seconds
-    layer = two - one
-    if one <= 0 or layer <= 0:
-        return None
-    total = one + (config.model.depth - 1) * layer
+    costs = [
+        compile_train_step(_with_layers(config, depth, scan=False), devices).cost_analysis()
+        for depth in (1, 2)
+    ]
+    return step_seconds_from_costs(config, costs, len(devices), tpu)
+
+
+def step_seconds_from_costs(
+    config: ml_collections.ConfigDict, costs: list[dict], chips: int, tpu: TpuSlice
+) -> tuple[float, str] | tuple[None, None]:
+    """:func:`estimated_step_seconds` from the per-chip ``cost_analysis()`` of 1 and 2 unrolled blocks."""
+
+    def extrapolated(key: str) -> float | None:
+        one, two = (float(cost.get(key, -1.0)) for cost in costs)
+        if one <= 0 or two <= one:
+            return None
+        return one + (config.model.depth - 1) * (two - one)
+
+    total, method = extrapolated("optimal_seconds"), "xla-roofline"
+    if total is None:
+        flops, traffic = extrapolated("flops"), extrapolated("bytes accessed")
+        if flops is None or traffic is None:
+            return None, None
+        total, method = max(flops / tpu.peak_flops, traffic / tpu.hbm_bandwidth), "flops-bytes-bound"
     if config.model.attention == "splash":
-        total += _splash_flops(config) / len(devices) / peak_flops
-    return total
+        total += _splash_flops(config) / chips / tpu.peak_flops
+    return total, method
 
 
 def _not_fitting_advice(config: ml_collections.ConfigDict) -> str:
@@ -220,9 +244,9 @@ def aot_report(
     # Rows of the presets hold one long clip: every token attends to the whole row.
     flops = model_flops_per_token(config, d.seq_len) * tokens
     cost = compiled.cost_analysis()
-    step_seconds = mfu = None
-    if estimate and "optimal_seconds" in cost:
-        step_seconds = estimated_step_seconds(config, devices, tpu.peak_flops)
+    step_seconds = mfu = method = None
+    if estimate:
+        step_seconds, method = estimated_step_seconds(config, devices, tpu)
         mfu = None if step_seconds is None else flops / (chips * tpu.peak_flops * step_seconds)
     mesh = make_mesh(config, devices)
     return AotReport(
@@ -241,5 +265,6 @@ def aot_report(
         xla_flops_per_chip=float(cost["flops"]),
         estimated_step_seconds=step_seconds,
         estimated_mfu=mfu,
+        estimate_method=method,
         compile_seconds=compile_seconds,
     )

@@ -12,7 +12,7 @@ import pytest
 from sora_jax.config import load_config
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.tpu import parse_accelerator, topology_devices
-from sora_jax.train.aot import compile_train_step, estimated_step_seconds
+from sora_jax.train.aot import compile_train_step, estimated_step_seconds, step_seconds_from_costs
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import abstract_train_state
 
@@ -56,6 +56,7 @@ def test_aot_of_a_small_splash_preset_reports_memory_flops_and_mfu(tmp_path):
         model_flops_per_token(config, config.data.seq_len) * tokens
     )
     assert 0 < report["estimated_mfu"] < 1 and report["estimated_step_seconds"] > 0
+    assert report["estimate_method"] == "xla-roofline"
 
 
 @pytest.mark.slow
@@ -83,7 +84,27 @@ def test_step_time_extrapolated_from_one_and_two_blocks_matches_the_unrolled_mod
     full depth, agrees with compiling all blocks unrolled (XLA costs a scanned stack only once)."""
     config = load_config(SMOKE, ["model.attention=xla", "model.depth=4"])
     devices = topology_devices("v5p-8")
-    extrapolated = estimated_step_seconds(config, devices, parse_accelerator("v5p-8").peak_flops)
+    extrapolated, method = estimated_step_seconds(config, devices, parse_accelerator("v5p-8"))
+    assert method == "xla-roofline"
     unrolled = load_config(SMOKE, ["model.attention=xla", "model.depth=4", "model.scan_layers=False"])
     measured = compile_train_step(unrolled, devices).cost_analysis()["optimal_seconds"]
     assert extrapolated == pytest.approx(measured, rel=0.02)
+
+
+def test_without_a_usable_xla_roofline_the_estimate_bounds_by_flops_and_bytes():
+    """libtpu can report a negative ``optimal_seconds`` (as for the v6e-64 preset); the estimate then
+    extrapolates FLOPs and bytes accessed per chip and takes the slower of peak compute and HBM."""
+    config = load_config(SMOKE, ["model.attention=xla", "model.depth=10"])
+    tpu = parse_accelerator("v6e-4")
+    one = {"optimal_seconds": -57.9, "flops": 2e12, "bytes accessed": 1e9}
+    two = {"optimal_seconds": -60.0, "flops": 3e12, "bytes accessed": 3e9}
+    seconds, method = step_seconds_from_costs(config, [one, two], 4, tpu)
+    assert method == "flops-bytes-bound"
+    # 10 blocks: 11e12 FLOPs (12.0 ms at 918 TFLOP/s) and 19e9 bytes (11.6 ms at 1640 GB/s).
+    assert seconds == pytest.approx(11e12 / 918e12)
+    two["bytes accessed"] = 5e9  # 37e9 bytes: now memory traffic is the longer.
+    assert step_seconds_from_costs(config, [one, two], 4, tpu)[0] == pytest.approx(37e9 / 1640e9)
+    good = [dict(one, optimal_seconds=0.5), dict(two, optimal_seconds=0.75)]
+    assert step_seconds_from_costs(config, good, 4, tpu) == (pytest.approx(0.5 + 9 * 0.25), "xla-roofline")
+    flat = [dict(one, flops=2e12), dict(two, flops=2e12)]  # Costs that do not grow with depth.
+    assert step_seconds_from_costs(config, flat, 4, tpu) == (None, None)
