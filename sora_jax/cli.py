@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--max-area", type=int, default=256 * 256, help="most pixels a frame")
     prepare.add_argument("--min-side", type=int, default=16, help="smallest usable source side")
     prepare.add_argument("--caption-default", default=None, help="caption for uncaptioned files")
+    prepare.add_argument(
+        "--text-encoder",
+        default=None,
+        help="Hugging Face-format BERT/T5 directory: store each clip's caption embedding",
+    )
+    prepare.add_argument("--caption-tokens", type=int, default=64, help="most tokens a caption embedding")
     return parser
 
 
@@ -255,6 +261,8 @@ def _prepare(args: argparse.Namespace) -> int:
         min_side=args.min_side,
         workers=args.workers,
         caption_default=args.caption_default,
+        text_encoder=args.text_encoder,
+        caption_tokens=args.caption_tokens,
     )
     print(
         f"{report.clips_written} clips ({report.frames_written} frames) from "

@@ -3,8 +3,10 @@
 Layout under the store's root (a local directory or any tensorstore kvstore URL such as
 ``gs://bucket/store``; every key is read and written through tensorstore, never ``os``)::
 
-    clip_store.json             {"format", "version", "dtype", "channels", "chunk_elements", "extra"}
+    clip_store.json             {"format", "version", "dtype", "channels", "chunk_elements", "extra",
+                                 "captions" (only in a store with caption embeddings)}
     data/                       zarr v3 array, 1-D, the store's dtype, chunks of ~4 MiB, zstd
+    captions/                   (optional) zarr v3 array, 1-D: caption embeddings, the same way
     index/000000000001.jsonl    index segment: one JSON object per line, written once
     index/000000000007.all.jsonl  compacted index: every entry of segments <= 7
 
@@ -16,12 +18,19 @@ lost). ``data`` grows by resizing its zarr shape, never by moving data. Pixels a
 with ``C == 3``; latents are ``float16``/``float32`` with any ``C``. The dtype and channel
 count are fixed when the store is created.
 
+A store may also hold each clip's caption embedding: a frozen text encoder's hidden states of the
+caption's real tokens, ``[L, D]`` (``L`` varies by caption, ``D`` is fixed per store), computed
+once when the store is prepared so training never runs the encoder. They lie in ``captions/`` as
+the clips lie in ``data/``; ``clip_store.json`` names their width, dtype and encoder under
+``"captions"``.
+
 Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
-"offset"}`` and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
+"offset"}`` (plus ``"caption_offset"`` and ``"caption_tokens"`` in a store with caption
+embeddings) and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
 at once but only stages its entry; :meth:`ClipStore.flush` writes all staged entries as one new
 segment, a single atomic object write. So an entry can only exist for data that was completely
-written: a crash before the flush loses the staged clips (their space is reused by the next
-writer) but never leaves an entry pointing at missing data.
+written (clip and caption embedding alike): a crash before the flush loses the staged clips
+(their space is reused by the next writer) but never leaves an entry pointing at missing data.
 
 Concurrency: one writer at a time. Ingest decodes in worker processes that return frames to one
 parent process, and only that parent opens the store for writing, so no locking is needed.
@@ -72,6 +81,10 @@ class ClipRecord:
     source: str
     start: float
     offset: int
+    # Where the caption embedding lies in ``captions/`` (elements) and its token count L; 0 tokens
+    # in a store without caption embeddings.
+    caption_offset: int = 0
+    caption_tokens: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -83,7 +96,7 @@ class ClipRecord:
         return math.prod(self.shape)
 
     def to_entry(self) -> dict[str, Any]:
-        return {
+        entry = {
             "type": "clip",
             "id": self.clip_id,
             "shape": list(self.shape),
@@ -93,6 +106,9 @@ class ClipRecord:
             "start": self.start,
             "offset": self.offset,
         }
+        if self.caption_tokens:
+            entry |= {"caption_offset": self.caption_offset, "caption_tokens": self.caption_tokens}
+        return entry
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> ClipRecord:
@@ -107,6 +123,8 @@ class ClipRecord:
             source=str(entry["source"]),
             start=float(entry["start"]),
             offset=int(entry["offset"]),
+            caption_offset=int(entry.get("caption_offset", 0)),
+            caption_tokens=int(entry.get("caption_tokens", 0)),
         )
 
 
@@ -117,6 +135,49 @@ def _root_spec(path: str | os.PathLike) -> ts.KvStore.Spec:
         return ts.KvStore.Spec(path if path.endswith("/") else path + "/")
     # A spec rather than a "file://" URL: local paths may hold characters URLs must escape.
     return ts.KvStore.Spec({"driver": "file", "path": os.path.abspath(path) + "/"})
+
+
+def _flat_array_spec(
+    kvstore: ts.KvStore.Spec, dtype: str, chunk_elements: int, compress: bool
+) -> dict[str, Any]:
+    """A new, empty 1-D zarr v3 array that grows by resizing (clip data, caption embeddings)."""
+    codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if compress:
+        codecs.append({"name": "zstd", "configuration": {"level": 3}})
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore.to_json(),
+        "metadata": {
+            "shape": [0],
+            "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_elements]}},
+            "chunk_key_encoding": {"name": "default"},
+            "fill_value": 0,
+            "codecs": codecs,
+        },
+    }
+
+
+def _write_flat(
+    array: ts.TensorStore, offset: int, values: np.ndarray, chunk_elements: int
+) -> ts.TensorStore:
+    """Write ``values`` (flattened) at ``offset``, growing ``array`` first if needed; returns the
+    (possibly resized) array handle."""
+    size = values.size
+    if offset + size > array.shape[0]:
+        # Grow by whole chunks (unwritten chunks cost nothing) and geometrically.
+        want = max(offset + size, math.ceil(array.shape[0] * _GROWTH))
+        want = -(-want // chunk_elements) * chunk_elements
+        array = array.resize(exclusive_max=[want], expand_only=True).result()
+    array[offset : offset + size].write(values.reshape(-1)).result()
+    return array
+
+
+def _read_flat(array: ts.TensorStore, offset: int, size: int) -> tuple[np.ndarray, ts.TensorStore]:
+    """``size`` elements from ``offset``, and the array handle (reopened if a writer grew it)."""
+    if offset + size > array.shape[0]:
+        array = ts.open(array.spec(minimal_spec=True), open=True).result()
+    return array[offset : offset + size].read().result(), array
 
 
 def _encode_lines(entries: list[dict[str, Any]]) -> bytes:
@@ -133,12 +194,26 @@ class ClipStore:
     state (so a store can be handed to data-loader worker processes).
     """
 
-    def __init__(self, path: str, root: ts.KvStore, metadata: dict[str, Any], data: ts.TensorStore) -> None:
+    def __init__(
+        self,
+        path: str,
+        root: ts.KvStore,
+        metadata: dict[str, Any],
+        data: ts.TensorStore,
+        captions: ts.TensorStore | None = None,
+    ) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._path = path
         self._root = root
         self._index = root / "index/"
         self._data = data
+        self._captions = captions
+        caption_meta = metadata.get("captions") or {}
+        # Caption embeddings: their width D (0: the store has none), dtype and encoder.
+        self.caption_dim = int(caption_meta.get("dim", 0))
+        self.caption_dtype = np.dtype(caption_meta.get("dtype", "float16"))
+        self.caption_encoder: dict[str, Any] = dict(caption_meta.get("encoder", {}))
+        self._caption_chunk = int(caption_meta.get("chunk_elements", 1))
         self.dtype = np.dtype(metadata["dtype"])
         self.channels = int(metadata["channels"])
         self.chunk_elements = int(metadata["chunk_elements"])
@@ -152,6 +227,7 @@ class ClipStore:
         self._seq = 0  # Highest index segment number seen or written.
         self._live_segments = 0  # Segment objects a reader has to read (for compaction).
         self._end = 0  # First element past all committed and staged data.
+        self._caption_end = 0  # The same in the caption embeddings.
         self._load_index()
 
     # -- creation ---------------------------------------------------------------------------
@@ -167,6 +243,9 @@ class ClipStore:
         compress: bool = True,
         extra: dict[str, Any] | None = None,
         exist_ok: bool = False,
+        caption_dim: int = 0,
+        caption_dtype: str | np.dtype = "float16",
+        caption_encoder: dict[str, Any] | None = None,
     ) -> ClipStore:
         """Creates an empty store at ``path`` (a local directory or a kvstore URL).
 
@@ -176,8 +255,18 @@ class ClipStore:
         :attr:`extra`. With ``exist_ok``, an existing store with the same dtype and channels is
         opened instead (a different one raises ValueError); otherwise an existing store raises
         FileExistsError.
+
+        ``caption_dim > 0`` makes a store whose every clip carries a caption embedding ``[L,
+        caption_dim]`` in ``caption_dtype`` (``float16`` or ``float32``); ``caption_encoder``
+        describes the encoder that made them (kept in the metadata; an existing store opened with
+        ``exist_ok`` must have the same width and encoder).
         """
         name = np.dtype(dtype).name
+        caption_name = np.dtype(caption_dtype).name
+        if not (isinstance(caption_dim, int) and caption_dim >= 0):
+            raise ValueError(f"caption_dim must be an int >= 0, got {caption_dim!r}")
+        if caption_dim and caption_name not in ("float16", "float32"):
+            raise ValueError(f"caption_dtype must be float16 or float32, got {caption_name!r}")
         if name not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
         if not (isinstance(channels, int) and channels >= 1):
@@ -195,30 +284,37 @@ class ClipStore:
                     f"existing store at {os.fspath(path)!r} holds {store.dtype.name} clips with "
                     f"C={store.channels}, not {name} with C={channels}"
                 )
+            wanted = {"dim": caption_dim, "encoder": dict(caption_encoder or {})}
+            held = {"dim": store.caption_dim, "encoder": store.caption_encoder}
+            if wanted != held:
+                raise ValueError(
+                    f"existing store at {os.fspath(path)!r} holds caption embeddings {held}, "
+                    f"not {wanted}: prepare into a new store to change the text encoder"
+                )
             return store
         chunk_elements = max(1, chunk_bytes // np.dtype(name).itemsize)
-        codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
-        if compress:
-            codecs.append({"name": "zstd", "configuration": {"level": 3}})
-        data_spec = {
-            "driver": "zarr3",
-            "kvstore": (spec / "data/").to_json(),
-            "metadata": {
-                "shape": [0],
-                "data_type": name,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_elements]}},
-                "chunk_key_encoding": {"name": "default"},
-                "fill_value": 0,
-                "codecs": codecs,
-            },
-        }
-        try:
-            data = ts.open(data_spec, create=True).result()
-        except ValueError as e:  # ALREADY_EXISTS: an earlier create died before its metadata.
-            raise FileExistsError(
-                f"{os.fspath(path)!r} holds a data array but no {METADATA_KEY}: an interrupted "
-                "create or not a clip store; remove it first"
-            ) from e
+        arrays = {"data/": (name, chunk_elements)}
+        caption_meta = None
+        if caption_dim:
+            caption_chunk = max(1, chunk_bytes // np.dtype(caption_name).itemsize)
+            arrays["captions/"] = (caption_name, caption_chunk)
+            caption_meta = {
+                "dim": caption_dim,
+                "dtype": caption_name,
+                "chunk_elements": caption_chunk,
+                "encoder": dict(caption_encoder or {}),
+            }
+        opened = {}
+        for key, (array_dtype, chunks) in arrays.items():
+            try:
+                opened[key] = ts.open(
+                    _flat_array_spec(spec / key, array_dtype, chunks, compress), create=True
+                ).result()
+            except ValueError as e:  # ALREADY_EXISTS: an earlier create died before its metadata.
+                raise FileExistsError(
+                    f"{os.fspath(path)!r} holds a {key} array but no {METADATA_KEY}: an interrupted "
+                    "create or not a clip store; remove it first"
+                ) from e
         metadata = {
             "format": FORMAT,
             "version": VERSION,
@@ -227,11 +323,13 @@ class ClipStore:
             "chunk_elements": chunk_elements,
             "extra": dict(extra or {}),
         }
+        if caption_meta:
+            metadata["captions"] = caption_meta
         # Written last, and only if absent: a directory is a store once this key exists.
         stamp = root.write(METADATA_KEY, json.dumps(metadata, indent=1), if_equal=_NO_VALUE).result()
         if not stamp.generation:
             raise FileExistsError(f"another process created a clip store at {os.fspath(path)!r}")
-        return cls(_display_path(path), root, metadata, data)
+        return cls(_display_path(path), root, metadata, opened["data/"], opened.get("captions/"))
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ClipStore:
@@ -256,7 +354,12 @@ class ClipStore:
         data = ts.open({"driver": "zarr3", "kvstore": (spec / "data/").to_json()}, open=True).result()
         if data.dtype.numpy_dtype != np.dtype(metadata["dtype"]) or data.rank != 1:
             raise ValueError(f"{os.fspath(path)!r}: data array does not match {METADATA_KEY}")
-        return cls(_display_path(path), root, metadata, data)
+        captions = None
+        if metadata.get("captions"):
+            captions = ts.open(
+                {"driver": "zarr3", "kvstore": (spec / "captions/").to_json()}, open=True
+            ).result()
+        return cls(_display_path(path), root, metadata, data, captions)
 
     def __reduce__(self) -> tuple:
         return (ClipStore.open, (self._path,))
@@ -313,6 +416,8 @@ class ClipStore:
             self._by_id[record.clip_id] = len(self._records)
             self._records.append(record)
             self._end = max(self._end, record.offset + record.size)
+            caption_end = record.caption_offset + record.caption_tokens * self.caption_dim
+            self._caption_end = max(self._caption_end, caption_end)
         elif entry["type"] == "done":
             self._done.add(str(entry["source"]))
         else:
@@ -378,7 +483,8 @@ class ClipStore:
         """
         if self._in_atomic:
             raise RuntimeError("atomic() blocks do not nest")
-        n_pending, n_records, end = len(self._pending), len(self._records), self._end
+        n_pending, n_records = len(self._pending), len(self._records)
+        end, caption_end = self._end, self._caption_end
         self._in_atomic = True
         try:
             yield
@@ -390,7 +496,8 @@ class ClipStore:
                     self._done.discard(entry["source"])
             del self._pending[n_pending:]
             del self._records[n_records:]
-            self._end = end  # The dropped clips' space is reused by the next append.
+            # The dropped clips' space is reused by the next append.
+            self._end, self._caption_end = end, caption_end
             raise
         finally:
             self._in_atomic = False
@@ -406,6 +513,7 @@ class ClipStore:
         caption: str,
         source: str,
         start: float,
+        caption_embedding: np.ndarray | None = None,
     ) -> None:
         """Writes ``frames`` (``[T, H, W, C]``, the store's dtype and C) and stages its entry.
 
@@ -413,7 +521,9 @@ class ClipStore:
         :meth:`flush`. ``fps`` is frames/s (>= 0, 0 for stills), ``start`` seconds into
         ``source``. Raises ValueError naming the problem for a duplicate ``clip_id``, a wrong
         dtype (no implicit casts), rank or channel count, an empty clip, non-finite latents,
-        or a non-finite ``fps``/``start``.
+        or a non-finite ``fps``/``start``. A store with caption embeddings needs
+        ``caption_embedding``, ``[L, caption_dim]`` with L >= 1 and finite values (cast to the
+        store's caption dtype); one without refuses it.
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")
@@ -443,13 +553,13 @@ class ClipStore:
             if not isinstance(value, str):
                 raise ValueError(f"clip {clip_id!r}: {name} must be a str, got {type(value).__name__}")
 
+        embedding = self._check_caption_embedding(clip_id, caption_embedding)
+
         offset, size = self._end, frames.size
-        if offset + size > self._data.shape[0]:
-            # Grow by whole chunks (unwritten chunks cost nothing) and geometrically.
-            want = max(offset + size, math.ceil(self._data.shape[0] * _GROWTH))
-            want = -(-want // self.chunk_elements) * self.chunk_elements
-            self._data = self._data.resize(exclusive_max=[want], expand_only=True).result()
-        self._data[offset : offset + size].write(frames.reshape(-1)).result()
+        self._data = _write_flat(self._data, offset, frames, self.chunk_elements)
+        caption_offset = self._caption_end
+        if embedding is not None:
+            self._captions = _write_flat(self._captions, caption_offset, embedding, self._caption_chunk)
         record = ClipRecord(
             clip_id=clip_id,
             shape=tuple(int(n) for n in frames.shape),  # type: ignore[arg-type]
@@ -458,11 +568,40 @@ class ClipStore:
             source=source,
             start=float(start),
             offset=offset,
+            caption_offset=caption_offset if embedding is not None else 0,
+            caption_tokens=len(embedding) if embedding is not None else 0,
         )
         self._by_id[clip_id] = len(self._records)
         self._records.append(record)
         self._pending.append(record.to_entry())
         self._end = offset + size
+        if embedding is not None:
+            self._caption_end = caption_offset + embedding.size
+
+    def _check_caption_embedding(self, clip_id: str, embedding: np.ndarray | None) -> np.ndarray | None:
+        """The embedding in the store's caption dtype, after checking it fits this store."""
+        if not self.caption_dim:
+            if embedding is not None:
+                raise ValueError(f"clip {clip_id!r}: this store holds no caption embeddings")
+            return None
+        if embedding is None:
+            raise ValueError(
+                f"clip {clip_id!r}: this store holds a caption embedding for every clip "
+                f"([L, {self.caption_dim}]); none was given"
+            )
+        embedding = np.asarray(embedding)
+        if embedding.ndim != 2 or embedding.shape[1] != self.caption_dim or len(embedding) < 1:
+            raise ValueError(
+                f"clip {clip_id!r}: caption embedding must be [L >= 1, {self.caption_dim}], "
+                f"got shape {embedding.shape}"
+            )
+        if embedding.dtype.kind != "f" or not np.isfinite(embedding).all():
+            raise ValueError(f"clip {clip_id!r}: caption embedding must be finite floats")
+        with np.errstate(over="ignore"):  # Overflow is reported below, by name.
+            converted = embedding.astype(self.caption_dtype)
+        if not np.isfinite(converted).all():
+            raise ValueError(f"clip {clip_id!r}: caption embedding overflows {self.caption_dtype}")
+        return converted
 
     def mark_done(self, source: str) -> None:
         """Stages a mark that ``source`` is fully ingested; committed by the next :meth:`flush`.
@@ -519,12 +658,19 @@ class ClipStore:
         IndexError for a position out of range.
         """
         record = self.record(key)
-        end = record.offset + record.size
-        if end > self._data.shape[0]:
-            # A writer grew the array after this handle was opened: reload its metadata.
-            self._data = ts.open(self._data.spec(minimal_spec=True), open=True).result()
-        flat = self._data[record.offset : end].read().result()
+        # A writer may have grown the array after this handle was opened: it is then reopened.
+        flat, self._data = _read_flat(self._data, record.offset, record.size)
         return flat.reshape(record.shape)
+
+    def read_caption_embedding(self, key: int | str) -> np.ndarray:
+        """The caption embedding of the clip at position ``key`` or with id ``key``: ``[L,
+        caption_dim]`` in :attr:`caption_dtype`. Raises ValueError for a store without them."""
+        if self._captions is None:
+            raise ValueError(f"{self._path!r} holds no caption embeddings (prepared without a text encoder)")
+        record = self.record(key)
+        size = record.caption_tokens * self.caption_dim
+        flat, self._captions = _read_flat(self._captions, record.caption_offset, size)
+        return flat.reshape(record.caption_tokens, self.caption_dim)
 
 
 def _display_path(path: str | os.PathLike) -> str:

@@ -24,6 +24,10 @@ Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``, ids ``"<source>#
   area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
   sampled frames; frames are never upscaled.
 * Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
+* Captions: with ``text_encoder`` (a Hugging Face-format BERT or T5 directory), each source's
+  caption is encoded once, here, and every clip of it stores the hidden states of the caption's
+  real tokens (at most ``caption_tokens``) as a float16 caption embedding, so training reads
+  them instead of running the encoder.
 
 Bad input never stops a run: each source that cannot be used is skipped and listed with a
 reason (see ``REASONS``). Decoding runs in ``workers`` spawned processes, one file per process
@@ -148,6 +152,8 @@ def prepare(
     workers: int = 2,
     caption_default: str | None = None,
     file_timeout: float | None = 1800.0,
+    text_encoder: str | os.PathLike | None = None,
+    caption_tokens: int = 64,
 ) -> PrepareReport:
     """Decodes the videos/images under ``input`` into uint8 clips in the store at ``output``.
 
@@ -159,7 +165,9 @@ def prepare(
     bombs. ``workers``: decoding processes (0 decodes in this process: no crash isolation, for
     debugging). ``caption_default``: caption for sources without one (None skips them).
     ``file_timeout``: seconds one file may take to decode before its process is killed (None:
-    no limit; ignored with ``workers=0``).
+    no limit; ignored with ``workers=0``). ``text_encoder``: a frozen encoder's directory, to
+    store caption embeddings of at most ``caption_tokens`` tokens (a store prepared with one
+    must be resumed with the same one).
 
     Sources already marked done in the store are skipped, so an interrupted run resumes where
     it stopped. Raises ValueError for bad arguments or a CSV without a ``path`` column and
@@ -177,6 +185,9 @@ def prepare(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if file_timeout is not None and not file_timeout > 0:
         raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
+    if caption_tokens < 1:
+        raise ValueError(f"caption_tokens must be >= 1, got {caption_tokens}")
+    embedder = CaptionEmbedder(text_encoder, caption_tokens) if text_encoder is not None else None
     started = time.monotonic()
     settings = _Settings(
         float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
@@ -184,7 +195,10 @@ def prepare(
     report = PrepareReport(input=os.fspath(input), output=os.fspath(output))
 
     sources, report.inputs_seen = _discover(Path(input), report)
-    store = ClipStore.create(output, dtype="uint8", channels=3, exist_ok=True)
+    captions = {}
+    if embedder is not None:
+        captions = {"caption_dim": embedder.dim, "caption_encoder": embedder.description}
+    store = ClipStore.create(output, dtype="uint8", channels=3, exist_ok=True, **captions)
     done = store.sources_done()
     partial = {r.source for r in store.records} - done
     todo: list[_Source] = []
@@ -212,7 +226,7 @@ def prepare(
             source = todo[i]
             try:
                 if ok:
-                    _ingest(store, source, *value, report)
+                    _ingest(store, source, *value, report, embedder)
                     unflushed += 1
                 else:
                     report.fail(source.key, *value)
@@ -245,11 +259,40 @@ def prepare(
     return report
 
 
+class CaptionEmbedder:
+    """Captions to the stored caption embeddings: a frozen text encoder's hidden states of the
+    caption's real tokens, ``[L, dim]`` float32 with ``L <= max_tokens``."""
+
+    def __init__(self, directory: str | os.PathLike, max_tokens: int) -> None:
+        from sora_jax.text import load_text_encoder  # JAX only where captions are embedded.
+
+        self.encoder = load_text_encoder(directory)
+        self.max_tokens = max_tokens
+        self.dim = self.encoder.dim
+        # What a resumed run must match (the directory's name, not its path, which may move).
+        self.description = {
+            "model_type": self.encoder.model_type,
+            "name": Path(directory).resolve().name,
+            "max_tokens": max_tokens,
+        }
+
+    def __call__(self, caption: str) -> np.ndarray:
+        hidden, mask = self.encoder.encode([caption], self.max_tokens)
+        return np.asarray(hidden[0], np.float32)[np.asarray(mask[0])]
+
+
 def _ingest(
-    store: ClipStore, source: _Source, fps: float, clips: list[tuple[str, float]], report: PrepareReport
+    store: ClipStore,
+    source: _Source,
+    fps: float,
+    clips: list[tuple[str, float]],
+    report: PrepareReport,
+    embedder: CaptionEmbedder | None = None,
 ) -> None:
     """Appends one source's spooled clips and its done mark as one atomic group."""
     frames_written = 0
+    # One caption per source: encoded once, stored with each of its clips.
+    embedding = embedder(source.caption) if embedder is not None else None
     with store.atomic():
         for k, (file, start) in enumerate(clips):
             frames = np.load(file)
@@ -260,6 +303,7 @@ def _ingest(
                 caption=source.caption,
                 source=source.key,
                 start=start,
+                caption_embedding=embedding,
             )
             frames_written += frames.shape[0]
         store.mark_done(source.key)

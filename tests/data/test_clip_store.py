@@ -179,3 +179,84 @@ def test_sources_done_and_compaction_survive_reopen(tmp_path):
     assert [r.clip_id for r in reopened.records] == [*clips, "w#0"]
     for clip_id, frames in clips.items():
         np.testing.assert_array_equal(reopened.read(clip_id), frames)
+
+
+def _embedding(tokens: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(tokens, dim)).astype(np.float32)
+
+
+def test_caption_embeddings_round_trip_beside_latents(tmp_path):
+    path = tmp_path / "latents"
+    encoder = {"model_type": "bert", "path": "/models/minilm", "max_tokens": 16}
+    store = ClipStore.create(
+        path, dtype="float16", channels=4, chunk_bytes=_CHUNK_BYTES, caption_dim=6, caption_encoder=encoder
+    )
+    clips = {
+        f"v#{i}": np.random.default_rng(i).normal(size=(1 + i, 2, 3, 4)).astype(np.float16) for i in range(5)
+    }
+    embeddings = {clip_id: _embedding(2 + 7 * i, 6, 10 + i) for i, clip_id in enumerate(clips)}
+    for clip_id, latents in clips.items():
+        store.append(
+            latents, clip_id=clip_id, fps=8.0, caption="c", source="s", start=0.0,
+            caption_embedding=embeddings[clip_id],
+        )  # fmt: skip
+    np.testing.assert_array_equal(store.read_caption_embedding("v#3"), embeddings["v#3"].astype(np.float16))
+    store.flush()
+
+    reopened = ClipStore.open(path)
+    assert (reopened.caption_dim, reopened.caption_dtype, reopened.caption_encoder) == (
+        6,
+        np.float16,
+        encoder,
+    )
+    for clip_id, latents in clips.items():
+        np.testing.assert_array_equal(reopened.read(clip_id), latents)
+        stored = reopened.read_caption_embedding(clip_id)
+        assert stored.dtype == np.float16 and stored.shape == embeddings[clip_id].shape
+        np.testing.assert_array_equal(stored, embeddings[clip_id].astype(np.float16))
+    assert [r.caption_tokens for r in reopened.records] == [2, 9, 16, 23, 30]
+
+    # Reopening for more writes needs the same encoder; another one is refused by name.
+    with pytest.raises(ValueError, match="caption embeddings"):
+        ClipStore.create(
+            path, dtype="float16", channels=4, exist_ok=True, caption_dim=8, caption_encoder=encoder
+        )
+    again = ClipStore.create(
+        path, dtype="float16", channels=4, exist_ok=True, caption_dim=6, caption_encoder=encoder
+    )
+    assert len(again) == len(clips)
+
+
+def test_caption_embeddings_are_checked_and_dropped_with_their_atomic_group(tmp_path):
+    store = ClipStore.create(tmp_path / "s", chunk_bytes=_CHUNK_BYTES, caption_dim=4)
+    frames = _pixels(2, 4, 4, 0)
+    base = {"fps": 8.0, "caption": "c", "source": "s", "start": 0.0}
+    with pytest.raises(ValueError, match="none was given"):
+        store.append(frames, clip_id="a", **base)
+    with pytest.raises(ValueError, match=r"\[L >= 1, 4\]"):
+        store.append(frames, clip_id="a", caption_embedding=_embedding(3, 5, 0), **base)
+    with pytest.raises(ValueError, match="finite"):
+        store.append(frames, clip_id="a", caption_embedding=np.full((2, 4), np.nan, np.float32), **base)
+    with pytest.raises(ValueError, match="overflows float16"):
+        store.append(frames, clip_id="a", caption_embedding=np.full((2, 4), 1e6, np.float32), **base)
+
+    store.append(frames, clip_id="kept", caption_embedding=_embedding(3, 4, 1), **base)
+    with pytest.raises(RuntimeError), store.atomic():
+        store.append(frames, clip_id="dropped", caption_embedding=_embedding(50, 4, 2), **base)
+        raise RuntimeError("interrupted")
+    store.append(frames, clip_id="next", caption_embedding=_embedding(2, 4, 3), **base)
+    store.flush()
+    reopened = ClipStore.open(tmp_path / "s")
+    assert [r.clip_id for r in reopened.records] == ["kept", "next"]
+    # The dropped group's embedding space was reused: "next" follows "kept" directly.
+    assert reopened.record("next").caption_offset == 3 * 4
+    np.testing.assert_array_equal(
+        reopened.read_caption_embedding("next"), _embedding(2, 4, 3).astype(np.float16)
+    )
+
+    plain = ClipStore.create(tmp_path / "plain")
+    with pytest.raises(ValueError, match="holds no caption embeddings"):
+        plain.append(frames, clip_id="a", caption_embedding=_embedding(2, 4, 0), **base)
+    plain.append(frames, clip_id="a", **base)
+    with pytest.raises(ValueError, match="holds no caption embeddings"):
+        plain.read_caption_embedding("a")

@@ -212,3 +212,37 @@ def test_pool_pins_crashes_and_hangs_on_their_task():
     assert results["crash"] == (False, ("worker_crash", "decoding process killed by SIGKILL"))
     assert results["hang"][1][0] == "timeout"
     assert results["error"][1][0] == "internal_error" and "ValueError" in results["error"][1][1]
+
+
+def test_caption_embeddings_are_computed_once_at_prepare_time(tmp_path):
+    from sora_jax.text import load_text_encoder
+    from sora_jax.text.tiny import write_tiny_bert
+
+    encoder_dir = write_tiny_bert(tmp_path / "tiny-bert")
+    videos = tmp_path / "videos"
+    write_video(videos / "long.mp4", _ramp(40, 32, 32), 8)  # 5 s: three 2 s clips of one caption.
+    (videos / "long.txt").write_text("a red ball rolls across the field")
+    write_video(videos / "still.png", _ramp(1, 32, 32), 1)
+    (videos / "still.txt").write_text("two blue cubes")
+    out = tmp_path / "store"
+    report = prepare(videos, out, workers=0, text_encoder=encoder_dir, caption_tokens=6, **_SETTINGS)
+    assert report.clips_written == 4
+
+    store = ClipStore.open(out)
+    encoder = load_text_encoder(encoder_dir)
+    assert store.caption_dim == encoder.dim
+    assert store.caption_encoder == {"model_type": "bert", "name": "tiny-bert", "max_tokens": 6}
+    for record in store.records:
+        hidden, mask = encoder.encode([record.caption], 6)
+        expected = np.asarray(hidden[0])[np.asarray(mask[0])]
+        stored = store.read_caption_embedding(record.clip_id)
+        assert stored.dtype == np.float16 and stored.shape == expected.shape
+        np.testing.assert_allclose(stored.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    # "two blue cubes" is [CLS] two blue cubes [SEP]; the long caption is cut at 6 tokens.
+    assert {r.source: r.caption_tokens for r in store.records} == {"long.mp4": 6, "still.png": 5}
+
+    # Resuming with another encoder setting would mix embeddings: refused, by name.
+    with pytest.raises(ValueError, match="caption embeddings"):
+        prepare(videos, out, workers=0, text_encoder=encoder_dir, caption_tokens=8, **_SETTINGS)
+    with pytest.raises(ValueError, match="caption embeddings"):
+        prepare(videos, out, workers=0, **_SETTINGS)
