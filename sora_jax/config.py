@@ -27,8 +27,14 @@ class ConfigError(ValueError):
 
 def base_config() -> ConfigDict:
     """Every key of a run, with its default. Experiments override a subset."""
+    from sora_jax.autoencoder.config import autoencoder_section  # It imports ConfigError from here.
+
     c = ConfigDict()
     c.seed = 0  # Data order, noise, timesteps and initialisation all derive from it.
+    # What is trained: "dit" (the video diffusion transformer on packed rows) or "autoencoder"
+    # (the video compression network, config.autoencoder, on dense data.dense_clip clips).
+    c.task = "dit"
+    c.autoencoder = autoencoder_section()
 
     # --- model: the video diffusion transformer -------------------------------------------------
     c.model = m = ConfigDict()
@@ -70,6 +76,8 @@ def base_config() -> ConfigDict:
     d.seq_len = 512  # L: video tokens per row; every batch has this one static shape.
     d.max_clips_per_row = 8  # S: clips packed into one row at most.
     d.text_len = 96  # Lt: text tokens per row (all captions of the row's clips, packed).
+    # Autoencoder: (frames, height, width) of every training clip, whole latent frames and pixels.
+    d.dense_clip = (9, 32, 32)
     d.max_caption_tokens = 24  # Captions are cut to this many tokens, the start token included.
     d.frames = (1, 16)  # Inclusive range of clip durations in frames; 1 frame is an image.
     d.image_fraction = 0.1  # Probability that a clip is a single frame.
@@ -113,6 +121,7 @@ def base_config() -> ConfigDict:
     t.sample_height = 32
     t.sample_width = 32
     t.sample_fps = 8.0
+    t.sample_clips = 2  # Autoencoder: held-out clips written beside their reconstructions.
 
     # --- checkpoints (orbax, in DIR/checkpoints) -------------------------------------------------
     c.checkpoint = ck = ConfigDict()
@@ -261,12 +270,17 @@ def _coerce(key: str, current: object, value: object) -> object:
         return str(value)
     if isinstance(current, tuple | list):
         items = value if isinstance(value, tuple | list) else (value,)
-        if current and len(items) != len(current) and not isinstance(current[0], str):
+        fixed = not isinstance(current[0], str) and key not in VARIABLE_LENGTH if current else False
+        if fixed and len(items) != len(current):
             raise ConfigError(f"config key {key!r} takes {len(current)} values, got {value!r}")
         if current:
             items = tuple(_coerce(key, current[0], item) for item in items)
         return tuple(items)
     raise ConfigError(f"config key {key!r} takes a {kind.__name__}, got {value!r}")
+
+
+# Tuples whose length is the user's choice (checked by their own validation), unlike a shape's.
+VARIABLE_LENGTH = {"autoencoder.channel_multipliers", "autoencoder.temporal_downsample"}
 
 
 def _fail(key: str, problem: str) -> None:
@@ -280,6 +294,18 @@ def validate(config: ConfigDict) -> None:
         ConfigError: naming the first key whose value cannot work, and why.
     """
     m, d, f, o, t = config.model, config.data, config.diffusion, config.optim, config.train
+    if config.task not in ("dit", "autoencoder"):
+        _fail("task", f"{config.task!r} is not one of dit, autoencoder")
+    if config.task == "autoencoder":
+        from sora_jax.autoencoder.config import AutoencoderConfig
+
+        autoencoder = AutoencoderConfig.from_section(config.autoencoder)  # Raises ConfigError.
+        try:
+            autoencoder.latent_shape(*d.dense_clip)
+        except (TypeError, ValueError) as error:
+            _fail("data.dense_clip", f"{tuple(d.dense_clip)} cannot be encoded: {error}")
+        if t.sample_clips < 0:
+            _fail("train.sample_clips", f"must be >= 0, got {t.sample_clips}")
     pt, ph, pw = m.patch_size
     if min(pt, ph, pw) < 1:
         _fail("model.patch_size", f"sizes must be positive, got {m.patch_size}")

@@ -1,28 +1,17 @@
 """The ``sora-jax`` commands end to end, as a user runs them (separate processes, 8 fake devices)."""
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from sora_jax.data.video_io import probe_video, read_video, write_video
+from tests.cli import sora_jax
 
 TINY = "experiments/world_tiny.py:test"
 # A constant learning rate, so a 4-step run continued to 6 matches a 6-step run step for step.
 CONSTANT_LR = ("--config.optim.warmup_steps=0", "--config.optim.min_lr_ratio=1.0")
-
-
-def sora_jax(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sora_jax.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        timeout=600,
-    )
 
 
 def train_tiny(workdir, steps: int) -> subprocess.CompletedProcess:

@@ -64,6 +64,20 @@ def test_validation_names_the_key_before_anything_compiles(override, key):
         load_config(TINY, [override])
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("task=gan", "task"),
+        ("data.dense_clip=(8,32,32)", "data.dense_clip"),  # Not 1 + 2k frames.
+        ("data.dense_clip=(9,30,32)", "data.dense_clip"),  # Not a multiple of 4 pixels.
+        ("autoencoder.norm=batch", "autoencoder.norm"),
+    ],
+)
+def test_autoencoder_runs_are_validated_too(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config("experiments/vae_world.py", [override])
+
+
 def test_missing_file_and_unknown_variant_are_clear():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("experiments/nope.py")

@@ -1,12 +1,15 @@
 """``sora-jax evaluate``: score checkpoints of a run, alone or beside the training job.
 
-For each checkpoint: the EMA parameters are restored (onto whatever devices are here), the flow
-loss is computed on held-out physics-world batches (seed ``eval.seed``, never used in training)
+For each checkpoint: the EMA parameters are restored (onto whatever devices are here). A DiT run's
+flow loss is computed on held-out physics-world batches (seed ``eval.seed``, never used in training)
 with fixed noise at fixed timesteps, one per band of ``eval.timestep_buckets`` equal bands of t,
 so two checkpoints compare without sampling noise; and videos are generated for the run's sample
-prompts. Results go to ``DIR/eval/step_N.json``, ``DIR/eval/metrics.jsonl`` and TensorBoard
-(``DIR/eval/tensorboard``), videos to ``DIR/eval/step_N_I.mp4`` and ``.gif``. ``DIR`` may be a URL
-(``gs://bucket/run``), read and written through ``etils.epath``.
+prompts. An autoencoder run's score is the PSNR and SSIM of its reconstructions of
+``eval.batches x data.batch_size`` held-out clips (``eval.seed``), and its videos show
+``train.sample_clips`` of them beside their reconstructions. Results go to
+``DIR/eval/step_N.json``, ``DIR/eval/metrics.jsonl`` and TensorBoard (``DIR/eval/tensorboard``),
+videos to ``DIR/eval/step_N_I.mp4`` and ``.gif``. ``DIR`` may be a URL (``gs://bucket/run``), read
+and written through ``etils.epath``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from sora_jax.autoencoder.training import held_out_clips, reconstruction_scores, reconstructor, side_by_side
 from sora_jax.config import config_from_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
@@ -75,11 +79,16 @@ class Evaluator:
         self.manager = checkpoint.manager(self.workdir, read_only=True)
         self.abstract = abstract_train_state(config, make_mesh(config)).ema_params
         self.graphdef = model_graphdef(config)
-        self.batches = held_out_batches(config)
-        buckets = config.eval.timestep_buckets
-        self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
-        self.loss = jax.jit(self._loss)
-        self.generate: Callable = sample_generator(self.graphdef, config)
+        self.autoencoder = config.task == "autoencoder"
+        if self.autoencoder:  # PSNR and SSIM of reconstructions of held-out clips.
+            self.clips = held_out_clips(config, config.eval.batches * config.data.batch_size)
+            self.reconstruct = reconstructor(self.graphdef["autoencoder"])
+        else:  # Flow loss per timestep band, and generated samples.
+            self.batches = held_out_batches(config)
+            buckets = config.eval.timestep_buckets
+            self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
+            self.loss = jax.jit(self._loss)
+            self.generate: Callable = sample_generator(self.graphdef, config)
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
         # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.
@@ -97,8 +106,7 @@ class Evaluator:
     def evaluated(self, step: int) -> bool:
         return (self.out / f"step_{step}.json").exists()
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        params = checkpoint.restore_params(self.manager, self.abstract, step)
+    def _score_dit(self, params: nnx.State) -> tuple[dict[str, float], list[np.ndarray]]:
         base = jax.random.key(self.config.eval.seed)
         by_bucket = {}
         for t in self.bucket_t:
@@ -107,9 +115,20 @@ class Evaluator:
                 for i, batch in enumerate(self.batches)
             ]
             by_bucket[f"val_loss_t{t:.3f}"] = float(np.mean(losses))
-        result = {"step": step, "val_loss": float(np.mean(list(by_bucket.values()))), **by_bucket}
-        for index, prompt in enumerate(self.config.train.sample_prompts):
-            frames = self.generate(params, prompt, index)
+        result = {"val_loss": float(np.mean(list(by_bucket.values()))), **by_bucket}
+        prompts = self.config.train.sample_prompts
+        return result, [self.generate(params, prompt, index) for index, prompt in enumerate(prompts)]
+
+    def _score_autoencoder(self, params: dict) -> tuple[dict[str, float], list[np.ndarray]]:
+        scores, recon = reconstruction_scores(self.reconstruct, params["autoencoder"], self.clips)
+        shown = range(min(self.config.train.sample_clips, len(self.clips)))
+        return scores, [side_by_side(self.clips[i], recon[i]) for i in shown]
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        params = checkpoint.restore_params(self.manager, self.abstract, step)
+        scores, videos = self._score_autoencoder(params) if self.autoencoder else self._score_dit(params)
+        result = {"step": step, **scores}
+        for index, frames in enumerate(videos):
             for suffix in ("mp4", "gif"):
                 write_video(
                     self.out / f"step_{step:06d}_{index}.{suffix}", frames, self.config.train.sample_fps
@@ -117,7 +136,8 @@ class Evaluator:
             self.writer.write_frames(step, f"eval_samples/{index}", frames)
         self.writer.write(step, {k: v for k, v in result.items() if k != "step"})
         (self.out / f"step_{step}.json").write_text(json.dumps(result, indent=1))
-        log.info("evaluated step %d: val_loss %.4f", step, result["val_loss"])
+        headline = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "_t" not in k)
+        log.info("evaluated step %d: %s", step, headline)
         return result
 
     def follow(self, poll_seconds: float = 10.0, timeout: float | None = None) -> list[dict]:

@@ -29,11 +29,17 @@ BATCH_AXES = {
     "clip_grid": ("batch", None, None),
     "clip_frames": ("batch", None),
     "clip_fps": ("batch", None),
+    # Dense fixed-shape clips [B, T, H, W, C], what the autoencoder trains on.
+    "videos": ("batch", None, None, None, None),
 }
+PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "videos")
 
 
-def batch_shardings(mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
-    return {name: named(mesh, axes, rules) for name, axes in BATCH_AXES.items()}
+def batch_shardings(
+    mesh: Mesh, rules: Rules, fields: tuple[str, ...] = PACKED_FIELDS
+) -> dict[str, NamedSharding]:
+    """Shardings of a batch's ``fields`` (default: the packed-batch contract's)."""
+    return {name: named(mesh, BATCH_AXES[name], rules) for name in fields}
 
 
 @dataclasses.dataclass(frozen=True)

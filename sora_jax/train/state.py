@@ -41,9 +41,19 @@ def split_model(model: VideoDiT) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdef, params
 
 
-def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+def split_task_model(config: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
+    """(graphdef, params) of what ``config.task`` trains: the DiT, or the video autoencoder (with
+    its discriminator), whose graphdefs and params are dicts by module."""
+    if config.task == "autoencoder":
+        from sora_jax.autoencoder.training import split_autoencoder  # It builds on this module.
+
+        return split_autoencoder(config, seed)
+    return split_model(build_model(config, seed))
+
+
+def model_graphdef(config: ml_collections.ConfigDict) -> Any:
     """The model's structure (no arrays are allocated)."""
-    graphdef, _ = jax.eval_shape(lambda: split_model(build_model(config, 0)))
+    graphdef, _ = jax.eval_shape(lambda: split_task_model(config, 0))
     return graphdef
 
 
@@ -61,7 +71,7 @@ def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
     optimizer = make_optimizer(config)
 
     def init() -> TrainState:
-        _, params = split_model(build_model(config, config.seed))
+        _, params = split_task_model(config, config.seed)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,

@@ -7,6 +7,7 @@ of (config, seed, step) and a resumed run continues bit-for-bit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,22 +38,20 @@ def make_loss_fn(
     return loss_fn
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step; the trainer jits it with shardings and donates the state."""
+def make_update(
+    config: ml_collections.ConfigDict,
+) -> Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """``update(state, loss, grads) -> (next state, metrics)``: the optimizer step and the EMA,
+    shared by every model the trainer trains. A non-finite loss or gradient skips the update
+    (parameters, EMA and moments stay put) and is counted."""
     optimizer = make_optimizer(config)
     schedule = learning_rate(config, config.train.steps)
-    loss_fn = make_loss_fn(graphdef, config)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = step_key(config.seed, state.step)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    def update(state: TrainState, loss: jax.Array, grads: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, config.optim.ema_decay, state.step)
         grad_norm = optax.tree.norm(grads)
-        # A non-finite loss or gradient skips the update: parameters, EMA and moments stay put.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         params, ema = keep(params, state.params), keep(ema, state.ema_params)
@@ -65,10 +64,25 @@ def make_train_step(
             "nonfinite_in_a_row": nonfinite_in_a_row,
             "param_norm": optax.tree.norm(params),
             "lr": schedule(state.step),
-            "clips": jnp.sum(batch["clip_grid"][..., 0] > 0),
-            "tokens": jnp.sum(batch["segment_ids"] > 0),
         }
-        new_state = TrainState(state.step + 1, params, ema, opt_state, nonfinite_in_a_row)
+        return TrainState(state.step + 1, params, ema, opt_state, nonfinite_in_a_row), metrics
+
+    return update
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step; the trainer jits it with shardings and donates the state."""
+    loss_fn = make_loss_fn(graphdef, config)
+    update = make_update(config)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = step_key(config.seed, state.step)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        new_state, metrics = update(state, loss, grads)
+        metrics["clips"] = jnp.sum(batch["clip_grid"][..., 0] > 0)
+        metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0)
         return new_state, metrics
 
     return train_step

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,11 +25,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from sora_jax.autoencoder.training import (
+    clip_batches,
+    held_out_clips,
+    make_autoencoder_step,
+    reconstruction_scores,
+    reconstructor,
+    side_by_side,
+)
 from sora_jax.config import config_to_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.eval.generate import sample_generator
-from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
+from sora_jax.parallel.global_batch import PACKED_FIELDS, BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules, describe_shardings
 from sora_jax.train import checkpoint
@@ -43,6 +52,8 @@ from sora_jax.train.state import (
 from sora_jax.train.step import make_train_step
 
 log = logging.getLogger("sora_jax")
+# EMA parameters -> sample videos, uint8 [T, H, W, 3] each.
+Sampler = Callable[[Any], list[np.ndarray]]
 
 
 def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) -> set[tuple[int, int, int]]:
@@ -56,9 +67,13 @@ def jit_train_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh, state_shardings: TrainState
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The train step jitted with explicit shardings: state in place (donated), batch over rows."""
+    if config.task == "autoencoder":
+        step, fields = make_autoencoder_step(graphdef, config), ("videos",)
+    else:
+        step, fields = make_train_step(graphdef, config), PACKED_FIELDS
     return jax.jit(
-        make_train_step(graphdef, config),
-        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(config))),
+        step,
+        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(config), fields)),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
@@ -115,7 +130,11 @@ def _train(
     """The rest of :func:`train`, traced and run with ``mesh`` as the current mesh."""
     # --- input pipeline: this process's share of every batch ---------------------------------
     layout = BatchLayout.of(config, mesh)
-    batches = batch_stream(config, layout.num_rows, layout.first_row, layout.rows)
+    autoencoder = config.task == "autoencoder"
+    if autoencoder:  # Dense fixed-shape clips.
+        batches = clip_batches(config, layout.first_row, layout.num_rows)
+    else:  # Packed rows of variable-shape clips.
+        batches = batch_stream(config, layout.num_rows, layout.first_row, layout.rows)
 
     # --- train state (and input position): restored from the latest checkpoint, or fresh ------
     ckpt = checkpoint.manager(workdir, config)
@@ -134,7 +153,7 @@ def _train(
     # --- compiled step: one program for the whole run -------------------------------------------
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     t = config.train
-    generate = sample_generator(graphdef, config)
+    sampler = reconstruction_sampler(graphdef, config) if autoencoder else prompt_sampler(graphdef, config)
 
     # --- loop ------------------------------------------------------------------------------------
     writer = MetricsWriter(workdir, resume_step=start)
@@ -147,7 +166,8 @@ def _train(
     clip_shapes: set[tuple[int, int, int]] = set()  # (frames, height, width) seen in training
     for step in range(start, t.steps):
         host_batch = next(batches)
-        clip_shapes.update(clip_shapes_of(host_batch, config.model.patch_size))
+        if not autoencoder:
+            clip_shapes.update(clip_shapes_of(host_batch, config.model.patch_size))
         batch = layout.to_global(host_batch)
         state, device_metrics = step_fn(state, batch)
         done = step + 1
@@ -156,15 +176,17 @@ def _train(
             now = time.perf_counter()
             seconds = (now - last_time) / (done - last_step)
             last_time, last_step = now, done
-            mean_clip = metrics["tokens"] / max(metrics["clips"], 1.0)
-            flops = model_flops_per_token(config, mean_clip) * metrics["tokens"]
-            metrics |= {
-                "step_seconds": seconds,
-                "tokens_per_s": metrics["tokens"] / seconds,
-                "tflops_per_s": flops / seconds / 1e12,
-                "compiles": step_fn._cache_size(),
-                "distinct_clip_shapes": len(clip_shapes),
-            }
+            metrics |= {"step_seconds": seconds, "compiles": step_fn._cache_size()}
+            if autoencoder:
+                metrics["clips_per_s"] = metrics["clips"] / seconds
+            else:
+                mean_clip = metrics["tokens"] / max(metrics["clips"], 1.0)
+                flops = model_flops_per_token(config, mean_clip) * metrics["tokens"]
+                metrics |= {
+                    "tokens_per_s": metrics["tokens"] / seconds,
+                    "tflops_per_s": flops / seconds / 1e12,
+                    "distinct_clip_shapes": len(clip_shapes),
+                }
             writer.write(done, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
@@ -189,7 +211,7 @@ def _train(
             preemption.close()
             return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
-            write_samples(generate, state, t, workdir, done, writer)
+            write_samples(sampler(state.ema_params), t, workdir, done, writer)
     progress.close()
     preemption.close()
 
@@ -198,25 +220,47 @@ def _train(
     if saver.latest_step != final:  # A run that was already complete saves nothing new.
         saver.save(final, state, batches)
     saver.close()
-    write_samples(generate, state, t, workdir, int(state.step), writer)
+    write_samples(sampler(state.ema_params), t, workdir, final, writer)
     writer.close()
-    log.info(
-        "train step compiled %d time(s) for %d distinct clip shapes", step_fn._cache_size(), len(clip_shapes)
-    )
+    shapes = f" for {len(clip_shapes)} distinct clip shapes" if clip_shapes else ""
+    log.info("train step compiled %d time(s)%s", step_fn._cache_size(), shapes)
     return metrics
 
 
+def prompt_sampler(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Sampler:
+    """The DiT's samples: one video per ``train.sample_prompts`` prompt."""
+    generate = sample_generator(graphdef, config)
+
+    def sample(params: nnx.State) -> list[np.ndarray]:
+        return [generate(params, prompt, i) for i, prompt in enumerate(config.train.sample_prompts)]
+
+    return sample
+
+
+def reconstruction_sampler(graphdefs: dict, config: ml_collections.ConfigDict) -> Sampler:
+    """The autoencoder's samples: ``train.sample_clips`` held-out clips, each beside its
+    reconstruction."""
+    if not config.train.sample_clips:
+        return lambda params: []
+    clips = held_out_clips(config, config.train.sample_clips)
+    reconstruct = reconstructor(graphdefs["autoencoder"])
+
+    def sample(params: dict) -> list[np.ndarray]:
+        _, recon = reconstruction_scores(reconstruct, params["autoencoder"], clips)
+        return [side_by_side(original, again) for original, again in zip(clips, recon, strict=True)]
+
+    return sample
+
+
 def write_samples(
-    generate: Callable[[nnx.State, str, int], np.ndarray],
-    state: TrainState,
+    videos: list[np.ndarray],
     train_config: ml_collections.ConfigDict,
     workdir: epath.Path,
     step: int,
     writer: MetricsWriter,
 ) -> None:
-    """One mp4 and gif per sample prompt from the EMA parameters, into ``DIR/samples/``."""
-    for index, prompt in enumerate(train_config.sample_prompts):
-        frames = generate(state.ema_params, prompt, index)
+    """Each sample video (uint8 ``[T, H, W, 3]``) as an mp4 and a gif in ``DIR/samples/``."""
+    for index, frames in enumerate(videos):
         if jax.process_index() != 0:
             continue
         for suffix in ("mp4", "gif"):

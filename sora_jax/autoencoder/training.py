@@ -1,0 +1,169 @@
+"""Training the video autoencoder with the trainer (``task = "autoencoder"``).
+
+The trainer's loop, sharding, checkpoints, preemption and metrics are the DiT's; what differs is
+here:
+
+- **batches**: dense fixed-shape physics-world clips ``videos [B, T, H, W, 3]`` float32 in
+  [-1, 1] (``data.dense_clip = (T, H, W)``), from a grain dataset indexed by step, so the input
+  position is checkpointed and a resumed run reads exactly the batches that come next. Process
+  ``p`` renders only its own rows ``[first_row, first_row + rows)`` of each global batch.
+- **state**: ``params = {"autoencoder": ..., "discriminator": ...}`` (the discriminator only
+  with ``autoencoder.disc_weight > 0``), one optimizer and EMA over both.
+- **step**: the VAE loss (reconstruction + KL + the generator's hinge loss once
+  ``autoencoder.disc_start`` is reached) and, in the same step, the discriminator's hinge loss on
+  the reconstructions, which counts from ``disc_start`` too.
+- **samples**: held-out clips beside their reconstructions by the EMA parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from sora_jax.autoencoder.config import AutoencoderConfig
+from sora_jax.autoencoder.discriminator import PatchDiscriminator
+from sora_jax.autoencoder.losses import make_autoencoder_loss, make_discriminator_loss
+from sora_jax.autoencoder.metrics import psnr, ssim
+from sora_jax.autoencoder.model import VideoAutoencoder
+from sora_jax.data import world
+from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
+from sora_jax.train.state import TrainState
+from sora_jax.train.step import make_update, step_key
+
+Batch = dict[str, jax.Array]
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
+    return AutoencoderConfig.from_section(config.autoencoder)
+
+
+def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
+    return config.autoencoder.disc_weight > 0
+
+
+def world_clips(seed: int, first: int, count: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Physics-world clips ``first .. first + count - 1`` of ``seed``: ``[count, T, H, W, 3]``
+    float32 in [-1, 1]. Frame rates vary by clip (4 to 12 fps), as in DiT training."""
+    frames, height, width = shape
+    clips = [
+        world.make_clip(seed, index, frames=frames, height=height, width=width, fps=4.0 + index % 9)
+        for index in range(first, first + count)
+    ]
+    return pixels_to_model(np.stack([clip.frames for clip in clips]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _RenderRows:
+    """Step -> this process's rows of that step's global batch (a grain map function)."""
+
+    seed: int
+    batch_size: int
+    first_row: int
+    rows: int
+    shape: tuple[int, int, int]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        first = int(step) * self.batch_size + self.first_row
+        return {"videos": world_clips(self.seed, first, self.rows, self.shape)}
+
+
+def clip_batches(
+    config: ml_collections.ConfigDict, first_row: int = 0, rows: int | None = None
+) -> grain.DatasetIterator:
+    """This process's share of every training batch, step after step (checkpointable)."""
+    d = config.data
+    rows = d.batch_size if rows is None else rows
+    render = _RenderRows(config.seed, d.batch_size, first_row, rows, tuple(d.dense_clip))
+    dataset = grain.MapDataset.range(2**31 - 1).map(render)
+    # Rendering runs ahead of the step on threads (numpy releases the GIL for most of it).
+    options = grain.ReadOptions(num_threads=max(1, d.workers), prefetch_buffer_size=2)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def held_out_clips(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
+    """``count`` clips of ``eval.seed``, never seen in training: ``[count, T, H, W, 3]``."""
+    return world_clips(config.eval.seed, 0, count, tuple(config.data.dense_clip))
+
+
+def split_autoencoder(config: ml_collections.ConfigDict, seed: int) -> tuple[dict, dict[str, nnx.State]]:
+    """(graphdefs, params) of the autoencoder and, if used, its discriminator."""
+    ae = autoencoder_config(config)
+    graphdefs, params = {}, {}
+    # Built directly (the trainer traces this inside its own jitted init); logical axis names
+    # stay metadata, mapped to the mesh by the trainer's rules.
+    with nnx.use_eager_sharding(False):
+        vae = VideoAutoencoder(ae, nnx.Rngs(params=seed))
+        graphdefs["autoencoder"], params["autoencoder"] = nnx.split(vae, nnx.Param)
+        if uses_discriminator(config):
+            disc = PatchDiscriminator(ae, nnx.Rngs(params=seed + 1))
+            graphdefs["discriminator"], params["discriminator"] = nnx.split(disc, nnx.Param)
+    return graphdefs, params
+
+
+def make_autoencoder_step(graphdefs: dict[str, nnx.GraphDef], config: ml_collections.ConfigDict) -> Any:
+    """``step(state, {"videos"}) -> (state, metrics)``, un-jitted (the trainer jits and donates)."""
+    ae = autoencoder_config(config)
+    gan = "discriminator" in graphdefs
+    loss_fn = make_autoencoder_loss(graphdefs["autoencoder"], ae, graphdefs.get("discriminator"))
+    d_loss_fn = make_discriminator_loss(graphdefs["discriminator"]) if gan else None
+    update = make_update(config)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        videos = batch["videos"]
+        params = state.params
+        (loss, aux), vae_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params["autoencoder"], videos, step_key(config.seed, state.step),
+            disc_params=params.get("discriminator"), step=state.step,
+        )  # fmt: skip
+        grads = {"autoencoder": vae_grads}
+        metrics = {k: aux[k] for k in ("reconstruction", "kl", "psnr", "generator", "adversarial_weight")}
+        if gan:
+            (d_loss, d_aux), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+                params["discriminator"], videos, aux["reconstructions"]
+            )
+            # The discriminator learns from disc_start on, when its verdict starts to count.
+            learning = (state.step >= ae.disc_start).astype(jnp.float32)
+            grads["discriminator"] = jax.tree.map(lambda g: g * learning, d_grads)
+            loss = loss + learning * d_loss
+            metrics |= {"disc_loss": d_loss, "disc_accuracy": d_aux["accuracy"]}
+        new_state, update_metrics = update(state, loss, grads)
+        return new_state, update_metrics | metrics | {"clips": jnp.asarray(videos.shape[0], jnp.int32)}
+
+    return train_step
+
+
+def reconstructor(graphdef: nnx.GraphDef) -> Any:
+    """``reconstruct(params, videos) -> videos``: decode of the posterior mean (no sampling noise)."""
+
+    @jax.jit
+    def reconstruct(params: nnx.State, videos: jax.Array) -> jax.Array:
+        vae = nnx.merge(graphdef, params)
+        return vae.decode(vae.encode(videos).mean)
+
+    return reconstruct
+
+
+def reconstruction_scores(
+    reconstruct: Any, params: nnx.State, clips: np.ndarray, batch: int = 8
+) -> tuple[dict[str, float], np.ndarray]:
+    """Mean per-frame PSNR (dB) and SSIM of ``clips`` against their reconstructions, and the
+    reconstructions as uint8 frames ``[N, T, H, W, 3]``."""
+    outputs = [np.asarray(reconstruct(params, clips[i : i + batch])) for i in range(0, len(clips), batch)]
+    recon = np.concatenate(outputs)
+    scores = {
+        "psnr": float(np.mean(np.asarray(psnr(clips, recon)))),
+        "ssim": float(np.mean(np.asarray(ssim(clips, recon)))),
+    }
+    return scores, model_to_pixels(recon)
+
+
+def side_by_side(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """One clip's original (left) and reconstruction (right), uint8 ``[T, H, 2W, 3]``."""
+    return np.concatenate([model_to_pixels(originals), reconstructions], axis=2)

@@ -1,0 +1,99 @@
+"""The autoencoder trained by the trainer: its step, its input stream, and the CLI end to end."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sora_jax.autoencoder.training import clip_batches, held_out_clips, make_autoencoder_step
+from sora_jax.config import load_config
+from sora_jax.parallel.mesh import make_mesh
+from sora_jax.train.state import create_train_state
+from tests.cli import sora_jax
+
+TEST = "experiments/vae_world.py:test"
+
+
+def _state_and_step(overrides=()):
+    config = load_config(TEST, ["mesh.ici_data=1", *overrides])
+    mesh = make_mesh(config, jax.devices()[:1])
+    graphdef, state, _ = create_train_state(config, mesh)
+    return config, state, jax.jit(make_autoencoder_step(graphdef, config))
+
+
+def test_the_step_learns_to_reconstruct_a_batch():
+    config, state, step = _state_and_step(["optim.warmup_steps=0", "train.steps=40"])
+    batch = next(clip_batches(config))
+    assert batch["videos"].shape == (8, 5, 16, 16, 3) and batch["videos"].dtype == np.float32
+    psnrs = []
+    for _ in range(40):
+        state, metrics = step(state, batch)
+        psnrs.append(float(metrics["psnr"]))
+    assert int(state.step) == 40 and int(metrics["skipped_nonfinite"]) == 0
+    assert psnrs[-1] > psnrs[0] + 3.0, psnrs  # dB
+
+
+def test_the_discriminator_and_adversarial_loss_count_from_disc_start():
+    config, state, step = _state_and_step(["autoencoder.disc_weight=0.5", "autoencoder.disc_start=2"])
+    assert set(state.params) == {"autoencoder", "discriminator"}
+    batches = clip_batches(config)
+    initial = [np.asarray(x) for x in jax.tree.leaves(state.params["discriminator"])]
+    for expected_weight in (0.0, 0.0, 0.5):
+        state, metrics = step(state, next(batches))
+        assert float(metrics["adversarial_weight"]) == expected_weight
+        assert np.isfinite(float(metrics["disc_loss"])) and 0 <= float(metrics["disc_accuracy"]) <= 1
+        now = jax.tree.leaves(state.params["discriminator"])
+        moved = any(not np.array_equal(a, np.asarray(b)) for a, b in zip(initial, now, strict=True))
+        assert moved == (expected_weight > 0)  # Still before disc_start; learning at step 2.
+
+
+def test_the_clip_stream_splits_rows_between_processes_and_resumes():
+    config = load_config(TEST)
+    whole = clip_batches(config)
+    first, second = next(whole)["videos"], next(whole)["videos"]
+    # Process 1 of 2 holds rows 4..7 of every batch, the same clips the single process renders there.
+    share = clip_batches(config, first_row=4, rows=4)
+    np.testing.assert_array_equal(next(share)["videos"], first[4:])
+    state = share.get_state()
+    resumed = clip_batches(config, first_row=4, rows=4)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["videos"], second[4:])
+    # Held-out clips come from eval.seed and differ from training clips.
+    held = held_out_clips(config, 2)
+    assert held.shape == (2, 5, 16, 16, 3) and not np.array_equal(held, first[:2])
+
+
+def _losses(workdir):
+    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_resume_and_evaluate_an_autoencoder_from_the_cli(tmp_path):
+    constant_lr = ["--config.optim.warmup_steps=0", "--config.optim.min_lr_ratio=1.0"]
+    whole = sora_jax("train", "--config", TEST, "--workdir", str(tmp_path / "whole"), *constant_lr)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    split = ["--workdir", str(tmp_path / "split")]
+    first = sora_jax("train", "--config", TEST, *split, "--config.train.steps=2", *constant_lr)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = sora_jax("train", "--config", TEST, *split, *constant_lr)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "starting at step 2" in resumed.stderr
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")  # Bit-identical on CPU.
+
+    run = tmp_path / "whole"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "reconstruction", "kl", "psnr", "grad_norm", "clips_per_s"):
+        assert all(np.isfinite(line[key]) for line in lines), key
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        f"step_000004_{i}.{ext}" for i in range(2) for ext in ("gif", "mp4")
+    ]
+
+    evaluated = sora_jax("evaluate", "--workdir", str(run), "--all")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    results = [json.loads(line) for line in evaluated.stdout.splitlines()]
+    assert [r["step"] for r in results] == [2, 4]
+    for result in results:
+        assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1
+        assert json.loads((run / "eval" / f"step_{result['step']}.json").read_text()) == result
+    assert (run / "eval" / "step_000004_1.mp4").is_file()
