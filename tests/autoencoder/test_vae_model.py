@@ -92,3 +92,22 @@ def test_image_and_still_video_share_the_latent_space(micro_vae):
     still = jnp.repeat(video[:, :1], 9, axis=1)
     still_latents = np.asarray(encode_chunked(micro_vae, still).mean)
     np.testing.assert_allclose(still_latents, np.repeat(image_latent, 5, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "frames"),
+    [
+        ((3, 3, 3), (1, 1, 1), None, 11),
+        ((3, 1, 1), (2, 1, 1), None, 9),  # Temporal downsampling.
+        ((1, 3, 3), (1, 2, 2), (0, 1), 9),  # Spatial downsampling, asymmetric padding.
+        ((1, 1, 1), (1, 1, 1), None, 9),
+    ],
+)
+def test_the_causal_conv_computed_as_2d_convs_equals_the_3d_convolution(kernel, stride, padding, frames):
+    from sora_jax.autoencoder.layers import CausalConv3d
+
+    with nnx.use_eager_sharding(False):
+        conv = CausalConv3d(5, 7, kernel, nnx.Rngs(0), stride=stride, spatial_padding=padding)
+    conv.conv.bias[...] = jnp.arange(7.0)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, frames, 8, 8, 5)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(conv._convolve(x)), np.asarray(conv.conv(x)), rtol=1e-5, atol=1e-5)
