@@ -50,7 +50,7 @@ def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
 
 def world_clips(seed: int, first: int, count: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Physics-world clips ``first .. first + count - 1`` of ``seed``: ``[count, T, H, W, 3]``
-    float32 in [-1, 1]. Frame rates vary by clip (4 to 12 fps), as in DiT training."""
+    float32 in [-1, 1]. Frame rates vary by clip (4 to 12 fps), so motion per frame varies too."""
     frames, height, width = shape
     clips = [
         world.make_clip(seed, index, frames=frames, height=height, width=width, fps=4.0 + index % 9)
@@ -150,20 +150,32 @@ def reconstructor(graphdef: nnx.GraphDef) -> Any:
     return reconstruct
 
 
-def reconstruction_scores(
-    reconstruct: Any, params: nnx.State, clips: np.ndarray, batch: int = 8
-) -> tuple[dict[str, float], np.ndarray]:
-    """Mean per-frame PSNR (dB) and SSIM of ``clips`` against their reconstructions, and the
-    reconstructions as uint8 frames ``[N, T, H, W, 3]``."""
-    outputs = [np.asarray(reconstruct(params, clips[i : i + batch])) for i in range(0, len(clips), batch)]
-    recon = np.concatenate(outputs)
-    scores = {
+def reconstruct_clips(reconstruct: Any, params: nnx.State, clips: np.ndarray, batch: int = 8) -> np.ndarray:
+    """``clips`` (float, [-1, 1]) through the autoencoder, ``batch`` clips a call; float32 on host."""
+    return np.concatenate(
+        [np.asarray(reconstruct(params, clips[i : i + batch])) for i in range(0, len(clips), batch)]
+    )
+
+
+def reconstruction_scores(reconstruct: Any, params: nnx.State, clips: np.ndarray) -> dict[str, float]:
+    """Mean per-frame PSNR (dB) and SSIM of ``clips`` against their reconstructions."""
+    recon = reconstruct_clips(reconstruct, params, clips)
+    return {
         "psnr": float(np.mean(np.asarray(psnr(clips, recon)))),
         "ssim": float(np.mean(np.asarray(ssim(clips, recon)))),
     }
-    return scores, model_to_pixels(recon)
 
 
-def side_by_side(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """One clip's original (left) and reconstruction (right), uint8 ``[T, H, 2W, 3]``."""
-    return np.concatenate([model_to_pixels(originals), reconstructions], axis=2)
+def reconstruction_sampler(graphdefs: dict, config: ml_collections.ConfigDict) -> Any:
+    """``sample(params) -> videos``: ``train.sample_clips`` held-out clips, each beside its
+    reconstruction (uint8 ``[T, H, 2W, 3]``, original on the left)."""
+    if not config.train.sample_clips:
+        return lambda params: []
+    clips = held_out_clips(config, config.train.sample_clips)
+    reconstruct = reconstructor(graphdefs["autoencoder"])
+
+    def sample(params: dict) -> list[np.ndarray]:
+        recon = model_to_pixels(reconstruct_clips(reconstruct, params["autoencoder"], clips))
+        return [np.concatenate([model_to_pixels(c), r], axis=2) for c, r in zip(clips, recon, strict=True)]
+
+    return sample

@@ -28,12 +28,17 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from sora_jax.autoencoder.training import held_out_clips, reconstruction_scores, reconstructor, side_by_side
+from sora_jax.autoencoder.training import (
+    held_out_clips,
+    reconstruction_sampler,
+    reconstruction_scores,
+    reconstructor,
+)
 from sora_jax.config import config_from_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.diffusion.flow import flow_loss, velocity_predictor
-from sora_jax.eval.generate import sample_generator
+from sora_jax.eval.generate import prompt_sampler
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter
@@ -83,12 +88,13 @@ class Evaluator:
         if self.autoencoder:  # PSNR and SSIM of reconstructions of held-out clips.
             self.clips = held_out_clips(config, config.eval.batches * config.data.batch_size)
             self.reconstruct = reconstructor(self.graphdef["autoencoder"])
+            self.sample: Callable = reconstruction_sampler(self.graphdef, config)
         else:  # Flow loss per timestep band, and generated samples.
             self.batches = held_out_batches(config)
             buckets = config.eval.timestep_buckets
             self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
             self.loss = jax.jit(self._loss)
-            self.generate: Callable = sample_generator(self.graphdef, config)
+            self.sample = prompt_sampler(self.graphdef, config)
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
         # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.
@@ -106,7 +112,7 @@ class Evaluator:
     def evaluated(self, step: int) -> bool:
         return (self.out / f"step_{step}.json").exists()
 
-    def _score_dit(self, params: nnx.State) -> tuple[dict[str, float], list[np.ndarray]]:
+    def _val_losses(self, params: nnx.State) -> dict[str, float]:
         base = jax.random.key(self.config.eval.seed)
         by_bucket = {}
         for t in self.bucket_t:
@@ -115,20 +121,16 @@ class Evaluator:
                 for i, batch in enumerate(self.batches)
             ]
             by_bucket[f"val_loss_t{t:.3f}"] = float(np.mean(losses))
-        result = {"val_loss": float(np.mean(list(by_bucket.values()))), **by_bucket}
-        prompts = self.config.train.sample_prompts
-        return result, [self.generate(params, prompt, index) for index, prompt in enumerate(prompts)]
-
-    def _score_autoencoder(self, params: dict) -> tuple[dict[str, float], list[np.ndarray]]:
-        scores, recon = reconstruction_scores(self.reconstruct, params["autoencoder"], self.clips)
-        shown = range(min(self.config.train.sample_clips, len(self.clips)))
-        return scores, [side_by_side(self.clips[i], recon[i]) for i in shown]
+        return {"val_loss": float(np.mean(list(by_bucket.values()))), **by_bucket}
 
     def evaluate(self, step: int) -> dict[str, float]:
         params = checkpoint.restore_params(self.manager, self.abstract, step)
-        scores, videos = self._score_autoencoder(params) if self.autoencoder else self._score_dit(params)
+        if self.autoencoder:
+            scores = reconstruction_scores(self.reconstruct, params["autoencoder"], self.clips)
+        else:
+            scores = self._val_losses(params)
         result = {"step": step, **scores}
-        for index, frames in enumerate(videos):
+        for index, frames in enumerate(self.sample(params)):
             for suffix in ("mp4", "gif"):
                 write_video(
                     self.out / f"step_{step:06d}_{index}.{suffix}", frames, self.config.train.sample_fps

@@ -99,3 +99,13 @@ def sample_generator(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) 
         guidance=d.guidance,
         method=d.sampler,
     )
+
+
+def prompt_sampler(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Callable:
+    """``sample(params) -> videos``: one uint8 video per ``train.sample_prompts`` prompt."""
+    generate = sample_generator(graphdef, config)
+
+    def sample(params: nnx.State) -> list[np.ndarray]:
+        return [generate(params, prompt, i) for i, prompt in enumerate(config.train.sample_prompts)]
+
+    return sample

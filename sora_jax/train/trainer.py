@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import ml_collections
@@ -25,18 +24,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from sora_jax.autoencoder.training import (
-    clip_batches,
-    held_out_clips,
-    make_autoencoder_step,
-    reconstruction_scores,
-    reconstructor,
-    side_by_side,
-)
+from sora_jax.autoencoder.training import clip_batches, make_autoencoder_step, reconstruction_sampler
 from sora_jax.config import config_to_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
-from sora_jax.eval.generate import sample_generator
+from sora_jax.eval.generate import prompt_sampler
 from sora_jax.parallel.global_batch import PACKED_FIELDS, BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules, describe_shardings
@@ -52,8 +44,6 @@ from sora_jax.train.state import (
 from sora_jax.train.step import make_train_step
 
 log = logging.getLogger("sora_jax")
-# EMA parameters -> sample videos, uint8 [T, H, W, 3] each.
-Sampler = Callable[[Any], list[np.ndarray]]
 
 
 def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) -> set[tuple[int, int, int]]:
@@ -225,31 +215,6 @@ def _train(
     shapes = f" for {len(clip_shapes)} distinct clip shapes" if clip_shapes else ""
     log.info("train step compiled %d time(s)%s", step_fn._cache_size(), shapes)
     return metrics
-
-
-def prompt_sampler(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Sampler:
-    """The DiT's samples: one video per ``train.sample_prompts`` prompt."""
-    generate = sample_generator(graphdef, config)
-
-    def sample(params: nnx.State) -> list[np.ndarray]:
-        return [generate(params, prompt, i) for i, prompt in enumerate(config.train.sample_prompts)]
-
-    return sample
-
-
-def reconstruction_sampler(graphdefs: dict, config: ml_collections.ConfigDict) -> Sampler:
-    """The autoencoder's samples: ``train.sample_clips`` held-out clips, each beside its
-    reconstruction."""
-    if not config.train.sample_clips:
-        return lambda params: []
-    clips = held_out_clips(config, config.train.sample_clips)
-    reconstruct = reconstructor(graphdefs["autoencoder"])
-
-    def sample(params: dict) -> list[np.ndarray]:
-        _, recon = reconstruction_scores(reconstruct, params["autoencoder"], clips)
-        return [side_by_side(original, again) for original, again in zip(clips, recon, strict=True)]
-
-    return sample
 
 
 def write_samples(
