@@ -1,4 +1,4 @@
-"""The ``sora-jax`` command: train, sample, evaluate, aot, prepare, data-stats (``COMMAND --help``)."""
+"""The ``sora-jax`` command: train, sample, evaluate, aot, prepare, encode, data-stats (``CMD --help``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sora_jax.config import ConfigError
+
+if TYPE_CHECKING:
+    import ml_collections
 
 CONFIG_PREFIX = "--config."
 
@@ -52,9 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate a video from a trained workdir")
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--prompt", required=True)
-    sample.add_argument("--frames", type=int, default=16)
-    sample.add_argument("--height", type=int, default=32)
-    sample.add_argument("--width", type=int, default=32)
+    size = "of the video (default: the run's train.sample_*; a latent run decodes to 1 + ft k frames)"
+    sample.add_argument("--frames", type=int, default=None, help=f"frames {size}")
+    sample.add_argument("--height", type=int, default=None, help=f"height {size}")
+    sample.add_argument("--width", type=int, default=None, help=f"width {size}")
     sample.add_argument("--fps", type=float, default=8.0)
     sample.add_argument("--out", required=True, help="FILE.mp4; a .gif is written beside it")
     sample.add_argument("--seed", type=int, default=0)
@@ -111,6 +116,29 @@ def _parser() -> argparse.ArgumentParser:
         help="Hugging Face-format BERT/T5 directory: store each clip's caption embedding",
     )
     prepare.add_argument("--caption-tokens", type=int, default=64, help="most tokens a caption embedding")
+
+    encode = commands.add_parser(
+        "encode",
+        help="cache latents: encode a pixel store (or physics-world clips) with a trained autoencoder",
+        epilog="Rerunning resumes: clips already in --output are skipped.",
+    )
+    encode.add_argument("--autoencoder", required=True, help="workdir of an autoencoder run")
+    encode.add_argument("--step", type=int, default=None, help="its checkpoint (default: latest)")
+    encode.add_argument("--output", required=True, help="latent clip store path or URL")
+    source = encode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="pixel clip store made by sora-jax prepare")
+    source.add_argument("--world", type=int, metavar="N", help="encode N physics-world clips instead")
+    world = encode.add_argument_group("physics world (--world)")
+    world.add_argument("--frames", type=int, default=17, help="frames a clip")
+    world.add_argument("--height", type=int, default=32)
+    world.add_argument("--width", type=int, default=32)
+    world.add_argument("--fps", type=float, nargs=2, default=(4.0, 8.0), metavar=("MIN", "MAX"))
+    world.add_argument("--seed", type=int, default=0, help="world seed")
+    world.add_argument("--text-encoder", default=None, help="also store caption embeddings by this encoder")
+    world.add_argument("--caption-tokens", type=int, default=64, help="most tokens a caption embedding")
+    encode.add_argument(
+        "--chunk-frames", type=int, default=None, help="frames an encoder call (bounds memory; default: all)"
+    )
     return parser
 
 
@@ -132,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"{args.command} takes no --config overrides: {overrides}")
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "encode":
+            return _encode(args)
         return _prepare(args) if args.command == "prepare" else _sample(args)
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
@@ -231,12 +261,13 @@ def _sample(args: argparse.Namespace) -> int:
     abstract = abstract_train_state(config, make_mesh(config)).ema_params
     params = checkpoint.restore_params(mgr, abstract, args.step)
     d = config.diffusion
+    shape = _model_shape(config, args)
     generate = make_generator(
         model_graphdef(config),
         config,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
+        frames=shape[0],
+        height=shape[1],
+        width=shape[2],
         steps=args.steps or d.sample_steps,
         guidance=d.guidance if args.guidance is None else args.guidance,
         method=args.sampler or d.sampler,
@@ -245,8 +276,28 @@ def _sample(args: argparse.Namespace) -> int:
     out = epath.Path(args.out)  # May be a URL too.
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
-    print(f"wrote {out} and {out.with_suffix('.gif')} ({args.frames}x{args.height}x{args.width})")
+    print(f"wrote {out} and {out.with_suffix('.gif')} ({'x'.join(map(str, frames.shape[:3]))})")
     return 0
+
+
+def _model_shape(config: ml_collections.ConfigDict, args: argparse.Namespace) -> tuple[int, int, int]:
+    """What the DiT generates for the asked video shape: the same pixels, or a latent run's latents."""
+    from sora_jax.autoencoder.config import AutoencoderConfig
+    from sora_jax.eval.evaluate import local_config
+
+    t = config.train
+    asked = (args.frames, args.height, args.width)
+    if all(v is None for v in asked):
+        return t.sample_frames, t.sample_height, t.sample_width
+    if any(v is None for v in asked):
+        raise ConfigError("give all of --frames, --height and --width, or none")
+    if not config.model.autoencoder:
+        return asked
+    try:
+        autoencoder = AutoencoderConfig.from_section(local_config(config.model.autoencoder).autoencoder)
+        return autoencoder.latent_shape(*asked)[:3]
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--frames/--height/--width {asked}: {error}") from None
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -270,6 +321,43 @@ def _prepare(args: argparse.Namespace) -> int:
         f"skipped {sum(report.failures.values())}: {report.failures}"
     )
     print(f"report: {args.output.rstrip('/')}/prepare_report.json")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from sora_jax.autoencoder.trained import TrainedAutoencoder
+    from sora_jax.data.clip_store import ClipStore
+    from sora_jax.data.encode import encode_into_store, store_clips, world_clips
+
+    autoencoder = TrainedAutoencoder.load(args.autoencoder, args.step)
+    autoencoder.chunk_frames = args.chunk_frames
+    caption_dim, caption_encoder = 0, None
+    if args.input:
+        try:
+            source = ClipStore.open(args.input)
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
+        clips = store_clips(source)
+        caption_dim, caption_encoder = source.caption_dim, source.caption_encoder or None
+    else:
+        embedder = None
+        if args.text_encoder:
+            from sora_jax.text.embedder import CaptionEmbedder
+
+            embedder = CaptionEmbedder(args.text_encoder, args.caption_tokens)
+            caption_dim, caption_encoder = embedder.dim, embedder.description
+        shape = (args.frames, args.height, args.width)
+        clips = world_clips(args.world, args.seed, shape, tuple(args.fps), embedder)
+    try:
+        report = encode_into_store(
+            autoencoder, clips, args.output, caption_dim=caption_dim, caption_encoder=caption_encoder
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(
+        f"{report.clips_written} clips encoded into {args.output}; {report.clips_present} already there; "
+        f"skipped {sum(report.skipped.values())}: {report.skipped}"
+    )
     return 0
 
 

@@ -44,6 +44,11 @@ def base_config() -> ConfigDict:
         4,
     )  # (pt, ph, pw): a token covers pt frames and ph x pw pixels (or latents).
     m.channels = 3  # Channels of what is patchified: 3 for pixels, the latent channels for latents.
+    # A latent DiT: the run directory of the trained autoencoder (task "autoencoder") whose latents
+    # data.store holds (made by `sora-jax encode`); samples are decoded by its EMA weights. In a
+    # latent run data.frames, data.side and train.sample_{frames,height,width} count latent frames
+    # and latent pixels. Empty: the DiT works on pixels.
+    m.autoencoder = ""
     m.dim = 128  # Transformer width.
     m.depth = 4  # Number of DiT blocks.
     m.heads = 4  # Attention heads; dim must divide by heads.
@@ -62,7 +67,12 @@ def base_config() -> ConfigDict:
     m.remat = "none"  # Rematerialisation per block: none | full | dots (save matmul outputs only).
     m.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay in param_dtype.
     m.param_dtype = "float32"
-    # Text: a small encoder trained with the DiT; hidden states feed cross-attention.
+    # Text: hidden states of each caption's tokens feed cross-attention. text_encoder chooses them:
+    # "learned": a small encoder (text_dim/depth/heads) trained with the DiT on hashed word tokens;
+    # or a Hugging Face-format BERT/T5 directory: that frozen encoder's states, stored per clip by
+    # `sora-jax prepare/encode --text-encoder DIR` (data.store must hold them), projected to
+    # text_dim and refined by text_depth trained blocks; the directory encodes prompts when sampling.
+    m.text_encoder = "learned"
     m.text_vocab_size = 4096  # Hash buckets of the word tokenizer.
     m.text_dim = 128
     m.text_depth = 2
@@ -306,6 +316,17 @@ def validate(config: ConfigDict) -> None:
             _fail("data.dense_clip", f"{tuple(d.dense_clip)} cannot be encoded: {error}")
         if t.sample_clips < 0:
             _fail("train.sample_clips", f"must be >= 0, got {t.sample_clips}")
+    if m.text_encoder != "learned":
+        from sora_jax.text.encoder import text_encoder_dim
+
+        try:
+            text_encoder_dim(m.text_encoder)
+        except (FileNotFoundError, ValueError, KeyError) as error:
+            _fail("model.text_encoder", f"not 'learned' nor a usable BERT/T5 directory: {error}")
+        if not d.store:
+            _fail("model.text_encoder", "a frozen text encoder needs data.store with caption embeddings")
+    if m.autoencoder and not d.store:
+        _fail("model.autoencoder", "a latent DiT trains on data.store, a latent store from sora-jax encode")
     pt, ph, pw = m.patch_size
     if min(pt, ph, pw) < 1:
         _fail("model.patch_size", f"sizes must be positive, got {m.patch_size}")

@@ -10,6 +10,7 @@ segment_ids         [B, L] i32      which clip of the row a token belongs to (1.
 positions           [B, L, 3] i32   (t, h, w) patch coordinate of the token inside its clip
 cond_mask           [B, L] bool     tokens given clean as conditioning (first frame, prefix, ...)
 text_tokens         [B, Lt] i32     caption token ids of the row's clips, packed the same way
+text_embeddings     [B, Lt, Dt] f32 (only with a frozen text encoder) its states of those tokens
 text_segment_ids    [B, Lt] i32     which clip a caption token belongs to; 0 = padding
 text_positions      [B, Lt] i32     index of the token inside its caption
 clip_grid           [B, S, 3] i32   token grid (T', H', W') of clip s+1 (zeros for unused slots)
@@ -39,6 +40,7 @@ class PackedClip:
     fps: float
     text_tokens: np.ndarray  # int32 [M]
     cond_mask: np.ndarray | None = None  # bool [N]; None = no conditioning tokens
+    text_embedding: np.ndarray | None = None  # float32 [M, Dt], a frozen encoder's caption states
 
     @property
     def num_tokens(self) -> int:
@@ -46,10 +48,12 @@ class PackedClip:
 
 
 def empty_batch(
-    rows: int, seq_len: int, patch_dim: int, max_clips: int, text_len: int
+    rows: int, seq_len: int, patch_dim: int, max_clips: int, text_len: int, text_dim: int = 0
 ) -> dict[str, np.ndarray]:
-    """An all-padding batch of the packed layout (the shape every batch of a run has)."""
-    return {
+    """An all-padding batch of the packed layout (the shape every batch of a run has); with
+    ``text_dim > 0`` it has ``text_embeddings`` of that width."""
+    embeddings = {"text_embeddings": np.zeros((rows, text_len, text_dim), np.float32)} if text_dim else {}
+    return embeddings | {
         "patches": np.zeros((rows, seq_len, patch_dim), np.float32),
         "segment_ids": np.zeros((rows, seq_len), np.int32),
         "positions": np.zeros((rows, seq_len, 3), np.int32),
@@ -70,14 +74,17 @@ def pack_rows(
     patch_dim: int,
     max_clips: int,
     text_len: int,
+    text_dim: int = 0,
 ) -> dict[str, np.ndarray]:
     """Lay out ``rows`` (each a list of clips that fit together) as one packed batch.
+
+    With ``text_dim > 0`` every clip brings its ``text_embedding`` ``[M, text_dim]``.
 
     Raises:
         ValueError: a row whose clips exceed ``seq_len`` tokens, ``text_len`` caption tokens or
             ``max_clips`` clips (the caller decides what goes in a row; this only lays it out).
     """
-    batch = empty_batch(len(rows), seq_len, patch_dim, max_clips, text_len)
+    batch = empty_batch(len(rows), seq_len, patch_dim, max_clips, text_len, text_dim)
     for r, clips in enumerate(rows):
         if len(clips) > max_clips:
             raise ValueError(f"row {r} has {len(clips)} clips, more than max_clips={max_clips}")
@@ -96,6 +103,10 @@ def pack_rows(
             if clip.cond_mask is not None:
                 batch["cond_mask"][r, tokens] = clip.cond_mask
             batch["text_tokens"][r, texts] = clip.text_tokens
+            if text_dim:
+                if clip.text_embedding is None or clip.text_embedding.shape != (m, text_dim):
+                    raise ValueError(f"row {r} clip {slot}: needs a caption embedding [{m}, {text_dim}]")
+                batch["text_embeddings"][r, texts] = clip.text_embedding
             batch["text_segment_ids"][r, texts] = slot + 1
             batch["text_positions"][r, texts] = np.arange(m)
             batch["clip_grid"][r, slot] = clip.grid

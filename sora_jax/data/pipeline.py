@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -29,10 +30,12 @@ import ml_collections
 import numpy as np
 from absl import flags as absl_flags
 
+from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
-from sora_jax.data.sources import StoreSource, WorldSource
+from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
+from sora_jax.model.text import frozen_text_dim
 
 
 def pixels_to_model(frames: np.ndarray) -> np.ndarray:
@@ -43,6 +46,21 @@ def pixels_to_model(frames: np.ndarray) -> np.ndarray:
 def model_to_pixels(values: np.ndarray) -> np.ndarray:
     """Inverse of :func:`pixels_to_model`, clipping generated values into the uint8 range."""
     return np.clip(np.round((np.asarray(values) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def caption_states(loaded: LoadedClip, dropped: bool, dim: int, max_tokens: int) -> np.ndarray:
+    """The caption states a clip trains with: its stored embedding's first ``max_tokens`` rows, or,
+    for a dropped caption, one zero row (the null caption that guidance samples against)."""
+    if dropped:
+        return np.zeros((1, dim), np.float32)
+    if loaded.caption_embedding is None:
+        raise ValueError("model.text_encoder is a frozen encoder but data.store holds no caption embeddings")
+    if loaded.caption_embedding.shape[1] != dim:
+        raise ValueError(
+            f"data.store's caption embeddings are {loaded.caption_embedding.shape[1]} wide; "
+            f"model.text_encoder's states are {dim}"
+        )
+    return loaded.caption_embedding[:max_tokens]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +77,47 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
     data, patch = config.data, tuple(config.model.patch_size)
     if not data.store:
         return [WorldSource(config.seed, data, patch)], [1.0]
-    store = StoreSource(data.store, data, patch)
+    opened = ClipStore.open(data.store)
+    check_store(config, opened)
+    if opened.dtype != np.uint8:
+        return [LatentStoreSource(opened, data, patch, config.model.channels)], [1.0]
+    store = StoreSource(opened, data, patch)
     if data.store_weight >= 1.0:
         return [store], [1.0]
     return [store, WorldSource(config.seed, data, patch)], [data.store_weight, 1 - data.store_weight]
+
+
+def check_store(config: ml_collections.ConfigDict, store: ClipStore) -> None:
+    """Raises ValueError, naming the config key, when ``store`` cannot feed the configured model."""
+    from sora_jax.data.encode import AUTOENCODER_KEY  # It imports this module.
+
+    m, data = config.model, config.data
+    made_by = store.extra.get(AUTOENCODER_KEY)
+    if store.dtype == np.uint8 and m.autoencoder:
+        raise ValueError(f"model.autoencoder is set but data.store {data.store} holds pixels, not latents")
+    if store.dtype != np.uint8:
+        if not m.autoencoder:
+            raise ValueError(
+                f"data.store {data.store} holds latents of autoencoder {made_by}: set model.autoencoder "
+                "to that run so samples can be decoded"
+            )
+        if made_by and made_by.get("name") != Path(m.autoencoder.rstrip("/")).name:
+            raise ValueError(f"data.store {data.store} holds latents of {made_by}, not of {m.autoencoder}")
+        if data.store_weight < 1.0:  # The world renders pixels.
+            raise ValueError(f"data.store {data.store} holds latents; physics-world pixels cannot mix in")
+    if m.text_encoder != "learned":
+        wanted = Path(m.text_encoder.rstrip("/")).name
+        if not store.caption_dim:
+            raise ValueError(
+                f"model.text_encoder is {wanted} but data.store {data.store} has no caption embeddings"
+            )
+        if store.caption_encoder.get("name") != wanted:
+            raise ValueError(
+                f"data.store {data.store} holds caption embeddings of {store.caption_encoder}, "
+                f"not of model.text_encoder {wanted}"
+            )
+        if data.store_weight < 1.0:  # World clips have no stored caption states.
+            raise ValueError("a frozen model.text_encoder needs data.store_weight = 1")
 
 
 def request_stream(
@@ -130,6 +185,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
         self.patch = tuple(config.model.patch_size)
         self.patch_dim = math.prod(self.patch) * config.model.channels
         self.tokenizer = WordTokenizer(config.model.text_vocab_size)
+        self.text_dim = frozen_text_dim(config.model)
         self.rows = [_RowRequests(parent) for parent in parents]
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -139,6 +195,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             patch_dim=self.patch_dim,
             max_clips=self.data.max_clips_per_row,
             text_len=self.data.text_len,
+            text_dim=self.text_dim,
         )
 
     def get_state(self) -> dict[str, Any]:
@@ -190,9 +247,14 @@ class _PackedBatchIterator(grain.DatasetIterator):
         frames = int(options.frames[frame_row])
         height, width = (int(v) for v in options.sizes[size_col])
         loaded = source.load(request.index, frames, height, width, rng)
-        caption = "" if rng.random() < d.caption_dropout else loaded.caption
-        text = self.tokenizer.encode(caption, min(d.max_caption_tokens, text_left))
-        patches, positions = patchify(pixels_to_model(loaded.frames), self.patch)
+        dropped = rng.random() < d.caption_dropout
+        text = self.tokenizer.encode("" if dropped else loaded.caption, min(d.max_caption_tokens, text_left))
+        embedding = None
+        if self.text_dim:  # A frozen encoder's stored states replace the word tokens.
+            embedding = caption_states(loaded, dropped, self.text_dim, min(d.max_caption_tokens, text_left))
+            text = np.zeros(len(embedding), np.int32)
+        values = loaded.frames if loaded.frames.dtype != np.uint8 else pixels_to_model(loaded.frames)
+        patches, positions = patchify(values, self.patch)
         return PackedClip(
             patches=patches,
             positions=positions,
@@ -200,6 +262,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             frames=frames,
             fps=loaded.fps,
             text_tokens=text,
+            text_embedding=embedding,
         )
 
     @functools.cached_property

@@ -187,7 +187,11 @@ def prepare(
         raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
     if caption_tokens < 1:
         raise ValueError(f"caption_tokens must be >= 1, got {caption_tokens}")
-    embedder = CaptionEmbedder(text_encoder, caption_tokens) if text_encoder is not None else None
+    embedder = None
+    if text_encoder is not None:  # JAX loads only where captions are embedded, never in decoders.
+        from sora_jax.text.embedder import CaptionEmbedder
+
+        embedder = CaptionEmbedder(text_encoder, caption_tokens)
     started = time.monotonic()
     settings = _Settings(
         float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
@@ -259,35 +263,13 @@ def prepare(
     return report
 
 
-class CaptionEmbedder:
-    """Captions to the stored caption embeddings: a frozen text encoder's hidden states of the
-    caption's real tokens, ``[L, dim]`` float32 with ``L <= max_tokens``."""
-
-    def __init__(self, directory: str | os.PathLike, max_tokens: int) -> None:
-        from sora_jax.text import load_text_encoder  # JAX only where captions are embedded.
-
-        self.encoder = load_text_encoder(directory)
-        self.max_tokens = max_tokens
-        self.dim = self.encoder.dim
-        # What a resumed run must match (the directory's name, not its path, which may move).
-        self.description = {
-            "model_type": self.encoder.model_type,
-            "name": Path(directory).resolve().name,
-            "max_tokens": max_tokens,
-        }
-
-    def __call__(self, caption: str) -> np.ndarray:
-        hidden, mask = self.encoder.encode([caption], self.max_tokens)
-        return np.asarray(hidden[0], np.float32)[np.asarray(mask[0])]
-
-
 def _ingest(
     store: ClipStore,
     source: _Source,
     fps: float,
     clips: list[tuple[str, float]],
     report: PrepareReport,
-    embedder: CaptionEmbedder | None = None,
+    embedder: Any = None,
 ) -> None:
     """Appends one source's spooled clips and its done mark as one atomic group."""
     frames_written = 0

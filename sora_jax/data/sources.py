@@ -9,6 +9,7 @@ arguments and the ``rng`` they are given, so a batch depends only on where it si
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import ml_collections
@@ -17,6 +18,8 @@ from PIL import Image
 
 from sora_jax.data import world
 from sora_jax.data.clip_store import ClipStore
+
+log = logging.getLogger("sora_jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +38,10 @@ class ShapeOptions:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedClip:
-    frames: np.ndarray  # uint8 [T, H, W, 3]
+    frames: np.ndarray  # uint8 [T, H, W, 3] pixels, or float32 [T', H', W', z] normalised latents
     fps: float
     caption: str
+    caption_embedding: np.ndarray | None = None  # float32 [L, D], from a store with embeddings
 
 
 def _patch_multiples(low: int, high: int, step: int) -> np.ndarray:
@@ -81,10 +85,12 @@ class StoreSource:
 
     name = "store"
 
-    def __init__(self, path: str, data: ml_collections.ConfigDict, patch: tuple[int, int, int]):
-        self.store = ClipStore.open(path)
+    def __init__(self, store: str | ClipStore, data: ml_collections.ConfigDict, patch: tuple[int, int, int]):
+        self.store = store = _opened(store)
+        path = store.path
         if self.store.dtype != np.uint8 or self.store.channels != 3:
             raise ValueError(f"{path} holds {self.store.dtype} x{self.store.channels} clips, not pixels")
+        self.embeddings = bool(self.store.caption_dim)
         self.records = self.store.records
         if not self.records:
             raise ValueError(f"clip store {path} is empty")
@@ -117,4 +123,86 @@ class StoreSource:
             video = np.stack(
                 [np.asarray(Image.fromarray(f).resize((width, height), Image.BOX)) for f in video]
             )
-        return LoadedClip(video, record.fps or 1.0, record.caption)
+        return LoadedClip(
+            video, record.fps or 1.0, record.caption, _embedding(self.store, index, self.embeddings)
+        )
+
+
+def _opened(store: str | ClipStore) -> ClipStore:
+    return store if isinstance(store, ClipStore) else ClipStore.open(store)
+
+
+def _embedding(store: ClipStore, index: int, wanted: bool) -> np.ndarray | None:
+    return store.read_caption_embedding(index).astype(np.float32) if wanted else None
+
+
+class LatentStoreSource:
+    """Clips of a latent store (made by ``sora-jax encode``), normalised by its per-channel statistics.
+
+    Shapes are in latent units: ``data.frames`` and ``data.side`` bound latent frames and latent
+    pixels. A shorter clip is the stored clip's first latent frames, which the causal encoder makes
+    exactly the latents of the video's first frames (one latent frame: its first frame as an image).
+    A smaller size is a crop at a random place, keeping roughly the stored aspect ratio.
+    """
+
+    name = "latents"
+
+    def __init__(
+        self,
+        store: str | ClipStore,
+        data: ml_collections.ConfigDict,
+        patch: tuple[int, int, int],
+        channels: int,
+    ):
+        from sora_jax.data.encode import STATS_KEY
+
+        self.store = store = _opened(store)
+        path = store.path
+        if self.store.dtype == np.uint8:
+            raise ValueError(f"{path} holds pixels, not latents")
+        if self.store.channels != channels:
+            raise ValueError(
+                f"{path} holds latents of {self.store.channels} channels; model.channels is {channels}"
+            )
+        stats = self.store.extra.get(STATS_KEY)
+        if not stats:
+            raise ValueError(f"{path} has no latent statistics: its encode did not finish; run it again")
+        self.mean = np.asarray(stats["mean"], np.float32)
+        self.std = np.asarray(stats["std"], np.float32)
+        _, ph, pw = patch
+        # Store positions of the clips at least one patch in size; smaller ones are skipped.
+        self.usable = [i for i, r in enumerate(store.records) if r.shape[1] >= ph and r.shape[2] >= pw]
+        if not self.usable:
+            raise ValueError(f"clip store {path} holds no clip of at least one patch ({ph}x{pw} latents)")
+        self.skipped = len(store.records) - len(self.usable)
+        if self.skipped:
+            log.warning("%s: skipping %d clips smaller than one %dx%d patch", path, self.skipped, ph, pw)
+        self.data, self.patch = data, patch
+        self.embeddings = bool(self.store.caption_dim)
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+    def shapes(self, index: int) -> ShapeOptions:
+        frames, height, width, _ = self.store.record(self.usable[index]).shape
+        _, ph, pw = self.patch
+        sizes = {(height // ph * ph, width // pw * pw)}
+        for scale in np.linspace(0.5, 1.0, 6):
+            h, w = int(height * scale) // ph * ph, int(width * scale) // pw * pw
+            if min(h, w) >= max(self.data.side[0], ph, pw):
+                sizes.add((h, w))
+        return ShapeOptions(np.arange(1, min(frames, self.data.frames[1]) + 1), np.asarray(sorted(sizes)))
+
+    def load(self, index: int, frames: int, height: int, width: int, rng: np.random.Generator) -> LoadedClip:
+        index = self.usable[index]
+        record = self.store.record(index)
+        latents = self.store.read(index)
+        top = int(rng.integers(0, latents.shape[1] - height + 1))
+        left = int(rng.integers(0, latents.shape[2] - width + 1))
+        crop = latents[:frames, top : top + height, left : left + width].astype(np.float32)
+        return LoadedClip(
+            (crop - self.mean) / self.std,
+            record.fps or 1.0,
+            record.caption,
+            _embedding(self.store, index, self.embeddings),
+        )

@@ -1,9 +1,10 @@
 """``sora-jax evaluate``: score checkpoints of a run, alone or beside the training job.
 
 For each checkpoint: the EMA parameters are restored (onto whatever devices are here). A DiT run's
-flow loss is computed on held-out physics-world batches (seed ``eval.seed``, never used in training)
-with fixed noise at fixed timesteps, one per band of ``eval.timestep_buckets`` equal bands of t,
-so two checkpoints compare without sampling noise; and videos are generated for the run's sample
+flow loss is computed on held-out physics-world batches (seed ``eval.seed``, never used in training;
+a run trained on latents or stored caption embeddings draws its store's clips instead) with fixed
+noise at fixed timesteps, one per band of ``eval.timestep_buckets`` equal bands of t, so two
+checkpoints compare without sampling noise; and videos are generated for the run's sample
 prompts. An autoencoder run's score is the PSNR and SSIM of its reconstructions of
 ``eval.batches x data.batch_size`` held-out clips (``eval.seed``), and its videos show
 ``train.sample_clips`` of them beside their reconstructions. Results go to
@@ -65,11 +66,16 @@ def local_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def held_out_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.ndarray]]:
-    """``eval.batches`` physics-world batches from ``eval.seed``, captions always kept."""
+    """``eval.batches`` physics-world batches from ``eval.seed``, captions always kept.
+
+    A latent run, or one reading stored caption embeddings, can only be fed from its store: its
+    batches are then the store's clips in the order ``eval.seed`` draws (not held out).
+    """
     held_out = config.copy_and_resolve_references()
+    from_store = bool(config.model.autoencoder) or config.model.text_encoder != "learned"
     with held_out.unlocked():
         held_out.seed = config.eval.seed
-        held_out.data.store = ""
+        held_out.data.store = config.data.store if from_store else ""
         held_out.data.caption_dropout = 0.0
         held_out.data.workers = 0
     return list(itertools.islice(batch_stream(held_out, config.data.batch_size), config.eval.batches))

@@ -18,7 +18,7 @@ from flax import nnx
 
 from sora_jax.model.attention import Attention, AttentionKernel, dense
 from sora_jax.model.rope import axis_dims, rope_angles
-from sora_jax.model.text import TextEncoder
+from sora_jax.model.text import TextEncoder, frozen_text_dim
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 
 ACTIVATION = ("batch", "length", "embed")
@@ -94,8 +94,9 @@ class VideoDiT(nnx.Module):
     """Predicts the flow velocity of every token of a packed batch.
 
     Call with the noisy patches ``[B, L, P]``, per-clip timesteps ``[B, S]`` in [0, 1], and the
-    batch's ``segment_ids``, ``positions``, ``text_tokens``, ``text_segment_ids`` and
-    ``text_positions``; returns the velocity ``[B, L, P]`` in float32.
+    batch's ``segment_ids``, ``positions``, ``text_tokens`` (or ``text_embeddings`` with a frozen
+    ``model.text_encoder``), ``text_segment_ids`` and ``text_positions``; returns the velocity
+    ``[B, L, P]`` in float32.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
@@ -108,7 +109,9 @@ class VideoDiT(nnx.Module):
         self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
         self.time_in = dense(256, m.dim, (None, "embed"), rngs, **kw)
         self.time_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
-        self.text_encoder = TextEncoder(m.text_vocab_size, m.text_dim, m.text_depth, m.text_heads, rngs, **kw)
+        self.text_encoder = TextEncoder(
+            m.text_vocab_size, m.text_dim, m.text_depth, m.text_heads, rngs, frozen_text_dim(m), **kw
+        )
 
         @nnx.split_rngs(splits=m.depth)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -129,9 +132,10 @@ class VideoDiT(nnx.Module):
         conditioning = self.time_out(
             jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
         )  # [B, S, D]
-        text = self.text_encoder(
-            batch["text_tokens"], batch["text_segment_ids"], batch["text_positions"]
-        ).astype(jnp.dtype(m.dtype))
+        text_inputs = batch["text_embeddings"] if m.text_encoder != "learned" else batch["text_tokens"]
+        text = self.text_encoder(text_inputs, batch["text_segment_ids"], batch["text_positions"]).astype(
+            jnp.dtype(m.dtype)
+        )
         angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
         angles = constrain(angles, ("batch", "length", None), self.rules)
         extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])

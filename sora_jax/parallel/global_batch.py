@@ -24,6 +24,7 @@ BATCH_AXES = {
     "positions": ("batch", "length", None),
     "cond_mask": ("batch", "length"),
     "text_tokens": ("batch", None),
+    "text_embeddings": ("batch", None, None),  # Only with a frozen text encoder.
     "text_segment_ids": ("batch", None),
     "text_positions": ("batch", None),
     "clip_grid": ("batch", None, None),
@@ -32,7 +33,14 @@ BATCH_AXES = {
     # Dense fixed-shape clips [B, T, H, W, C], what the autoencoder trains on.
     "videos": ("batch", None, None, None, None),
 }
-PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "videos")
+PACKED_FIELDS = tuple(name for name in BATCH_AXES if name not in ("videos", "text_embeddings"))
+
+
+def packed_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The packed-batch fields of a DiT run: the contract's, plus ``text_embeddings`` when a frozen
+    encoder's stored caption states replace the learned one's tokens."""
+    frozen = config.model.text_encoder != "learned"
+    return PACKED_FIELDS + ("text_embeddings",) if frozen else PACKED_FIELDS
 
 
 def batch_shardings(

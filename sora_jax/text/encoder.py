@@ -91,6 +91,23 @@ class FrozenTextEncoder:
         return self.encode_tokens(token_ids, mask), jnp.asarray(mask)
 
 
+def _architecture(directory: Path) -> tuple[dict, str]:
+    hf_config = read_config(directory)
+    model_type = hf_config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r} in {str(directory / 'config.json')!r}; "
+            f"supported: {sorted(ARCHITECTURES)}"
+        )
+    return hf_config, model_type
+
+
+def text_encoder_dim(path: str | Path) -> int:
+    """Width of the hidden states of the encoder in ``path``, from its ``config.json`` alone."""
+    hf_config, model_type = _architecture(model_directory(path))
+    return ARCHITECTURES[model_type][0].from_hf(hf_config).dim
+
+
 def load_text_encoder(path: str | Path, dtype: jnp.dtype = jnp.float32) -> FrozenTextEncoder:
     """Load a BERT-family or T5-family encoder from a local Hugging Face-format directory.
 
@@ -101,20 +118,17 @@ def load_text_encoder(path: str | Path, dtype: jnp.dtype = jnp.float32) -> Froze
     ``model_type`` or setting, and CheckpointError (a ValueError) for a missing or misshapen weight.
     """
     directory = model_directory(path)
-    hf_config = read_config(directory)
-    model_type = hf_config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(
-            f"unsupported model_type {model_type!r} in {str(directory / 'config.json')!r}; "
-            f"supported: {sorted(ARCHITECTURES)}"
-        )
+    hf_config, model_type = _architecture(directory)
     tokenizer_file = required_file(directory, TOKENIZER_FILE, "tokenizer")
     config_class, module_class, weight_map = ARCHITECTURES[model_type]
     config = config_class.from_hf(hf_config)
     checkpoint = Checkpoint(directory)
-    with nnx.use_eager_sharding(False):  # Names are metadata only; placement is the caller's.
+    # Names are metadata only; placement is the caller's, whatever mesh is active around the call
+    # (a trainer's, whose axes are not these logical names).
+    no_mesh = jax.sharding.AbstractMesh((), ())
+    with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(no_mesh):
         abstract = nnx.eval_shape(lambda: module_class(config, nnx.Rngs(0), dtype=dtype))
-    model = load_params(abstract, weight_map(config), checkpoint)
+        model = load_params(abstract, weight_map(config), checkpoint)
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     padding = tokenizer.padding or {}
     pad_token_id = padding.get("pad_id", config.pad_token_id)

@@ -32,7 +32,8 @@ import ml_collections
 
 from sora_jax.config import ConfigError
 from sora_jax.data.packing import empty_batch
-from sora_jax.parallel.global_batch import batch_shardings
+from sora_jax.model.text import frozen_text_dim
+from sora_jax.parallel.global_batch import batch_shardings, packed_fields
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules
 from sora_jax.parallel.tpu import TpuSlice, parse_accelerator, topology_devices
@@ -91,8 +92,15 @@ class AotReport:
 
 def _abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
     m, d = config.model, config.data
-    one_row = empty_batch(1, d.seq_len, math.prod(m.patch_size) * m.channels, d.max_clips_per_row, d.text_len)
-    shardings = batch_shardings(mesh, axis_rules(config))
+    one_row = empty_batch(
+        1,
+        d.seq_len,
+        math.prod(m.patch_size) * m.channels,
+        d.max_clips_per_row,
+        d.text_len,
+        frozen_text_dim(m),
+    )
+    shardings = batch_shardings(mesh, axis_rules(config), packed_fields(config))
     return {
         name: jax.ShapeDtypeStruct((d.batch_size, *row.shape[1:]), row.dtype, sharding=shardings[name])
         for name, row in one_row.items()

@@ -29,7 +29,7 @@ from sora_jax.config import config_to_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.eval.generate import prompt_sampler
-from sora_jax.parallel.global_batch import PACKED_FIELDS, BatchLayout, batch_shardings
+from sora_jax.parallel.global_batch import BatchLayout, batch_shardings, packed_fields
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules, describe_shardings
 from sora_jax.train import checkpoint
@@ -60,7 +60,7 @@ def jit_train_step(
     if config.task == "autoencoder":
         step, fields = make_autoencoder_step(graphdef, config), ("videos",)
     else:
-        step, fields = make_train_step(graphdef, config), PACKED_FIELDS
+        step, fields = make_train_step(graphdef, config), packed_fields(config)
     return jax.jit(
         step,
         in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(config), fields)),

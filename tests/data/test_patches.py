@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,13 @@ def test_tokenizer_is_deterministic_and_bounded():
     assert ids.tolist() == tokenizer.encode("a small RED ball falls", 5).tolist()
     assert (ids[1:] >= 2).all() and (ids < 64).all()
     assert tokenizer.encode("", 8).tolist() == [START_ID]
+
+
+def test_pack_rows_lays_out_caption_states_beside_their_tokens():
+    clips = [dataclasses.replace(_clip(3, 2, 1.0), text_embedding=np.full((2, 4), 7.0, np.float32))]
+    clips.append(dataclasses.replace(_clip(2, 3, 2.0), text_embedding=np.full((3, 4), 8.0, np.float32)))
+    batch = pack_rows([clips], seq_len=10, patch_dim=6, max_clips=3, text_len=6, text_dim=4)
+    assert batch["text_embeddings"].shape == (1, 6, 4)
+    assert batch["text_embeddings"][0, :, 0].tolist() == [7, 7, 8, 8, 8, 0]
+    with pytest.raises(ValueError, match="caption embedding"):
+        pack_rows([[_clip(3, 2, 1.0)]], seq_len=10, patch_dim=6, max_clips=3, text_len=6, text_dim=4)

@@ -122,3 +122,29 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32_output():
     out = np.asarray(_apply(model, batch["patches"], jnp.full((1, 1), 0.6), batch))
     assert out.dtype == np.float32
     assert np.abs(out - reference).mean() < 0.05 * np.abs(reference).mean()
+
+
+def test_a_frozen_text_encoder_s_stored_states_condition_the_model(tmp_path):
+    from sora_jax.config import load_config
+    from sora_jax.eval.generate import prompt_batch
+    from sora_jax.text.tiny import write_tiny_bert
+
+    bert = write_tiny_bert(tmp_path / "tiny-bert")  # 32-wide states.
+    config = load_config(
+        "experiments/world_tiny.py:test", [f"model.text_encoder={bert}", f"data.store={tmp_path}"]
+    )
+    model = _perturbed_model(config)
+    assert model.text_encoder.embed.kernel.shape == (32, config.model.text_dim)
+    states = np.random.default_rng(0).normal(size=(2, 5, 32)).astype(np.float32)
+    outputs = []
+    for prompt_states in states:
+        batch = prompt_batch(config, "ignored", 2, 16, 16, prompt_states)
+        assert batch["text_embeddings"].shape == (2, config.data.max_caption_tokens, 32)
+        assert batch["text_segment_ids"][0].sum() == 5 and batch["text_segment_ids"][1].sum() == 1
+        np.testing.assert_array_equal(batch["text_embeddings"][1], 0.0)  # The null caption.
+        noisy = jnp.asarray(batch["patches"]) + 0.5
+        outputs.append(
+            np.asarray(_apply(model, noisy, jnp.full((2, 1), 0.5), jax.tree.map(jnp.asarray, batch)))
+        )
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])  # Same null caption, same output.
+    assert np.abs(outputs[0][0] - outputs[1][0]).mean() > 1e-4  # Other states, other output.

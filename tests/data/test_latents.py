@@ -1,0 +1,162 @@
+"""Latent caching and the latent DiT: encode with a trained autoencoder, train on latents, decode samples.
+
+One tiny autoencoder run (vae_world:test) and one latent store with caption embeddings of a tiny
+BERT are made once for the module; the tests read them.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from sora_jax.autoencoder.trained import TrainedAutoencoder
+from sora_jax.config import load_config
+from sora_jax.data import world
+from sora_jax.data.clip_store import ClipStore
+from sora_jax.data.encode import STATS_KEY
+from sora_jax.data.pipeline import check_store
+from sora_jax.data.sources import LatentStoreSource
+from sora_jax.data.video_io import read_video
+from sora_jax.text.embedder import CaptionEmbedder
+from sora_jax.text.tiny import write_tiny_bert
+from tests.cli import sora_jax
+
+CLIPS = 10
+
+
+def _world(clips: int = CLIPS) -> list[str]:
+    return ["--world", str(clips), "--frames", "5", "--height", "16", "--width", "16", "--seed", "3"]
+
+
+WORLD = _world()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """(autoencoder run, tiny BERT directory, latent store), made through the command line."""
+    root = tmp_path_factory.mktemp("latents")
+    run, bert, store = root / "vae", write_tiny_bert(root / "tiny-bert"), root / "latents"
+    result = sora_jax("train", "--config", "experiments/vae_world.py:test", "--workdir", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = sora_jax(
+        "encode", "--autoencoder", str(run), "--output", str(store), *WORLD,
+        "--text-encoder", str(bert), "--caption-tokens", "8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{CLIPS} clips encoded" in result.stdout
+    return run, bert, store
+
+
+def test_encode_stores_the_autoencoders_latents_captions_and_statistics(made):
+    run, bert, path = made
+    store = ClipStore.open(path)
+    vae = TrainedAutoencoder.load(run)
+    assert (store.dtype, store.channels, len(store)) == (np.float16, 4, CLIPS)
+    assert store.extra["autoencoder"] == vae.describe() and vae.step == 4
+    embedder = CaptionEmbedder(bert, 8)
+    everything = []
+    for index, record in enumerate(store.records):
+        assert record.shape == (3, 4, 4, 4)  # 5 x 16 x 16 pixels at 2x4x4 compression.
+        clip = world.make_clip(3, index, frames=5, height=16, width=16, fps=record.fps)
+        assert record.caption == clip.caption and 4.0 <= record.fps <= 8.0
+        np.testing.assert_allclose(store.read(index), vae.encode(clip.frames), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            store.read_caption_embedding(index), embedder(clip.caption), rtol=1e-2, atol=1e-2
+        )
+        everything.append(store.read(index).reshape(-1, 4).astype(np.float64))
+    stats, values = store.extra[STATS_KEY], np.concatenate(everything)
+    np.testing.assert_allclose(stats["mean"], values.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], values.std(0), rtol=1e-6)
+
+
+def test_encode_resumes_and_refuses_another_checkpoint(made, tmp_path):
+    run, _, path = made
+    again = sora_jax("encode", "--autoencoder", str(run), "--output", str(path), *WORLD)
+    # Without --text-encoder the caption embeddings differ: refused before anything is written.
+    assert again.returncode == 2 and "caption embeddings" in again.stderr, again.stderr[-2000:]
+    first = sora_jax("encode", "--autoencoder", str(run), "--output", str(tmp_path / "a"), *_world(3))
+    assert first.returncode == 0 and "3 clips encoded" in first.stdout, first.stderr[-2000:]
+    resumed = sora_jax("encode", "--autoencoder", str(run), "--output", str(tmp_path / "a"), *WORLD)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{CLIPS - 3} clips encoded" in resumed.stdout and "3 already there" in resumed.stdout
+    other = sora_jax(
+        "encode", "--autoencoder", str(run), "--step", "2", "--output", str(tmp_path / "a"), *WORLD
+    )
+    assert other.returncode == 2 and "encode into a new store" in other.stderr, other.stderr[-2000:]
+
+
+def _latent_config(made, *overrides):
+    run, bert, store = made
+    return load_config(
+        "experiments/world_latent.py:test",
+        [f"model.autoencoder={run}", f"data.store={store}", "model.channels=4", *overrides],
+    )
+
+
+def test_a_latent_clip_is_a_prefix_of_the_stored_latents_cropped_and_normalised(made):
+    config = _latent_config(made)
+    source = LatentStoreSource(str(made[2]), config.data, tuple(config.model.patch_size), 4)
+    options = source.shapes(0)
+    assert list(options.frames) == [1, 2, 3]  # data.frames = (1, 3) latent frames.
+    assert [tuple(s) for s in options.sizes] == [(2, 2), (4, 4)]  # Latent pixels, patch multiples.
+    stored = source.store.read(0).astype(np.float32)
+    loaded = source.load(0, 2, 2, 2, np.random.default_rng(0))
+    assert loaded.frames.shape == (2, 2, 2, 4) and loaded.caption_embedding.dtype == np.float32
+    normalised = (stored - source.mean) / source.std
+    crops = [normalised[:2, top : top + 2, left : left + 2] for top in range(3) for left in range(3)]
+    assert any(np.array_equal(loaded.frames, crop) for crop in crops)
+
+
+def test_a_store_that_cannot_feed_the_model_is_refused_naming_the_key(made, tmp_path):
+    store = ClipStore.open(made[2])
+    with pytest.raises(ValueError, match="set model.autoencoder"):
+        check_store(load_config("experiments/world_tiny.py:test", [f"data.store={made[2]}"]), store)
+    with pytest.raises(ValueError, match="not of"):
+        check_store(_latent_config(made, f"model.autoencoder={tmp_path / 'other_vae'}"), store)
+    with pytest.raises(ValueError, match="model.text_encoder"):
+        bert = write_tiny_bert(tmp_path / "another-bert")
+        check_store(_latent_config(made, f"model.text_encoder={bert}"), store)
+    pixels = ClipStore.create(tmp_path / "pixels")
+    with pytest.raises(ValueError, match="holds pixels"):
+        check_store(_latent_config(made), pixels)
+
+
+def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_video(made, tmp_path):
+    run, bert, store = made
+    workdir = tmp_path / "latent_dit"
+    overrides = [f"--config.model.autoencoder={run}", f"--config.data.store={store}"]
+    overrides += ["--config.model.channels=4", f"--config.model.text_encoder={bert}"]
+    result = sora_jax(
+        "train", "--config", "experiments/world_latent.py:test", "--workdir", str(workdir), *overrides
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite([line["loss"] for line in lines if "loss" in line]).all()
+    # The trainer's sample: 3 x 4 x 4 latents decoded to 5 x 16 x 16 pixels.
+    frames, _ = read_video(workdir / "samples" / "step_000004_0.mp4")
+    assert frames.shape == (5, 16, 16, 3)
+
+    out = tmp_path / "ball.mp4"
+    result = sora_jax(
+        "sample", "--workdir", str(workdir), "--prompt", "a red ball falls", "--frames", "9",
+        "--height", "16", "--width", "8", "--steps", "2", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_video(out)[0].shape == (9, 16, 8, 3)
+    wrong = sora_jax(
+        "sample", "--workdir", str(workdir), "--prompt", "a ball", "--frames", "8",
+        "--height", "16", "--width", "16", "--out", str(out),
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "1 + 2 * k frames" in wrong.stderr, wrong.stderr[-2000:]
+
+
+def test_latent_clips_smaller_than_a_patch_are_skipped_and_counted(made, tmp_path):
+    store = ClipStore.create(tmp_path / "small", dtype="float16", channels=4, extra={STATS_KEY: {
+        "mean": [0.0] * 4, "std": [1.0] * 4, "clips": 2}})  # fmt: skip
+    store.append(np.ones((2, 1, 4, 4), np.float16), clip_id="thin", fps=4.0, caption="a")
+    store.append(np.ones((2, 4, 4, 4), np.float16), clip_id="fine", fps=4.0, caption="b")
+    store.flush()
+    config = _latent_config(made)
+    source = LatentStoreSource(str(tmp_path / "small"), config.data, (1, 2, 2), 4)
+    assert len(source) == 1 and source.skipped == 1
+    assert source.load(0, 1, 2, 2, np.random.default_rng(0)).caption == "b"
