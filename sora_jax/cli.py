@@ -67,6 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
     sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    modes = sample.add_argument_group(
+        "conditioning", "generate around given images or videos (resized to the video's size); one of"
+    )
+    given = modes.add_mutually_exclusive_group()
+    given.add_argument("--image", metavar="FILE", help="animate an image: it is the first frame")
+    given.add_argument("--video", metavar="FILE", help="extend a video, --extend forward or backward")
+    given.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="images: first and last frame")
+    given.add_argument("--connect", nargs=2, metavar=("A", "B"), help="videos: from the end of A into B")
+    given.add_argument("--edit", metavar="FILE", help="video-to-video (SDEdit) of a video by the prompt")
+    modes.add_argument("--extend", choices=("forward", "backward"), default="forward")
+    modes.add_argument(
+        "--given-frames",
+        type=int,
+        default=None,
+        help="frames taken from each given video (default: half of --frames, a third with --connect)",
+    )
+    modes.add_argument("--strength", type=float, default=0.6, help="--edit: how much is regenerated, (0, 1]")
+    modes.add_argument(
+        "--cond-guidance", type=float, default=None, help="guidance of the given frames (default: config)"
+    )
     evaluate = commands.add_parser("evaluate", help="validation loss and samples of checkpoints")
     evaluate.add_argument("--workdir", required=True)
     which = evaluate.add_mutually_exclusive_group()
@@ -271,13 +291,56 @@ def _sample(args: argparse.Namespace) -> int:
         steps=args.steps or d.sample_steps,
         guidance=d.guidance if args.guidance is None else args.guidance,
         method=args.sampler or d.sampler,
+        cond_guidance=d.cond_guidance if args.cond_guidance is None else args.cond_guidance,
     )
-    frames = generate(params, args.prompt, args.seed)
+    try:
+        condition, edit = _given(config, args, shape, generate.decoder)
+        frames = generate(params, args.prompt, args.seed, condition=condition, edit=edit)
+    except ValueError as error:  # Unreadable or unfitting given images and videos.
+        raise ConfigError(str(error)) from None
     out = epath.Path(args.out)  # May be a URL too.
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
     print(f"wrote {out} and {out.with_suffix('.gif')} ({'x'.join(map(str, frames.shape[:3]))})")
     return 0
+
+
+def _given(
+    config: ml_collections.ConfigDict, args: argparse.Namespace, shape: tuple[int, int, int], decoder: object
+) -> tuple[object, object]:
+    """The (condition, edit) the conditioning arguments ask for; (None, None) for text alone."""
+    from sora_jax.eval.inputs import ClipLayout, read_frames
+
+    m = config.model
+    layout = ClipLayout(*shape, m.channels, m.patch_size[0], decoder)
+    frames, height, width = decoder.pixel_shape(*shape) if decoder is not None else shape
+    step = decoder.autoencoder.config.temporal_factor if decoder is not None else 1
+
+    def piece(path: str, share: int, end: bool) -> object:
+        """``share`` frames of a video: its last (``end``) or first ones, whole encoder steps."""
+        video = read_frames(path, height, width)
+        count = min(args.given_frames or share, len(video))
+        count = 1 + (count - 1) // step * step
+        return video[len(video) - count :] if end else video[:count]
+
+    if args.image:
+        return layout.condition([("start", read_frames(args.image, height, width)[:1])]), None
+    if args.interpolate:
+        first, last = (read_frames(path, height, width)[:1] for path in args.interpolate)
+        return layout.condition([("start", first), ("end", last)]), None
+    if args.video:
+        forward = args.extend == "forward"  # The video's end leads into what is generated, or its start.
+        given = piece(args.video, frames // 2, end=forward)
+        return layout.condition([("start" if forward else "end", given)]), None
+    if args.connect:
+        head, tail = (
+            piece(args.connect[0], frames // 3, end=True),
+            piece(args.connect[1], frames // 3, end=False),
+        )
+        return layout.condition([("start", head), ("end", tail)]), None
+    if args.edit:
+        return None, layout.edit(read_frames(args.edit, height, width), args.strength)
+    return None, None
 
 
 def _model_shape(config: ml_collections.ConfigDict, args: argparse.Namespace) -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 def base_config() -> ConfigDict:
     """Every key of a run, with its default. Experiments override a subset."""
     from sora_jax.autoencoder.config import autoencoder_section  # It imports ConfigError from here.
+    from sora_jax.diffusion.conditioning import conditioning_section
 
     c = ConfigDict()
     c.seed = 0  # Data order, noise, timesteps and initialisation all derive from it.
@@ -108,6 +109,12 @@ def base_config() -> ConfigDict:
     f.sampler = "euler"  # euler | heun
     f.sample_steps = 32
     f.guidance = 4.0  # Classifier-free guidance scale; 1 disables guidance.
+    # Guidance scale of given frames (image-to-video, extension, ...); 1 disables it (two rows, not three).
+    f.cond_guidance = 1.0
+
+    # Conditioning tasks (image-to-video, extension, interpolation, ...): the weight of each, see
+    # sora_jax/diffusion/conditioning.py. Default: text-to-video only.
+    c.conditioning = conditioning_section()
 
     # --- optimiser -----------------------------------------------------------------------------
     c.optim = o = ConfigDict()
@@ -390,6 +397,14 @@ def validate(config: ConfigDict) -> None:
         _fail("data.store_weight", f"must be in (0, 1], got {d.store_weight}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
+    from sora_jax.diffusion.conditioning import task_weights
+
+    try:
+        task_weights(config.conditioning)
+    except ValueError as error:
+        _fail("conditioning.text_to_video", str(error))
+    if not 0.0 < config.conditioning.random_rate < 1.0:
+        _fail("conditioning.random_rate", f"must be in (0, 1), got {config.conditioning.random_rate}")
     if not 0.0 < f.min_t < 1.0:
         _fail("diffusion.min_t", f"must be in (0, 1), got {f.min_t}")
     if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:

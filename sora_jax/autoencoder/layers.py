@@ -41,15 +41,23 @@ def initialise(create: Callable[[], ModuleT]) -> ModuleT:
 
 
 def conv_kernel_init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """LeCun normal (truncated at 2 sigma, variance ``1 / fan_in``) for ``[kt, kh, kw, in, out]`` kernels.
+    """``[kt, kh, kw, in, out]`` kernels inflated from 2D: LeCun normal (truncated at 2 sigma, variance
+    ``1 / (kh kw in)``) on the last time tap, the current frame, and zeros on the past frames.
+
+    So a fresh network treats every frame as an image, and learns what to take from the past. With
+    all taps random (variance ``1 / (kt kh kw in)``) every layer starts by blending each frame with
+    its predecessors, which the network must then learn to undo: on physics-world clips a VAE
+    without compression reached 23.8 dB after 300 steps that way, against 28 dB on single frames.
 
     Drawn as a flat vector and reshaped: XLA's CPU compiler takes seconds for each random draw of a
     rank-5 shape (measured ~4 s, against ~0.3 s flat), which made initialising even a tiny VAE slow.
     """
-    fan_in = math.prod(shape[:-1])
+    kt, spatial = shape[0], tuple(shape[1:])
+    fan_in = math.prod(spatial[:-1])
     stddev = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # Std of a standard normal cut at +-2.
-    flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype)
-    return (stddev * flat).reshape(shape)
+    flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(spatial),), dtype)
+    current = (stddev * flat).reshape(1, *spatial)
+    return jnp.concatenate([jnp.zeros((kt - 1, *spatial), dtype), current])
 
 
 class FrameCache:

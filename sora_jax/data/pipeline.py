@@ -35,6 +35,7 @@ from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
+from sora_jax.diffusion.conditioning import draw_task, given_groups, only_text, token_mask
 from sora_jax.model.text import frozen_text_dim
 
 
@@ -255,10 +256,17 @@ class _PackedBatchIterator(grain.DatasetIterator):
             text = np.zeros(len(embedding), np.int32)
         values = loaded.frames if loaded.frames.dtype != np.uint8 else pixels_to_model(loaded.frames)
         patches, positions = patchify(values, self.patch)
+        grid = grid_size(frames, height, width, self.patch)
+        cond_mask = None
+        if not only_text(self.config.conditioning):  # Drawn last: earlier draws stay as they were.
+            task = draw_task(self.config.conditioning, rng)
+            given = given_groups(task, grid[0], rng, self.config.conditioning.random_rate)
+            cond_mask = token_mask(given, positions) if given.any() else None
         return PackedClip(
             patches=patches,
             positions=positions,
-            grid=grid_size(frames, height, width, self.patch),
+            grid=grid,
+            cond_mask=cond_mask,
             frames=frames,
             fps=loaded.fps,
             text_tokens=text,

@@ -21,17 +21,20 @@ def timestep_grid(steps: int, shift: float | jax.Array = 1.0) -> jax.Array:
 
 
 def guided(
-    velocity_pair: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]], scale: float
+    velocity_rows: Callable[[jax.Array, jax.Array], jax.Array], scale: float, cond_scale: float | None = None
 ) -> VelocityFn:
-    """Classifier-free guidance: ``v_uncond + scale * (v_cond - v_uncond)``.
+    """Classifier-free guidance over the rows of one batched prediction.
 
-    ``velocity_pair(x, t) -> (v_cond, v_uncond)`` predicts with and without the caption (in one
-    batched forward pass, typically).
+    ``velocity_rows(x, t)`` returns velocities stacked on a leading axis: with the caption, without
+    it, and (when ``cond_scale`` is given) without the caption or the conditioning frames.
+    Two rows: ``v_uncond + scale * (v_cond - v_uncond)``. Three rows (dual guidance, as in
+    InstructPix2Pix): ``v_none + cond_scale * (v_given - v_none) + scale * (v_text - v_given)``.
     """
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
-        v_cond, v_uncond = velocity_pair(x, t)
-        return v_uncond + scale * (v_cond - v_uncond)
+        v = velocity_rows(x, t)
+        base = v[1] if cond_scale is None else v[2] + cond_scale * (v[1] - v[2])
+        return base + scale * (v[0] - v[1])
 
     return velocity
 

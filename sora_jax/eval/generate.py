@@ -1,11 +1,14 @@
-"""Text-to-video generation from trained parameters: one prompt, one clip of a chosen shape.
+"""Generation from trained parameters: one prompt, one clip of a chosen shape, optionally conditioned on
+given frames (image-to-video, extension, interpolation) or started from a video to edit.
 
-The clip is laid out as a packed batch of two rows, the prompt and the empty caption, so one
-forward pass gives both velocities that classifier-free guidance combines.
+The clip is laid out as a packed batch of two rows, the prompt and the empty caption (three with
+conditioning guidance), so one forward pass gives the velocities that classifier-free guidance
+combines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -19,8 +22,28 @@ from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify, unpatchify
 from sora_jax.data.pipeline import model_to_pixels
 from sora_jax.data.tokenizer import WordTokenizer
+from sora_jax.diffusion.conditioning import token_mask
 from sora_jax.diffusion.flow import resolution_shift, velocity_predictor
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """Content given clean to a generated clip, in model units (pixels in [-1, 1], or normalised
+    latents): ``values`` ``[T, H, W, C]`` of the clip's shape (ignored where not given) and ``groups``
+    bool ``[G]``, the given temporal groups (see :mod:`sora_jax.diffusion.conditioning`)."""
+
+    values: np.ndarray
+    groups: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """SDEdit: generation starts from ``values`` (model units, the clip's shape) noised to t = ``strength``
+    in (0, 1] instead of from pure noise; small strengths keep more of the input."""
+
+    values: np.ndarray
+    strength: float
 
 
 def prompt_batch(
@@ -30,11 +53,15 @@ def prompt_batch(
     height: int,
     width: int,
     prompt_states: np.ndarray | None = None,
+    given: np.ndarray | None = None,
+    unconditioned_row: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Two packed rows of one clip each: row 0 captioned with ``prompt``, row 1 uncaptioned.
+    """Packed rows of one clip each: row 0 captioned with ``prompt``, row 1 uncaptioned, both with the
+    tokens ``given`` (bool ``[N]``) as conditioning; with ``unconditioned_row``, a row 2 with neither
+    (what conditioning guidance pushes away from).
 
     With a frozen ``model.text_encoder``, ``prompt_states`` ``[M, Dt]`` are the prompt's caption
-    states, and the uncaptioned row gets the null caption training used (one zero row).
+    states, and uncaptioned rows get the null caption training used (one zero row).
     """
     m, d = config.model, config.data
     patch = tuple(m.patch_size)
@@ -48,10 +75,13 @@ def prompt_batch(
         text_dim = prompt_states.shape[1]
         states = [prompt_states[: d.max_caption_tokens], np.zeros((1, text_dim), np.float32)]
         texts = [np.zeros(len(s), np.int32) for s in states]
+    masks = [given, given]
+    if unconditioned_row:
+        texts, states, masks = texts + texts[1:], states + states[1:], masks + [None]
     grid = grid_size(frames, height, width, patch)
     rows = [
-        [PackedClip(patches, positions, grid, frames, 0.0, text, text_embedding=state)]
-        for text, state in zip(texts, states, strict=True)
+        [PackedClip(patches, positions, grid, frames, 0.0, text, cond_mask=mask, text_embedding=state)]
+        for text, state, mask in zip(texts, states, masks, strict=True)
     ]
     return pack_rows(
         rows,
@@ -113,12 +143,20 @@ def make_generator(
     steps: int,
     guidance: float,
     method: str,
-) -> Callable[[nnx.State, str, int], np.ndarray]:
-    """``generate(params, prompt, seed) -> uint8 [T, H, W, 3]`` video.
+    cond_guidance: float = 1.0,
+) -> Callable[..., np.ndarray]:
+    """``generate(params, prompt, seed, condition=None, edit=None) -> uint8 [T, H, W, 3]`` video.
 
     ``frames x height x width`` is the shape the DiT generates: pixels, or in a latent run
-    (``model.autoencoder``) latents, which the autoencoder then decodes to video. The sampling loop
-    is compiled once per clip shape and step count; prompts and seeds reuse it.
+    (``model.autoencoder``) latents, which the autoencoder then decodes to video. A
+    :class:`Condition` fixes some temporal groups (they are put back clean before every model call
+    and in the result); an :class:`Edit` starts from a noised input. Guidance: ``guidance`` scales
+    the caption's effect; with ``cond_guidance != 1`` the conditioning's effect is scaled too (a
+    third row without it):
+    ``v = v(-, -) + cond_guidance (v(c, -) - v(-, -)) + guidance (v(c, text) - v(c, -))``.
+
+    The sampling loop is compiled once per clip shape, step count and guidance layout; prompts,
+    seeds, conditions and edits reuse it.
     """
     patch = tuple(config.model.patch_size)
     grid = grid_size(frames, height, width, patch)
@@ -127,25 +165,58 @@ def make_generator(
     grid_t = timestep_grid(steps, resolution_shift(jnp.asarray(num_tokens), config.diffusion))
     decoder = LatentDecoder(config) if config.model.autoencoder else None
     encode_prompt = prompt_encoder(config)
+    three_rows = cond_guidance != 1.0
+    _, positions = patchify(np.zeros((frames, height, width, config.model.channels), np.float32), patch)
 
     @jax.jit
-    def sample(params: nnx.State, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
+    def sample(
+        params: nnx.State,
+        batch: dict[str, jax.Array],
+        key: jax.Array,
+        clean: jax.Array,  # [N, P] the given content (model units)
+        given: jax.Array,  # [N, 1] bool
+        start: jax.Array,  # [N, P] what an edit starts from (zeros otherwise)
+        strength: jax.Array,  # t where integration starts: 1 (pure noise) or an edit's strength
+    ) -> jax.Array:
         velocity = velocity_predictor(nnx.merge(graphdef, params), batch, config.diffusion)
+        rows = batch["segment_ids"].shape[0]
 
-        def velocity_pair(x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-            v = velocity(jnp.stack([x, x]), jnp.full((2, 1), t))
-            return v[0], v[1]
+        def velocity_rows(x: jax.Array, t: jax.Array) -> jax.Array:
+            with_given = jnp.where(given, clean, x)
+            inputs = [with_given, with_given] + ([x] if three_rows else [])
+            return velocity(jnp.stack(inputs), jnp.full((rows, 1), t))
 
+        combined = guided(velocity_rows, guidance, cond_guidance if three_rows else None)
         noise = jax.random.normal(key, (num_tokens, patch_dim))
-        return integrate(guided(velocity_pair, guidance), noise, grid_t, method)
+        x = integrate(combined, (1.0 - strength) * start + strength * noise, grid_t * strength, method)
+        return jnp.where(given, clean, x)
 
-    def generate(params: nnx.State, prompt: str, seed: int) -> np.ndarray:
+    def generate(
+        params: nnx.State,
+        prompt: str,
+        seed: int,
+        condition: Condition | None = None,
+        edit: Edit | None = None,
+    ) -> np.ndarray:
         states = encode_prompt(prompt) if encode_prompt is not None else None
-        batch = prompt_batch(config, prompt, frames, height, width, states)
-        tokens = sample(params, batch, jax.random.key(seed))
+        given = np.zeros(num_tokens, bool)
+        clean = np.zeros((num_tokens, patch_dim), np.float32)
+        if condition is not None:
+            given = token_mask(condition.groups, positions)
+            clean = patchify(np.asarray(condition.values, np.float32), patch)[0]
+        start, strength = np.zeros((num_tokens, patch_dim), np.float32), 1.0
+        if edit is not None:
+            if not 0.0 < edit.strength <= 1.0:
+                raise ValueError(f"edit strength must be in (0, 1], got {edit.strength}")
+            start, strength = patchify(np.asarray(edit.values, np.float32), patch)[0], edit.strength
+        batch = prompt_batch(config, prompt, frames, height, width, states, given, three_rows)
+        tokens = sample(
+            params, batch, jax.random.key(seed), clean, given[:, None], start, jnp.float32(strength)
+        )
         clip = unpatchify(np.asarray(tokens), grid, patch, frames)
         return decoder(clip) if decoder is not None else model_to_pixels(clip)
 
+    generate.decoder = decoder  # What turns given pixels into model units, in a latent run.
     return generate
 
 

@@ -107,6 +107,8 @@ class VideoDiT(nnx.Module):
         kw = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
         patch_dim = math.prod(m.patch_size) * m.channels
         self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
+        # Added to the tokens given clean as conditioning (cond_mask), so the model knows them.
+        self.cond_embed = nnx.Param(jnp.zeros((m.dim,), jnp.dtype(m.param_dtype)), out_sharding=("embed",))
         self.time_in = dense(256, m.dim, (None, "embed"), rngs, **kw)
         self.time_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
         self.text_encoder = TextEncoder(
@@ -128,7 +130,9 @@ class VideoDiT(nnx.Module):
     ) -> jax.Array:
         m = self.config
         segment_ids = batch["segment_ids"]
-        x = constrain(self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype))), ACTIVATION, self.rules)
+        x = self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype)))
+        x = x + batch["cond_mask"][..., None].astype(x.dtype) * self.cond_embed[...].astype(x.dtype)
+        x = constrain(x, ACTIVATION, self.rules)
         conditioning = self.time_out(
             jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
         )  # [B, S, D]

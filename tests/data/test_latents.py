@@ -51,19 +51,19 @@ def test_encode_stores_the_autoencoders_latents_captions_and_statistics(made):
     run, bert, path = made
     store = ClipStore.open(path)
     vae = TrainedAutoencoder.load(run)
-    assert (store.dtype, store.channels, len(store)) == (np.float16, 4, CLIPS)
+    assert (store.dtype, store.channels, len(store)) == (np.float16, 8, CLIPS)
     assert store.extra["autoencoder"] == vae.describe() and vae.step == 4
     embedder = CaptionEmbedder(bert, 8)
     everything = []
     for index, record in enumerate(store.records):
-        assert record.shape == (3, 4, 4, 4)  # 5 x 16 x 16 pixels at 2x4x4 compression.
+        assert record.shape == (3, 8, 8, 8)  # 5 x 16 x 16 pixels at 2x2x2 compression.
         clip = world.make_clip(3, index, frames=5, height=16, width=16, fps=record.fps)
         assert record.caption == clip.caption and 4.0 <= record.fps <= 8.0
         np.testing.assert_allclose(store.read(index), vae.encode(clip.frames), rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(
             store.read_caption_embedding(index), embedder(clip.caption), rtol=1e-2, atol=1e-2
         )
-        everything.append(store.read(index).reshape(-1, 4).astype(np.float64))
+        everything.append(store.read(index).reshape(-1, 8).astype(np.float64))
     stats, values = store.extra[STATS_KEY], np.concatenate(everything)
     np.testing.assert_allclose(stats["mean"], values.mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(stats["std"], values.std(0), rtol=1e-6)
@@ -89,21 +89,21 @@ def _latent_config(made, *overrides):
     run, bert, store = made
     return load_config(
         "experiments/world_latent.py:test",
-        [f"model.autoencoder={run}", f"data.store={store}", "model.channels=4", *overrides],
+        [f"model.autoencoder={run}", f"data.store={store}", "model.channels=8", *overrides],
     )
 
 
 def test_a_latent_clip_is_a_prefix_of_the_stored_latents_cropped_and_normalised(made):
     config = _latent_config(made)
-    source = LatentStoreSource(str(made[2]), config.data, tuple(config.model.patch_size), 4)
+    source = LatentStoreSource(str(made[2]), config.data, tuple(config.model.patch_size), 8)
     options = source.shapes(0)
     assert list(options.frames) == [1, 2, 3]  # data.frames = (1, 3) latent frames.
-    assert [tuple(s) for s in options.sizes] == [(2, 2), (4, 4)]  # Latent pixels, patch multiples.
+    assert [tuple(s) for s in options.sizes] == [(4, 4), (6, 6), (8, 8)]  # Latent pixels, patch multiples.
     stored = source.store.read(0).astype(np.float32)
     loaded = source.load(0, 2, 2, 2, np.random.default_rng(0))
-    assert loaded.frames.shape == (2, 2, 2, 4) and loaded.caption_embedding.dtype == np.float32
+    assert loaded.frames.shape == (2, 2, 2, 8) and loaded.caption_embedding.dtype == np.float32
     normalised = (stored - source.mean) / source.std
-    crops = [normalised[:2, top : top + 2, left : left + 2] for top in range(3) for left in range(3)]
+    crops = [normalised[:2, top : top + 2, left : left + 2] for top in range(7) for left in range(7)]
     assert any(np.array_equal(loaded.frames, crop) for crop in crops)
 
 
@@ -125,14 +125,14 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
     run, bert, store = made
     workdir = tmp_path / "latent_dit"
     overrides = [f"--config.model.autoencoder={run}", f"--config.data.store={store}"]
-    overrides += ["--config.model.channels=4", f"--config.model.text_encoder={bert}"]
+    overrides += ["--config.model.channels=8", f"--config.model.text_encoder={bert}"]
     result = sora_jax(
         "train", "--config", "experiments/world_latent.py:test", "--workdir", str(workdir), *overrides
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite([line["loss"] for line in lines if "loss" in line]).all()
-    # The trainer's sample: 3 x 4 x 4 latents decoded to 5 x 16 x 16 pixels.
+    # The trainer's sample: 3 x 8 x 8 latents decoded to 5 x 16 x 16 pixels.
     frames, _ = read_video(workdir / "samples" / "step_000004_0.mp4")
     assert frames.shape == (5, 16, 16, 3)
 
@@ -142,7 +142,7 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
         "--height", "16", "--width", "8", "--steps", "2", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_video(out)[0].shape == (9, 16, 8, 3)
+    assert read_video(out)[0].shape == (9, 16, 8, 3)  # From 5 x 8 x 4 latents.
     wrong = sora_jax(
         "sample", "--workdir", str(workdir), "--prompt", "a ball", "--frames", "8",
         "--height", "16", "--width", "16", "--out", str(out),

@@ -94,8 +94,14 @@ def test_euler_reaches_the_end_of_a_constant_flow_and_heun_is_second_order():
 
 
 def test_guidance_extrapolates_from_unconditional_to_conditional():
-    velocity = guided(lambda x, t: (x + 1.0, x), scale=3.0)
+    velocity = guided(lambda x, t: jnp.stack([x + 1.0, x]), scale=3.0)
     np.testing.assert_allclose(velocity(jnp.zeros(2), 0.5), 3.0)
+
+
+def test_dual_guidance_scales_conditioning_and_text_separately():
+    # Rows: caption and frames (5), frames only (3), neither (0).
+    velocity = guided(lambda x, t: jnp.stack([x + 5.0, x + 3.0, x]), scale=2.0, cond_scale=1.5)
+    np.testing.assert_allclose(velocity(jnp.zeros(2), 0.5), 1.5 * 3.0 + 2.0 * 2.0)
 
 
 def test_data_prediction_turns_the_clean_clip_into_the_true_velocity():

@@ -1,0 +1,114 @@
+"""Images and videos given to ``sora-jax sample``: read, fitted to the clip, and turned into what the
+generator conditions on (:class:`~sora_jax.eval.generate.Condition`) or edits
+(:class:`~sora_jax.eval.generate.Edit`).
+
+Frames are resized to the video's height and width (PIL box filter; the aspect ratio is not kept).
+Everything ends in model units: pixels in [-1, 1], or in a latent run the autoencoder's normalised
+latents of the given frames. What is given is whole temporal groups:
+
+* pixels (``pt`` frames a group): a piece that does not fill its last (or, at the end of the clip,
+  first) group is completed by repeating its edge frame, a still moment;
+* latents: a piece of ``1 + ft k`` frames is encoded alone to ``1 + k`` latent frames (frames past
+  the last whole step are dropped). At the start of the clip this equals the whole video's latents
+  (the encoder is causal); elsewhere it is the piece's own encoding, an approximation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sora_jax.data.pipeline import pixels_to_model
+from sora_jax.data.video_io import read_video
+from sora_jax.eval.generate import Condition, Edit, LatentDecoder
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_frames(path: str | Path, height: int, width: int, max_frames: int | None = None) -> np.ndarray:
+    """uint8 ``[T, height, width, 3]`` of an image (T = 1) or a video file (its first ``max_frames``).
+
+    Raises:
+        ValueError: the file cannot be read as an image or video.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            frames = np.asarray(Image.open(path).convert("RGB"))[None]
+        else:
+            frames, _ = read_video(path, max_frames=max_frames)
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad input file.
+        raise ValueError(f"{path} cannot be read as an image or video: {error}") from error
+    if not len(frames):
+        raise ValueError(f"{path} holds no frames")
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BOX)) for f in frames])
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipLayout:
+    """The generated clip: ``frames x height x width`` in model units (latents in a latent run), its
+    temporal patch, and the decoder of a latent run (None for pixels)."""
+
+    frames: int
+    height: int
+    width: int
+    channels: int
+    time_patch: int
+    decoder: LatentDecoder | None = None
+
+    @property
+    def groups(self) -> int:
+        return -(-self.frames // self.time_patch)
+
+    def to_model(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 video ``[T, H, W, 3]`` (video size) -> model units ``[T', h, w, C]``."""
+        if self.decoder is None:
+            return pixels_to_model(pixels)
+        latents = self.decoder.autoencoder.encode(pixels)
+        return (latents - self.decoder.mean) / self.decoder.std
+
+    def model_frames(self, pixel_frames: int) -> int:
+        """How many model frames a piece of ``pixel_frames`` video frames gives."""
+        if self.decoder is None:
+            return pixel_frames
+        return 1 + (pixel_frames - 1) // self.decoder.autoencoder.config.temporal_factor
+
+    def condition(self, pieces: list[tuple[str, np.ndarray]]) -> Condition:
+        """A :class:`Condition` from ``(where, pixels)`` pieces, ``where`` "start" or "end".
+
+        Raises:
+            ValueError: the pieces leave no group to generate, or overlap.
+        """
+        values = np.zeros((self.frames, self.height, self.width, self.channels), np.float32)
+        groups = np.zeros(self.groups, bool)
+        pt = self.time_patch
+        for where, pixels in pieces:
+            model = self.to_model(pixels)[: self.frames]
+            count = -(-len(model) // pt)  # Whole groups; the edge frame fills the rest of one.
+            fill = np.repeat(model[-1:] if where == "start" else model[:1], count * pt - len(model), 0)
+            if where == "start":
+                span, padded = slice(0, count), np.concatenate([model, fill])
+                length = min(count * pt, self.frames)
+                values[:length] = padded[:length]
+            else:  # The piece's last frame is the clip's last frame.
+                span, padded = slice(self.groups - count, self.groups), np.concatenate([fill, model])
+                length = self.frames - span.start * pt
+                values[span.start * pt :] = padded[len(padded) - length :]
+            if groups[span].any():
+                raise ValueError("the given images and videos overlap: ask for more --frames")
+            groups[span] = True
+        if groups.all():
+            raise ValueError(f"the given frames fill all {self.frames} frames: nothing is left to generate")
+        return Condition(values, groups)
+
+    def edit(self, pixels: np.ndarray, strength: float) -> Edit:
+        """An :class:`Edit` of a video (at least as long as the clip)."""
+        model = self.to_model(pixels)
+        if len(model) < self.frames:
+            raise ValueError(f"the video to edit gives {len(model)} frames; the clip needs {self.frames}")
+        return Edit(model[: self.frames], strength)

@@ -1,0 +1,109 @@
+"""Every ``sora-jax sample`` mode end to end on a tiny checkpoint trained with all conditioning tasks.
+
+world_tiny:test has temporal patches of 2 frames, so what is given is whole pairs of frames; given
+frames come back exactly (they are put back clean), the rest is generated.
+"""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sora_jax.cli import main
+from sora_jax.data import world
+from sora_jax.data.video_io import read_video, write_video
+from tests.cli import sora_jax
+
+TASKS = [
+    "conditioning.image_to_video=1.0",
+    "conditioning.extend_forward=1.0",
+    "conditioning.extend_backward=1.0",
+    "conditioning.interpolate=1.0",
+    "conditioning.random_frames=1.0",
+    "conditioning.last_frame=1.0",
+]
+SIZE = ["--height", "16", "--width", "16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("modes")
+    overrides = [f"--config.{task}" for task in TASKS]
+    result = sora_jax(
+        "train", "--config", "experiments/world_tiny.py:test", "--workdir", str(root / "run"), *overrides
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    clips = [world.make_clip(7, i, frames=8, height=16, width=16, fps=6.0).frames for i in range(2)]
+    for name, clip in zip(("a", "b"), clips, strict=True):
+        write_video(root / f"{name}.mp4", clip, 6.0)
+        Image.fromarray(clip[0]).save(root / f"{name}.png")
+    return root, clips
+
+
+def _error(a, b) -> float:
+    """Mean absolute difference in levels (outputs are mp4: lossy by a few levels)."""
+    return float(np.abs(np.asarray(a, np.int32) - np.asarray(b, np.int32)).mean())
+
+
+def _sample(root, out, *args):
+    argv = ["sample", "--workdir", str(root / "run"), "--prompt", "a red ball", "--steps", "2"]
+    assert main([*argv, *SIZE, "--out", str(root / out), *args]) == 0
+    return read_video(root / out)[0]
+
+
+def test_image_to_video_starts_with_the_image(run):
+    root, clips = run
+    frames = _sample(root, "i2v.mp4", "--frames", "8", "--image", str(root / "a.png"))
+    assert frames.shape == (8, 16, 16, 3)
+    # The mp4 is lossy: compare within a few levels (a different image would be far off).
+    assert _error(frames[0], clips[0][0]) < 6
+    assert _error(frames[0], clips[1][0]) > 3 * _error(frames[0], clips[0][0])
+
+
+def test_extension_forward_and_backward_keep_the_given_frames(run):
+    root, clips = run
+    video = read_video(root / "a.mp4")[0]
+    forward = _sample(root, "fwd.mp4", "--frames", "8", "--video", str(root / "a.mp4"), "--given-frames", "4")
+    assert _error(forward[:4], video[-4:]) < 6  # The video's end, then new frames.
+    backward = _sample(
+        root, "bwd.mp4", "--frames", "8", "--video", str(root / "a.mp4"), "--extend", "backward",
+        "--given-frames", "4", "--cond-guidance", "2.0",
+    )  # fmt: skip
+    assert _error(backward[-4:], video[:4]) < 6  # New frames, then the video's start.
+
+
+def test_interpolation_and_connection_hold_both_ends(run):
+    root, clips = run
+    between = _sample(
+        root, "int.mp4", "--frames", "8", "--interpolate", str(root / "a.png"), str(root / "b.png")
+    )
+    assert _error(between[0], clips[0][0]) < 6
+    assert _error(between[-1], clips[1][0]) < 6
+    a, b = read_video(root / "a.mp4")[0], read_video(root / "b.mp4")[0]
+    joined = _sample(
+        root, "con.mp4", "--frames", "12", "--connect", str(root / "a.mp4"), str(root / "b.mp4"),
+        "--given-frames", "4",
+    )  # fmt: skip
+    assert _error(joined[:4], a[-4:]) < 6
+    assert _error(joined[-4:], b[:4]) < 6
+
+
+def test_edit_follows_the_input_more_at_lower_strength_and_images_are_one_frame(run):
+    root, _ = run
+    source = read_video(root / "a.mp4")[0]
+    # A 4-step model's clean-clip guess is poor, so only a strength below diffusion.min_t keeps most of
+    # the input: the start point and the truncated schedule are what is checked here.
+    light = _sample(root, "light.mp4", "--frames", "8", "--edit", str(root / "a.mp4"), "--strength", "0.01")
+    heavy = _sample(root, "heavy.mp4", "--frames", "8", "--edit", str(root / "a.mp4"), "--strength", "1.0")
+    assert _error(light, source) < _error(heavy, source) / 2
+    assert _sample(root, "image.mp4", "--frames", "1").shape == (1, 16, 16, 3)
+
+
+def test_given_inputs_that_cannot_work_are_refused_by_name(run, capsys):
+    root, _ = run
+    argv = ["sample", "--workdir", str(root / "run"), "--prompt", "x", *SIZE, "--out", str(root / "x.mp4")]
+    assert main([*argv, "--frames", "8", "--image", str(root / "missing.png")]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+    assert main([*argv, "--frames", "4", "--video", str(root / "a.mp4"), "--given-frames", "8"]) == 2
+    assert "nothing is left to generate" in capsys.readouterr().err
+    assert main([*argv, "--frames", "8", "--edit", str(root / "a.png")]) == 2
+    assert "the video to edit gives 1 frames" in capsys.readouterr().err
