@@ -48,6 +48,7 @@ def get_config(arg: str | None = None):
     elif arg == "test":
         a.channels = 8
         c.data.dense_clip = (5, 16, 16)
+        c.data.batch_size = 8  # One clip per device of the tests' eight.
         c.train.steps = 4
         c.train.log_every = 1
         c.checkpoint.every = 2

@@ -111,3 +111,12 @@ def test_the_causal_conv_computed_as_2d_convs_equals_the_3d_convolution(kernel, 
     conv.conv.bias[...] = jnp.arange(7.0)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, frames, 8, 8, 5)), jnp.float32)
     np.testing.assert_allclose(np.asarray(conv._convolve(x)), np.asarray(conv.conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_fresh_kernels_are_inflated_from_2d():
+    """Only the current-frame tap of a fresh causal kernel is drawn; past taps start at zero."""
+    from sora_jax.autoencoder.layers import conv_kernel_init
+
+    kernel = np.asarray(conv_kernel_init(jax.random.key(0), (3, 3, 3, 16, 32)))
+    np.testing.assert_array_equal(kernel[:2], 0.0)
+    assert abs(kernel[2].std() - (1 / np.sqrt(3 * 3 * 16))) < 0.01  # LeCun variance of the 2D kernel.

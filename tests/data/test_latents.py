@@ -153,8 +153,12 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
 def test_latent_clips_smaller_than_a_patch_are_skipped_and_counted(made, tmp_path):
     store = ClipStore.create(tmp_path / "small", dtype="float16", channels=4, extra={STATS_KEY: {
         "mean": [0.0] * 4, "std": [1.0] * 4, "clips": 2}})  # fmt: skip
-    store.append(np.ones((2, 1, 4, 4), np.float16), clip_id="thin", fps=4.0, caption="a")
-    store.append(np.ones((2, 4, 4, 4), np.float16), clip_id="fine", fps=4.0, caption="b")
+    store.append(
+        np.ones((2, 1, 4, 4), np.float16), clip_id="thin", fps=4.0, caption="a", source="s", start=0.0
+    )
+    store.append(
+        np.ones((2, 4, 4, 4), np.float16), clip_id="fine", fps=4.0, caption="b", source="s", start=0.5
+    )
     store.flush()
     config = _latent_config(made)
     source = LatentStoreSource(str(tmp_path / "small"), config.data, (1, 2, 2), 4)
