@@ -164,3 +164,14 @@ def test_latent_clips_smaller_than_a_patch_are_skipped_and_counted(made, tmp_pat
     source = LatentStoreSource(str(tmp_path / "small"), config.data, (1, 2, 2), 4)
     assert len(source) == 1 and source.skipped == 1
     assert source.load(0, 1, 2, 2, np.random.default_rng(0)).caption == "b"
+
+
+def test_autoencoder_features_for_fvd_are_latent_statistics(made):
+    from sora_jax.eval.fvd import AutoencoderFeatures
+
+    vae = TrainedAutoencoder.load(made[0])
+    clips = np.stack([world.make_clip(3, i, frames=5, height=16, width=16, fps=6.0).frames for i in range(3)])
+    features = AutoencoderFeatures(vae)(clips)
+    latents = vae.encode(clips[1])
+    assert features.shape == (3, 16)
+    np.testing.assert_allclose(features[1, :8], latents.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
