@@ -126,6 +126,7 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
     workdir = tmp_path / "latent_dit"
     overrides = [f"--config.model.autoencoder={run}", f"--config.data.store={store}"]
     overrides += ["--config.model.channels=8", f"--config.model.text_encoder={bert}"]
+    overrides += ["--config.conditioning.image_to_video=1.0"]
     result = sora_jax(
         "train", "--config", "experiments/world_latent.py:test", "--workdir", str(workdir), *overrides
     )
@@ -148,6 +149,32 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
         "--height", "16", "--width", "16", "--out", str(out),
     )  # fmt: skip
     assert wrong.returncode == 2 and "1 + 2 * k frames" in wrong.stderr, wrong.stderr[-2000:]
+
+    # Image-to-video: the given latent frame is the image's own, and the causal decoder makes frame 0
+    # from latent frame 0 alone, so frame 0 is the autoencoder's reconstruction of the image. (Checked
+    # on the generator's output: mp4 and gif files are lossy.)
+    from sora_jax.eval.evaluate import local_config
+    from sora_jax.eval.generate import make_generator
+    from sora_jax.eval.inputs import ClipLayout
+    from sora_jax.parallel.mesh import make_mesh
+    from sora_jax.train import checkpoint
+    from sora_jax.train.state import abstract_train_state, model_graphdef
+
+    config = local_config(workdir)
+    manager = checkpoint.manager(workdir, read_only=True)
+    params = checkpoint.restore_params(manager, abstract_train_state(config, make_mesh(config)).ema_params)
+    generate = make_generator(
+        model_graphdef(config), config, frames=3, height=8, width=8, steps=2, guidance=2.0, method="euler"
+    )
+    image = world.make_clip(5, 0, frames=1, height=16, width=16, fps=6.0).frames
+    condition = ClipLayout(3, 8, 8, 8, 1, generate.decoder).condition([("start", image)])
+    assert condition.groups.tolist() == [True, False, False]
+    video = generate(params, "a ball", 0, condition=condition)
+    vae = TrainedAutoencoder.load(run)
+    reconstruction = vae.decode(vae.encode(image))[0].astype(np.int32)
+    assert video.shape == (5, 16, 16, 3)
+    assert np.abs(video[0].astype(np.int32) - reconstruction).max() <= 1  # Float rounding only.
+    assert np.abs(video[1:].astype(np.int32) - reconstruction).mean() > 1  # The rest is generated.
 
 
 def test_latent_clips_smaller_than_a_patch_are_skipped_and_counted(made, tmp_path):
