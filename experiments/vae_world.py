@@ -1,4 +1,4 @@
-"""Tiny causal 3D video autoencoder on physics-world clips (about half a second a step on a 2-core CPU).
+"""Tiny causal 3D video autoencoder on physics-world clips: 6000 steps, about 45 minutes on a 2-core CPU.
 
 2x2x2 compression (time, height, width) to 8 latent channels: a 9-frame 32x32 clip becomes
 5 x 16 x 16 x 8 latents, 3.5 times fewer values than its pixels. The physics world's 1-pixel stripes
@@ -37,9 +37,9 @@ def get_config(arg: str | None = None):
     c.optim.warmup_steps = 100
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.99
-    c.train.steps = 3000
+    c.train.steps = 6000
     c.train.log_every = 10
-    c.checkpoint.every = 500
+    c.checkpoint.every = 1000
     c.eval.batches = 8  # Held-out clips scored by sora-jax evaluate: eval.batches x batch_size.
 
     if arg == "gan":

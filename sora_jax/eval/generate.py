@@ -115,11 +115,6 @@ class LatentDecoder:
         c = self.autoencoder.config
         return 1 + c.temporal_factor * (frames - 1), height * c.spatial_factor, width * c.spatial_factor
 
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """The latents of a ``frames x height x width`` video; ValueError unless it has exact ones."""
-        t, h, w, _ = self.autoencoder.config.latent_shape(frames, height, width)
-        return t, h, w
-
 
 def prompt_encoder(config: ml_collections.ConfigDict) -> Callable[[str], np.ndarray] | None:
     """A frozen ``model.text_encoder``'s caption states of a prompt, cut as the store's were
