@@ -69,7 +69,7 @@ def test_validation_names_the_key_before_anything_compiles(override, key):
     [
         ("task=gan", "task"),
         ("data.dense_clip=(8,32,32)", "data.dense_clip"),  # Not 1 + 2k frames.
-        ("data.dense_clip=(9,30,32)", "data.dense_clip"),  # Not a multiple of 4 pixels.
+        ("data.dense_clip=(9,31,32)", "data.dense_clip"),  # Not a multiple of 2 pixels.
         ("autoencoder.norm=batch", "autoencoder.norm"),
     ],
 )
