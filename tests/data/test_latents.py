@@ -136,6 +136,11 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
     # The trainer's sample: 3 x 8 x 8 latents decoded to 5 x 16 x 16 pixels.
     frames, _ = read_video(workdir / "samples" / "step_000004_0.mp4")
     assert frames.shape == (5, 16, 16, 3)
+    # Evaluation draws its batches from the latent store (the world renders pixels).
+    evaluated = sora_jax("evaluate", "--workdir", str(workdir))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert np.isfinite(json.loads(evaluated.stdout.splitlines()[-1])["val_loss"])
+    assert read_video(workdir / "eval" / "step_000004_0.mp4")[0].shape == (5, 16, 16, 3)
 
     out = tmp_path / "ball.mp4"
     result = sora_jax(
