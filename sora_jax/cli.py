@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--follow", action="store_true", help="evaluate checkpoints as they land until the run's final one"
     )
+    evaluate.add_argument(
+        "--world",
+        action="store_true",
+        help="also generate videos for held-out physics-world captions and score them against their scenes",
+    )
     evaluate.add_argument("--poll", type=float, default=10.0, help="seconds between looks (--follow)")
     evaluate.add_argument("--timeout", type=float, default=None, help="give up after (--follow)")
 
@@ -241,7 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sora_jax.eval.evaluate import Evaluator
 
-    evaluator = Evaluator(args.workdir)
+    evaluator = Evaluator(args.workdir, world=args.world)
     steps = evaluator.steps()
     if not steps:
         raise ConfigError(f"no checkpoint in {args.workdir}/checkpoints")

@@ -152,6 +152,9 @@ def base_config() -> ConfigDict:
     ev.batches = 4  # Held-out batches: physics-world clips from eval.seed, never seen in training.
     ev.seed = 1_000_003
     ev.timestep_buckets = 4  # Loss reported at the centre of each of these equal bands of t.
+    # sora-jax evaluate --world: videos generated for this many held-out physics-world captions
+    # (eval.seed), per task, scored against the scenes the captions describe.
+    ev.world_clips = 16
 
     # --- device mesh ---------------------------------------------------------------------------
     # Axes: data (replicas), fsdp (replicas that also shard parameters and optimizer state),
@@ -417,6 +420,8 @@ def validate(config: ConfigDict) -> None:
         _fail("train.max_nonfinite", "must be at least 1")
     if config.checkpoint.every < 0 or config.checkpoint.keep < 1 or config.checkpoint.keep_period < 0:
         _fail("checkpoint.every", "every >= 0, keep >= 1 and keep_period >= 0")
+    if config.eval.world_clips < 1:
+        _fail("eval.world_clips", f"must be at least 1, got {config.eval.world_clips}")
     if config.eval.batches < 1 or config.eval.timestep_buckets < 1:
         _fail("eval.batches", "eval.batches and eval.timestep_buckets must be at least 1")
     if t.sample_every < 0:

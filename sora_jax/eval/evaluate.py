@@ -39,7 +39,8 @@ from sora_jax.config import config_from_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.diffusion.flow import flow_loss, velocity_predictor
-from sora_jax.eval.generate import prompt_sampler
+from sora_jax.eval.generate import make_generator, prompt_sampler
+from sora_jax.eval.inputs import ClipLayout
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter
@@ -84,7 +85,7 @@ def held_out_batches(config: ml_collections.ConfigDict) -> list[dict[str, np.nda
 class Evaluator:
     """Evaluates checkpoints of one workdir; compiled functions are reused across checkpoints."""
 
-    def __init__(self, workdir: str | os.PathLike) -> None:
+    def __init__(self, workdir: str | os.PathLike, world: bool = False) -> None:
         self.workdir = epath.Path(workdir)
         self.config = config = local_config(self.workdir)
         self.manager = checkpoint.manager(self.workdir, read_only=True)
@@ -101,6 +102,7 @@ class Evaluator:
             self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
             self.loss = jax.jit(self._loss)
             self.sample = prompt_sampler(self.graphdef, config)
+        self.world = WorldEvaluation(self.graphdef, config) if world and not self.autoencoder else None
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
         # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.
@@ -135,6 +137,8 @@ class Evaluator:
             scores = reconstruction_scores(self.reconstruct, params["autoencoder"], self.clips)
         else:
             scores = self._val_losses(params)
+            if self.world is not None:
+                scores |= self.world.scores(params)
         result = {"step": step, **scores}
         for index, frames in enumerate(self.sample(params)):
             for suffix in ("mp4", "gif"):
@@ -144,7 +148,7 @@ class Evaluator:
             self.writer.write_frames(step, f"eval_samples/{index}", frames)
         self.writer.write(step, {k: v for k, v in result.items() if k != "step"})
         (self.out / f"step_{step}.json").write_text(json.dumps(result, indent=1))
-        headline = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "_t" not in k)
+        headline = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "_t" not in k and "/" not in k)
         log.info("evaluated step %d: %s", step, headline)
         return result
 
@@ -164,3 +168,63 @@ class Evaluator:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WorldEvaluation:
+    """Videos for ``eval.world_clips`` held-out physics-world captions (clips of ``eval.seed``, at the
+    run's sample shape and rate, generation seed = clip index), per task, scored against the scenes
+    the captions describe (:mod:`sora_jax.eval.world_score`).
+
+    Tasks: ``text_to_video`` (the caption alone), ``image_to_video`` (and its first frame) and
+    ``extend_forward`` (and the first half of its temporal groups). Keys: ``world/<task>/<score>``
+    for every score and ``overall``, and ``world/overall``, the mean over tasks.
+    """
+
+    TASKS = ("text_to_video", "image_to_video", "extend_forward")
+
+    def __init__(self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> None:
+        from sora_jax.data import world
+        from sora_jax.eval.world_score import scene_facts
+
+        t, d = config.train, config.diffusion
+        self.config = config
+        self.generate = make_generator(
+            graphdef, config, frames=t.sample_frames, height=t.sample_height, width=t.sample_width,
+            steps=d.sample_steps, guidance=d.guidance, method=d.sampler, cond_guidance=d.cond_guidance,
+        )  # fmt: skip
+        decoder = self.generate.decoder
+        shape = (t.sample_frames, t.sample_height, t.sample_width)
+        self.layout = ClipLayout(*shape, config.model.channels, config.model.patch_size[0], decoder)
+        frames, height, width = decoder.pixel_shape(*shape) if decoder is not None else shape
+        self.clips = [
+            world.make_clip(config.eval.seed, i, frames=frames, height=height, width=width, fps=t.sample_fps)
+            for i in range(config.eval.world_clips)
+        ]
+        self.facts = [scene_facts(clip) for clip in self.clips]
+
+    def _condition(self, task: str, frames: np.ndarray):
+        if task == "image_to_video":
+            return self.layout.condition([("start", frames[:1])])
+        if task == "extend_forward":  # The first half of the temporal groups, at least one.
+            model_frames = max(1, self.layout.groups // 2) * self.layout.time_patch
+            decoder = self.layout.decoder
+            ft = decoder.autoencoder.config.temporal_factor if decoder is not None else 0
+            pixel_frames = 1 + ft * (model_frames - 1) if decoder is not None else model_frames
+            return self.layout.condition([("start", frames[:pixel_frames])])
+        return None
+
+    def scores(self, params: nnx.State) -> dict[str, float]:
+        from sora_jax.eval.world_score import world_scores
+
+        result: dict[str, float] = {}
+        for task in self.TASKS:
+            rows = []
+            for index, (clip, facts) in enumerate(zip(self.clips, self.facts, strict=True)):
+                condition = self._condition(task, clip.frames)
+                video = self.generate(params, clip.caption, index, condition=condition)
+                rows.append(world_scores(video, facts))
+            for name in rows[0]:
+                values = [row[name] for row in rows if np.isfinite(row[name])]
+                result[f"world/{task}/{name}"] = float(np.mean(values)) if values else float("nan")
+        result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.TASKS]))
+        return result

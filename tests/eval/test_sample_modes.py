@@ -4,6 +4,8 @@ world_tiny:test has temporal patches of 2 frames, so what is given is whole pair
 frames come back exactly (they are put back clean), the rest is generated.
 """
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +13,7 @@ from PIL import Image
 from sora_jax.cli import main
 from sora_jax.data import world
 from sora_jax.data.video_io import read_video, write_video
+from sora_jax.eval.world_score import SCORES
 from tests.cli import sora_jax
 
 TASKS = [
@@ -27,7 +30,7 @@ SIZE = ["--height", "16", "--width", "16"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("modes")
-    overrides = [f"--config.{task}" for task in TASKS]
+    overrides = [f"--config.{task}" for task in TASKS] + ["--config.eval.world_clips=3"]
     result = sora_jax(
         "train", "--config", "experiments/world_tiny.py:test", "--workdir", str(root / "run"), *overrides
     )
@@ -107,3 +110,16 @@ def test_given_inputs_that_cannot_work_are_refused_by_name(run, capsys):
     assert "nothing is left to generate" in capsys.readouterr().err
     assert main([*argv, "--frames", "8", "--edit", str(root / "a.png")]) == 2
     assert "the video to edit gives 1 frames" in capsys.readouterr().err
+
+
+def test_evaluate_world_scores_each_task_against_the_held_out_scenes(run, capsys):
+    root, _ = run
+    assert main(["evaluate", "--workdir", str(root / "run"), "--world"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    for task in ("text_to_video", "image_to_video", "extend_forward"):
+        for score in (*SCORES, "overall"):
+            value = result[f"world/{task}/{score}"]
+            assert np.isnan(value) or 0.0 <= value <= 1.0, (task, score, value)
+    assert 0.0 <= result["world/overall"] <= 1.0 and np.isfinite(result["val_loss"])
+    saved = json.loads((root / "run" / "eval" / f"step_{result['step']}.json").read_text())
+    assert saved["world/overall"] == result["world/overall"]
