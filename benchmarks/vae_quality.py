@@ -60,8 +60,9 @@ weights, the posterior mean decoded, PSNR and SSIM per frame, averaged.
 |---:|---:|---:|
 {rows}
 
-Training took {train_seconds / 60:.0f} min of logged step time. The final checkpoint {verdict} the
-{TARGET_DB:.0f} dB target ({last["psnr"]:.2f} dB at step {last["step"]})."""
+Training took {train_seconds / 60:.0f} min of logged step time (it grows with whatever else shares
+the CPU). The final checkpoint {verdict} the {TARGET_DB:.0f} dB target ({last["psnr"]:.2f} dB at step
+{last["step"]}). Earlier checkpoints than the run kept (`checkpoint.keep`) are not listed."""
     print(body)
     if not args.no_write:
         replace_section("vae_quality", "Video autoencoder quality (vae_world)", body)

@@ -1,4 +1,4 @@
-"""Tiny causal 3D video autoencoder on physics-world clips: 6000 steps, about 45 minutes on a 2-core CPU.
+"""Tiny causal 3D video autoencoder on physics-world clips: 6000 steps, under an hour on a 2-core CPU.
 
 2x2x2 compression (time, height, width) to 8 latent channels: a 9-frame 32x32 clip becomes
 5 x 16 x 16 x 8 latents, 3.5 times fewer values than its pixels. The physics world's 1-pixel stripes
