@@ -35,7 +35,7 @@ from sora_jax.autoencoder.training import (
     reconstruction_scores,
     reconstructor,
 )
-from sora_jax.config import config_from_json
+from sora_jax.config import ConfigError, config_from_json
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
 from sora_jax.diffusion.flow import flow_loss, velocity_predictor
@@ -102,7 +102,9 @@ class Evaluator:
             self.bucket_t = [(b + 0.5) / buckets for b in range(buckets)]
             self.loss = jax.jit(self._loss)
             self.sample = prompt_sampler(self.graphdef, config)
-        self.world = WorldEvaluation(self.graphdef, config) if world and not self.autoencoder else None
+        if world and self.autoencoder:
+            raise ConfigError(f"--world scores generated videos; {workdir} trained an autoencoder")
+        self.world = WorldEvaluation(self.graphdef, config) if world else None
         self.out = self.workdir / "eval"
         self.out.mkdir(parents=True, exist_ok=True)
         # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.

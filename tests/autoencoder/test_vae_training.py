@@ -97,3 +97,6 @@ def test_train_resume_and_evaluate_an_autoencoder_from_the_cli(tmp_path):
         assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1
         assert json.loads((run / "eval" / f"step_{result['step']}.json").read_text()) == result
     assert (run / "eval" / "step_000004_1.mp4").is_file()
+    from sora_jax.cli import main
+
+    assert main(["evaluate", "--workdir", str(run), "--world"]) == 2  # Nothing generated to score.
