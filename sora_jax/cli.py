@@ -324,7 +324,7 @@ def _given(
     def piece(path: str, share: int, end: bool) -> object:
         """``share`` frames of a video: its last (``end``) or first ones, whole encoder steps."""
         video = read_frames(path, height, width)
-        count = min(args.given_frames or share, len(video))
+        count = max(1, min(args.given_frames or share, len(video)))
         count = 1 + (count - 1) // step * step
         return video[len(video) - count :] if end else video[:count]
 
