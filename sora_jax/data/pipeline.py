@@ -31,6 +31,7 @@ import numpy as np
 from absl import flags as absl_flags
 
 from sora_jax.data.clip_store import ClipStore
+from sora_jax.data.encode import AUTOENCODER_KEY
 from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
@@ -90,8 +91,6 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
 
 def check_store(config: ml_collections.ConfigDict, store: ClipStore) -> None:
     """Raises ValueError, naming the config key, when ``store`` cannot feed the configured model."""
-    from sora_jax.data.encode import AUTOENCODER_KEY  # It imports this module.
-
     m, data = config.model, config.data
     made_by = store.extra.get(AUTOENCODER_KEY)
     if store.dtype == np.uint8 and m.autoencoder:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from sora_jax.data import world
 from sora_jax.data.clip_store import ClipStore
+from sora_jax.data.encode import STATS_KEY
 
 log = logging.getLogger("sora_jax")
 
@@ -154,8 +155,6 @@ class LatentStoreSource:
         patch: tuple[int, int, int],
         channels: int,
     ):
-        from sora_jax.data.encode import STATS_KEY
-
         self.store = store = _opened(store)
         path = store.path
         if self.store.dtype == np.uint8:
