@@ -84,7 +84,7 @@ def test_autoencoder_loss_adds_the_gan_term_from_disc_start(micro_vae):
     config = micro_vae.config
     gan = dataclasses.replace(config, disc_weight=0.5, disc_start=10)
     graphdef, params = nnx.split(micro_vae, nnx.Param)
-    discriminator = build_discriminator(gan, 0)
+    discriminator = build_discriminator(gan, 1)
     disc_graphdef, disc_params = nnx.split(discriminator, nnx.Param)
     loss_fn = jax.jit(make_autoencoder_loss(graphdef, gan, disc_graphdef))
     videos = jax.random.uniform(jax.random.key(1), (2, 3, 16, 16, 3), minval=-1, maxval=1)
@@ -92,7 +92,7 @@ def test_autoencoder_loss_adds_the_gan_term_from_disc_start(micro_vae):
     before, aux = loss_fn(params, videos, key, disc_params, jnp.asarray(9))
     after, aux_after = loss_fn(params, videos, key, disc_params, jnp.asarray(10))
     np.testing.assert_allclose(before, aux["reconstruction"] + gan.kl_weight * aux["kl"], rtol=1e-6)
-    assert abs(float(aux_after["generator"])) > 1e-3  # Large enough for the next check to see it.
+    assert abs(float(aux_after["generator"])) > 1e-2  # Large enough for the next check to see it.
     np.testing.assert_allclose(after - before, 0.5 * aux_after["generator"], rtol=1e-4, atol=1e-6)
     assert aux["reconstructions"].shape == videos.shape
 
