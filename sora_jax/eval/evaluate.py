@@ -216,7 +216,7 @@ class WorldEvaluation:
         return None
 
     def scores(self, params: nnx.State) -> dict[str, float]:
-        from sora_jax.eval.world_score import world_scores
+        from sora_jax.eval.world_score import mean_scores, world_scores
 
         result: dict[str, float] = {}
         for task in self.TASKS:
@@ -225,8 +225,13 @@ class WorldEvaluation:
                 condition = self._condition(task, clip.frames)
                 video = self.generate(params, clip.caption, index, condition=condition)
                 rows.append(world_scores(video, facts))
-            for name in rows[0]:
-                values = [row[name] for row in rows if np.isfinite(row[name])]
-                result[f"world/{task}/{name}"] = float(np.mean(values)) if values else float("nan")
+            result |= {f"world/{task}/{name}": value for name, value in mean_scores(rows).items()}
         result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.TASKS]))
         return result
+
+    def references(self) -> dict[str, dict[str, float]]:
+        """The same clips' reference scores (the world's own videos, another scene, noise, ...):
+        :func:`sora_jax.eval.world_score.reference_scores`."""
+        from sora_jax.eval.world_score import reference_scores
+
+        return reference_scores(self.clips)

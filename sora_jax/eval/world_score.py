@@ -32,6 +32,7 @@ no object).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -195,28 +196,51 @@ def world_scores(
     return result
 
 
-def corruption_check(clips: int = 40, seed: int = 1_000_003) -> dict[str, dict[str, float]]:
-    """Mean scores of held-out world clips (16 frames, 32x32, 8 fps) as rendered, and as noise,
-    frozen on their first frame, shuffled in time and with colours moved round the hue circle:
-    what the metric must tell apart. ``python -m sora_jax.eval.world_score`` prints them."""
-    rng = np.random.default_rng(0)
-    rows: dict[str, list[dict[str, float]]] = {}
-    for index in range(clips):
-        clip = world.make_clip(seed, index, frames=16, height=32, width=32, fps=8.0)
+REFERENCES = ("real", "other_scene", "noise", "frozen", "shuffled", "wrong_colour")
+
+
+def reference_scores(clips: Sequence[world.WorldClip], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean scores, per reference, of videos every generator can be put beside, each scored against
+    its clip's scene: ``real`` (the clip as rendered, what a perfect world simulator scores),
+    ``other_scene`` (the next clip of ``clips``: a real world video that ignores the caption, i.e.
+    chance for a generator that makes the world but not the scene asked for), ``noise``, ``frozen``
+    (its first frame held), ``shuffled`` (its frames in random order, seeded by ``seed``) and
+    ``wrong_colour`` (colours moved round the hue circle). Needs at least two clips."""
+    if len(clips) < 2:
+        raise ValueError(f"reference scores need at least 2 clips (other_scene), got {len(clips)}")
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in REFERENCES}
+    for index, clip in enumerate(clips):
         facts, video = scene_facts(clip), clip.frames
+        other = clips[(index + 1) % len(clips)].frames
         variants = {
             "real": video,
+            "other_scene": other,
             "noise": rng.integers(0, 256, video.shape, dtype=np.uint8),
             "frozen": np.repeat(video[:1], len(video), axis=0),
             "shuffled": video[rng.permutation(len(video))],
             "wrong_colour": video[..., [1, 2, 0]],
         }
         for name, variant in variants.items():
-            rows.setdefault(name, []).append(world_scores(variant, facts))
-    return {
-        name: {score: float(np.nanmean([r[score] for r in found])) for score in (*SCORES, "overall")}
-        for name, found in rows.items()
-    }
+            rows[name].append(world_scores(variant, facts))
+    return {name: mean_scores(found) for name, found in rows.items()}
+
+
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each score over ``rows`` (``world_scores`` results), skipping NaN; NaN if all are."""
+    result = {}
+    for score in (*SCORES, "overall"):
+        values = np.asarray([row[score] for row in rows], np.float64)
+        values = values[np.isfinite(values)]
+        result[score] = float(values.mean()) if values.size else float("nan")
+    return result
+
+
+def corruption_check(clips: int = 40, seed: int = 1_000_003) -> dict[str, dict[str, float]]:
+    """:func:`reference_scores` of ``clips`` held-out world clips (16 frames, 32x32, 8 fps, of world
+    seed ``seed``): what the metric must tell apart. ``python -m sora_jax.eval.world_score`` prints them."""
+    made = [world.make_clip(seed, index, frames=16, height=32, width=32, fps=8.0) for index in range(clips)]
+    return reference_scores(made)
 
 
 if __name__ == "__main__":
