@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,14 @@ def test_validation_names_the_key_before_anything_compiles(override, key):
 def test_autoencoder_runs_are_validated_too(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         load_config("experiments/vae_world.py", [override])
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("experiments").glob("*.py")))
+def test_every_experiment_and_its_test_variant_validate(path):
+    config = load_config(path)
+    assert config.train.steps > 0
+    if "if arg == \"test\"" in Path(path).read_text():
+        assert load_config(path + ":test").train.steps < config.train.steps
 
 
 def test_missing_file_and_unknown_variant_are_clear():
