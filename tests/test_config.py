@@ -83,7 +83,7 @@ def test_autoencoder_runs_are_validated_too(override, key):
 def test_every_experiment_and_its_test_variant_validate(path):
     config = load_config(path)
     assert config.train.steps > 0
-    if "if arg == \"test\"" in Path(path).read_text():
+    if 'if arg == "test"' in Path(path).read_text():
         assert load_config(path + ":test").train.steps < config.train.steps
 
 
