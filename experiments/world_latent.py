@@ -18,7 +18,7 @@ so image-to-video conditions on exactly the image's latents). Other paths:
 ``get_config("test")`` shrinks the model and the run to seconds for the test suite.
 """
 
-from sora_jax.config import base_config
+from sora_jax.config import base_config, shrink_for_tests
 
 
 def get_config(arg: str | None = None):
@@ -40,23 +40,13 @@ def get_config(arg: str | None = None):
     c.train.sample_width = 16
     c.optim.warmup_steps = 50
     if arg == "test":
-        c.model.dim = 48
-        c.model.depth = 2
-        c.model.heads = 2
-        c.model.text_dim = 32
-        c.model.text_depth = 1
-        c.model.text_heads = 2
-        c.model.text_vocab_size = 512
-        c.data.batch_size = 8
+        shrink_for_tests(c)
         c.data.seq_len = 64
         c.data.side = (4, 8)
         c.data.frames = (1, 3)
-        c.train.steps = 4
         c.train.sample_frames = 3
         c.train.sample_height = 8
         c.train.sample_width = 8
-        c.diffusion.sample_steps = 4
-        c.optim.warmup_steps = 2
     elif arg is not None:
         raise ValueError(f"unknown world_latent variant {arg!r}; use 'test' or nothing")
     return c

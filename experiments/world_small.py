@@ -18,7 +18,7 @@ or sample from it, e.g. animate an image:
 ``get_config("test")`` shrinks the model and the run to seconds for the test suite.
 """
 
-from sora_jax.config import base_config
+from sora_jax.config import base_config, shrink_for_tests
 
 
 def get_config(arg: str | None = None):
@@ -44,23 +44,13 @@ def get_config(arg: str | None = None):
     c.optim.warmup_steps = 100
     c.checkpoint.every = 500
     if arg == "test":
-        c.model.dim = 48
-        c.model.depth = 2
-        c.model.heads = 2
-        c.model.text_dim = 32
-        c.model.text_depth = 1
-        c.model.text_heads = 2
-        c.model.text_vocab_size = 512
-        c.data.batch_size = 8
+        shrink_for_tests(c)
         c.data.seq_len = 128
         c.data.side = (16, 24)
         c.data.frames = (1, 8)
-        c.train.steps = 4
         c.train.sample_frames = 4
         c.train.sample_height = 16
         c.train.sample_width = 16
-        c.diffusion.sample_steps = 4
-        c.optim.warmup_steps = 2
         c.eval.world_clips = 2
     elif arg is not None:
         raise ValueError(f"unknown world_small variant {arg!r}; use 'test' or nothing")

@@ -10,7 +10,7 @@ Then sample:
 ``get_config("test")`` shrinks it further for the test suite (seconds, not minutes).
 """
 
-from sora_jax.config import base_config
+from sora_jax.config import base_config, shrink_for_tests
 
 
 def get_config(arg: str | None = None):
@@ -26,23 +26,13 @@ def get_config(arg: str | None = None):
     c.train.steps = 1000
     c.optim.warmup_steps = 50
     if arg == "test":
-        c.model.dim = 48
-        c.model.depth = 2
-        c.model.heads = 2
-        c.model.text_dim = 32
-        c.model.text_depth = 1
-        c.model.text_heads = 2
-        c.model.text_vocab_size = 512
-        c.data.batch_size = 8
+        shrink_for_tests(c)
         c.data.seq_len = 128
         c.data.side = (16, 24)
         c.data.frames = (1, 8)
-        c.train.steps = 4
         c.train.sample_frames = 4
         c.train.sample_height = 16
         c.train.sample_width = 16
-        c.diffusion.sample_steps = 4
-        c.optim.warmup_steps = 2
     elif arg is not None:
         raise ValueError(f"unknown world_tiny variant {arg!r}; use 'test' or nothing")
     return c
