@@ -1,0 +1,137 @@
+"""World-simulator scores of world_small, per task, beside the world's own videos and chance.
+
+    python -m benchmarks.world_sim [--workdir runs/world_small] [--config experiments/world_small.py]
+
+Trains the experiment with ``sora-jax train`` unless the workdir already holds its final checkpoint
+(an interrupted run resumes), then scores its checkpoints with ``sora-jax evaluate --world`` (the
+final one, or every one kept with ``--all``): videos generated for ``eval.world_clips`` held-out
+captions per task, scored against the scenes the captions describe
+(:mod:`sora_jax.eval.world_score`). Beside them, on the same held-out clips, the reference videos of
+:func:`sora_jax.eval.world_score.reference_scores`: the world's own (what a perfect simulator
+scores), another scene's (chance for a model that makes the world but not the scene asked for),
+noise, frozen, shuffled and wrong-colour. Writes docs/BENCHMARKS.md unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+from benchmarks.report import machine_description, replace_section
+from sora_jax.config import load_config
+from sora_jax.diffusion.conditioning import TASKS as CONDITIONING_TASKS
+from sora_jax.eval.evaluate import WorldEvaluation, local_config
+from sora_jax.eval.world_score import SCORES
+from sora_jax.train.state import model_graphdef
+
+TASKS = WorldEvaluation.TASKS
+REFERENCES = {
+    "real": "world's own",
+    "other_scene": "other scene",
+    "noise": "noise",
+    "frozen": "frozen",
+    "shuffled": "shuffled",
+    "wrong_colour": "wrong colour",
+}
+
+
+def _scored(workdir: Path) -> list[dict]:
+    """Eval results of the run that hold world scores, by step."""
+    found = (json.loads(p.read_text()) for p in (workdir / "eval").glob("step_*.json"))
+    return sorted((r for r in found if "world/overall" in r), key=lambda r: r["step"])
+
+
+def _cell(value: float) -> str:
+    return "–" if value != value else f"{value:.2f}"  # NaN: nothing in these scenes to judge.
+
+
+def report(
+    config: ConfigDict, config_name: str, results: list[dict], references: dict, train_seconds: float
+) -> str:
+    """The BENCHMARKS.md section: per-score table of the last result beside the references, and
+    the overall score per task of every scored checkpoint."""
+    last, name = results[-1], Path(config_name.split(":")[0]).stem
+    head = [f"{name}: {task}" for task in TASKS] + [REFERENCES[ref] for ref in REFERENCES]
+    lines = [
+        "| score | " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(head),
+    ]
+    for score in (*SCORES, "overall"):
+        cells = [_cell(last[f"world/{task}/{score}"]) for task in TASKS]
+        cells += [_cell(references[ref][score]) for ref in REFERENCES]
+        row = f"**{score}**" if score == "overall" else score
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    curve = "\n".join(
+        f"| {r['step']} | {r['val_loss']:.4f} | "
+        + " | ".join(f"{r[f'world/{task}/overall']:.2f}" for task in TASKS)
+        + f" | {r['world/overall']:.2f} |"
+        for r in results
+    )
+    m, d, t, c = config.model, config.data, config.train, config.conditioning
+    mix = ", ".join(f"{task} {c[task]:g}" for task in CONDITIONING_TASKS if c[task])
+    return f"""{machine_description()}
+
+`python -m benchmarks.world_sim` trains `{config_name}` (pixels, dim {m.dim}, depth {m.depth},
+patch {tuple(m.patch_size)}, batch {d.batch_size} rows of {d.seq_len} tokens, {t.steps} steps;
+task weights {mix}) and generates a {t.sample_frames}x{t.sample_height}x{t.sample_width} video for each of
+{config.eval.world_clips} held-out physics-world captions (seed `eval.seed`, never trained on),
+per task: the caption alone (`text_to_video`), with the clip's first frame (`image_to_video`) and
+with its first half (`extend_forward`); {config.diffusion.sample_steps} {config.diffusion.sampler}
+steps, guidance {config.diffusion.guidance:g}, EMA weights. Each video is scored against the scene
+its caption describes (`sora_jax/eval/world_score.py`, `sora-jax evaluate --world`). Beside them,
+the same clips' reference videos: the world's own clips (a perfect simulator), another held-out
+clip (chance: the world, but not the scene asked for), noise, the first frame frozen, the frames
+shuffled and the colours rotated. A dash: no scene had anything to judge.
+
+Scores at step {last["step"]}:
+
+{chr(10).join(lines)}
+
+Overall score per task at each checkpoint scored (validation loss: held-out flow loss):
+
+| step | val loss | {" | ".join(TASKS)} | mean |
+|---:|---:|{"---:|" * (len(TASKS) + 1)}
+{curve}
+
+Training took {train_seconds / 60:.0f} min of logged step time."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="experiments/world_small.py")
+    parser.add_argument("--workdir", default="runs/world_small")
+    parser.add_argument("--all", action="store_true", help="score every kept checkpoint, not only the last")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    final = load_config(args.config).train.steps
+    workdir = Path(args.workdir)
+    command = [sys.executable, "-m", "sora_jax.cli"]
+    if not (workdir / "checkpoints" / str(final)).is_dir():
+        subprocess.run([*command, "train", "--config", args.config, "--workdir", str(workdir)], check=True)
+    scored = {r["step"] for r in _scored(workdir)}
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps if args.all else steps[-1:]:
+        if step not in scored:
+            evaluate = [*command, "evaluate", "--workdir", str(workdir), "--world", "--step", str(step)]
+            subprocess.run(evaluate, check=True)
+
+    config = local_config(workdir)
+    references = WorldEvaluation(model_graphdef(config), config).references()
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["step_seconds"] for line in lines if "step_seconds" in line]
+    train_seconds = sum(logged) * config.train.log_every
+    body = report(config, args.config, _scored(workdir), references, train_seconds)
+    print(body)
+    if not args.no_write:
+        name = Path(args.config.split(":")[0]).stem
+        replace_section("world_sim", f"World simulator ({name})", body)
+
+
+if __name__ == "__main__":
+    main()
