@@ -9,7 +9,8 @@ captions per task, scored against the scenes the captions describe
 (:mod:`sora_jax.eval.world_score`). Beside them, on the same held-out clips, the reference videos of
 :func:`sora_jax.eval.world_score.reference_scores`: the world's own (what a perfect simulator
 scores), another scene's (chance for a model that makes the world but not the scene asked for),
-noise, frozen, shuffled and wrong-colour. Writes docs/BENCHMARKS.md unless ``--no-write``.
+noise, frozen, shuffled and wrong-colour. The last checkpoint is also scored at other caption
+guidance scales (``--guidance``). Writes docs/BENCHMARKS.md unless ``--no-write``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from sora_jax.config import load_config
 from sora_jax.diffusion.conditioning import TASKS as CONDITIONING_TASKS
 from sora_jax.eval.evaluate import WorldEvaluation, local_config
 from sora_jax.eval.world_score import SCORES
-from sora_jax.train.state import model_graphdef
+from sora_jax.parallel.mesh import make_mesh
+from sora_jax.train import checkpoint
+from sora_jax.train.state import abstract_train_state, model_graphdef
 
 TASKS = WorldEvaluation.TASKS
 REFERENCES = {
@@ -50,8 +53,28 @@ def _cell(value: float) -> str:
     return "–" if value != value else f"{value:.2f}"  # NaN: nothing in these scenes to judge.
 
 
+def guidance_sweep(workdir: Path, config: ConfigDict, step: int, scales: list[float]) -> dict[float, dict]:
+    """World scores (``WorldEvaluation.scores``) of checkpoint ``step`` sampled at each caption
+    guidance scale in ``scales``, the run's other sampling settings unchanged."""
+    manager = checkpoint.manager(workdir, read_only=True)
+    abstract = abstract_train_state(config, make_mesh(config)).ema_params
+    params = checkpoint.restore_params(manager, abstract, step)
+    graphdef, swept = model_graphdef(config), {}
+    for scale in scales:
+        scaled = config.copy_and_resolve_references()
+        with scaled.unlocked():
+            scaled.diffusion.guidance = scale
+        swept[scale] = WorldEvaluation(graphdef, scaled).scores(params)
+    return swept
+
+
 def report(
-    config: ConfigDict, config_name: str, results: list[dict], references: dict, train_seconds: float
+    config: ConfigDict,
+    config_name: str,
+    results: list[dict],
+    references: dict,
+    swept: dict[float, dict],
+    train_seconds: float,
 ) -> str:
     """The BENCHMARKS.md section: per-score table of the last result beside the references, and
     the overall score per task of every scored checkpoint."""
@@ -72,6 +95,24 @@ def report(
         + f" | {r['world/overall']:.2f} |"
         for r in results
     )
+    sweep = ""
+    if swept:
+        scales = sorted({*swept, config.diffusion.guidance})
+        by_scale = swept | {config.diffusion.guidance: last}
+        sweep_rows = "\n".join(
+            f"| {scale:g} | "
+            + " | ".join(f"{by_scale[scale][f'world/{task}/overall']:.2f}" for task in TASKS)
+            + f" | {by_scale[scale]['world/overall']:.2f} |"
+            for scale in scales
+        )
+        sweep = f"""
+Overall score per task at step {last["step"]} by caption guidance scale (`diffusion.guidance`; the
+run samples at {config.diffusion.guidance:g}, the row above):
+
+| guidance | {" | ".join(TASKS)} | mean |
+|---:|{"---:|" * (len(TASKS) + 1)}
+{sweep_rows}
+"""
     m, d, t, c = config.model, config.data, config.train, config.conditioning
     mix = ", ".join(f"{task} {c[task]:g}" for task in CONDITIONING_TASKS if c[task])
     return f"""{machine_description()}
@@ -98,6 +139,7 @@ Overall score per task at each checkpoint scored (validation loss: held-out flow
 |---:|---:|{"---:|" * (len(TASKS) + 1)}
 {curve}
 
+{sweep}
 Training took {train_seconds / 60:.0f} min of logged step time."""
 
 
@@ -106,6 +148,11 @@ def main() -> None:
     parser.add_argument("--config", default="experiments/world_small.py")
     parser.add_argument("--workdir", default="runs/world_small")
     parser.add_argument("--all", action="store_true", help="score every kept checkpoint, not only the last")
+    parser.add_argument(
+        "--guidance",
+        default="1,2",
+        help="other caption guidance scales to score the last checkpoint at, comma-separated ('' for none)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -123,10 +170,14 @@ def main() -> None:
 
     config = local_config(workdir)
     references = WorldEvaluation(model_graphdef(config), config).references()
+    results = _scored(workdir)
+    scales = [float(g) for g in args.guidance.split(",") if g.strip()]
+    scales = [g for g in scales if g != config.diffusion.guidance]
+    swept = guidance_sweep(workdir, config, results[-1]["step"], scales) if scales else {}
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged = [line["step_seconds"] for line in lines if "step_seconds" in line]
     train_seconds = sum(logged) * config.train.log_every
-    body = report(config, args.config, _scored(workdir), references, train_seconds)
+    body = report(config, args.config, results, references, swept, train_seconds)
     print(body)
     if not args.no_write:
         name = Path(args.config.split(":")[0]).stem
