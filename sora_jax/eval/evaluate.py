@@ -204,16 +204,20 @@ class WorldEvaluation:
         ]
         self.facts = [scene_facts(clip) for clip in self.clips]
 
-    def _condition(self, task: str, frames: np.ndarray):
+    def given_frames(self, task: str) -> int:
+        """How many of a clip's first frames ``task`` gives the generator (0 for text_to_video)."""
         if task == "image_to_video":
-            return self.layout.condition([("start", frames[:1])])
+            return 1
         if task == "extend_forward":  # The first half of the temporal groups, at least one.
             model_frames = max(1, self.layout.groups // 2) * self.layout.time_patch
             decoder = self.layout.decoder
             ft = decoder.autoencoder.config.temporal_factor if decoder is not None else 0
-            pixel_frames = 1 + ft * (model_frames - 1) if decoder is not None else model_frames
-            return self.layout.condition([("start", frames[:pixel_frames])])
-        return None
+            return 1 + ft * (model_frames - 1) if decoder is not None else model_frames
+        return 0
+
+    def _condition(self, task: str, frames: np.ndarray):
+        given = self.given_frames(task)
+        return self.layout.condition([("start", frames[:given])]) if given else None
 
     def scores(self, params: nnx.State) -> dict[str, float]:
         from sora_jax.eval.world_score import mean_scores, world_scores
@@ -235,3 +239,17 @@ class WorldEvaluation:
         from sora_jax.eval.world_score import reference_scores
 
         return reference_scores(self.clips)
+
+    def copy_baseline(self, task: str) -> dict[str, float]:
+        """Mean scores of a generator that only copies what ``task`` gives it: the given frames,
+        then the last of them held to the end (``task`` must give frames)."""
+        from sora_jax.eval.world_score import mean_scores, world_scores
+
+        given = self.given_frames(task)
+        if not given:
+            raise ValueError(f"{task} gives no frames to copy")
+        rows = []
+        for clip, facts in zip(self.clips, self.facts, strict=True):
+            held = np.repeat(clip.frames[given - 1 : given], len(clip.frames) - given, axis=0)
+            rows.append(world_scores(np.concatenate([clip.frames[:given], held]), facts))
+        return mean_scores(rows)

@@ -14,7 +14,9 @@ from PIL import Image
 from sora_jax.cli import main
 from sora_jax.data import world
 from sora_jax.data.video_io import read_video, write_video
+from sora_jax.eval.evaluate import WorldEvaluation, local_config
 from sora_jax.eval.world_score import SCORES
+from sora_jax.train.state import model_graphdef
 from tests.cli import sora_jax
 
 SIZE = ["--height", "16", "--width", "16"]
@@ -113,3 +115,16 @@ def test_evaluate_world_scores_each_task_against_the_held_out_scenes(run, capsys
     assert 0.0 <= result["world/overall"] <= 1.0 and np.isfinite(result["val_loss"])
     saved = json.loads((root / "run" / "eval" / f"step_{result['step']}.json").read_text())
     assert saved["world/overall"] == result["world/overall"]
+
+
+def test_world_copy_baselines_hold_the_given_frames(run):
+    root, _ = run
+    config = local_config(root / "run")
+    world_eval = WorldEvaluation(model_graphdef(config), config)
+    assert world_eval.given_frames("text_to_video") == 0 and world_eval.given_frames("image_to_video") == 1
+    assert world_eval.given_frames("extend_forward") == 2  # 4 frames: 2 groups of 2, the first given.
+    # Copying the one given image and holding it is the frozen reference exactly.
+    frozen = world_eval.references()["frozen"]
+    assert world_eval.copy_baseline("image_to_video") == pytest.approx(frozen, nan_ok=True)
+    with pytest.raises(ValueError, match="gives no frames"):
+        world_eval.copy_baseline("text_to_video")
