@@ -73,74 +73,88 @@ def report(
     config_name: str,
     results: list[dict],
     references: dict,
+    given: dict[str, int],
+    copies: dict[str, dict],
     swept: dict[float, dict],
     train_seconds: float,
 ) -> str:
-    """The BENCHMARKS.md section: per-score table of the last result beside the references, and
-    the overall score per task of every scored checkpoint."""
+    """The BENCHMARKS.md section: the last result's overall score per task beside chance, a copy of
+    what the task gives and the world's own clips; every score beside every reference; the overall
+    score per task of every scored checkpoint and at each caption guidance scale swept."""
     last, name = results[-1], Path(config_name.split(":")[0]).stem
-    head = [f"{name}: {task}" for task in TASKS] + [REFERENCES[ref] for ref in REFERENCES]
-    lines = [
-        "| score | " + " | ".join(head) + " |",
-        "|---|" + "---:|" * len(head),
+    m, d, t, c, f = config.model, config.data, config.train, config.conditioning, config.diffusion
+    tasks_table = [
+        f"| task | frames given | {name} | chance: another scene | copy: the given frames, the last held "
+        "| the world's own clips |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    chance, real = references["other_scene"]["overall"], references["real"]["overall"]
+    for task in TASKS:
+        copy = _cell(copies[task]["overall"]) if task in copies else "–"
+        generated = last[f"world/{task}/overall"]
+        cells = f"**{generated:.2f}** | {chance:.2f} | {copy} | {real:.2f}"
+        tasks_table.append(f"| {task} | {given[task]} | {cells} |")
+    head = [f"{name}: {task}" for task in TASKS] + [REFERENCES[ref] for ref in REFERENCES]
+    scores_table = ["| score | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for score in (*SCORES, "overall"):
         cells = [_cell(last[f"world/{task}/{score}"]) for task in TASKS]
         cells += [_cell(references[ref][score]) for ref in REFERENCES]
-        row = f"**{score}**" if score == "overall" else score
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    curve = "\n".join(
-        f"| {r['step']} | {r['val_loss']:.4f} | "
-        + " | ".join(f"{r[f'world/{task}/overall']:.2f}" for task in TASKS)
-        + f" | {r['world/overall']:.2f} |"
-        for r in results
-    )
+        scores_table.append(f"| {score} | " + " | ".join(cells) + " |")
+
+    def overall_row(label: str, result: dict) -> str:
+        cells = [f"{result[f'world/{task}/overall']:.2f}" for task in TASKS]
+        return f"| {label} | " + " | ".join(cells) + f" | {result['world/overall']:.2f} |"
+
+    task_head = f"{' | '.join(TASKS)} | mean |"
+    numbers = "---:|" * (len(TASKS) + 1)
+    curve = "\n".join(overall_row(f"{r['step']} | {r['val_loss']:.4f}", r) for r in results)
     sweep = ""
     if swept:
-        scales = sorted({*swept, config.diffusion.guidance})
-        by_scale = swept | {config.diffusion.guidance: last}
-        sweep_rows = "\n".join(
-            f"| {scale:g} | "
-            + " | ".join(f"{by_scale[scale][f'world/{task}/overall']:.2f}" for task in TASKS)
-            + f" | {by_scale[scale]['world/overall']:.2f} |"
-            for scale in scales
-        )
-        sweep = f"""
-Overall score per task at step {last["step"]} by caption guidance scale (`diffusion.guidance`; the
-run samples at {config.diffusion.guidance:g}, the row above):
+        by_scale = swept | {f.guidance: last}
+        rows = "\n".join(overall_row(f"{scale:g}", by_scale[scale]) for scale in sorted(by_scale))
+        sweep = f"""Overall score per task at step {last["step"]} by caption guidance scale
+(`diffusion.guidance`; the tables above sample at the run's {f.guidance:g}):
 
-| guidance | {" | ".join(TASKS)} | mean |
-|---:|{"---:|" * (len(TASKS) + 1)}
-{sweep_rows}
+| guidance | {task_head}
+|---:|{numbers}
+{rows}
+
 """
-    m, d, t, c = config.model, config.data, config.train, config.conditioning
     mix = ", ".join(f"{task} {c[task]:g}" for task in CONDITIONING_TASKS if c[task])
     return f"""{machine_description()}
 
-`python -m benchmarks.world_sim` trains `{config_name}` (pixels, dim {m.dim}, depth {m.depth},
-patch {tuple(m.patch_size)}, batch {d.batch_size} rows of {d.seq_len} tokens, {t.steps} steps;
-task weights {mix}) and generates a {t.sample_frames}x{t.sample_height}x{t.sample_width} video for each of
-{config.eval.world_clips} held-out physics-world captions (seed `eval.seed`, never trained on),
-per task: the caption alone (`text_to_video`), with the clip's first frame (`image_to_video`) and
-with its first half (`extend_forward`); {config.diffusion.sample_steps} {config.diffusion.sampler}
-steps, guidance {config.diffusion.guidance:g}, EMA weights. Each video is scored against the scene
-its caption describes (`sora_jax/eval/world_score.py`, `sora-jax evaluate --world`). Beside them,
-the same clips' reference videos: the world's own clips (a perfect simulator), another held-out
-clip (chance: the world, but not the scene asked for), noise, the first frame frozen, the frames
-shuffled and the colours rotated. A dash: no scene had anything to judge.
+`python -m benchmarks.world_sim` trains `{config_name}`: a pixel DiT (dim {m.dim}, depth {m.depth},
+patch {tuple(m.patch_size)}), batches of {d.batch_size} rows of {d.seq_len} tokens, {t.steps} steps,
+conditioning tasks weighted {mix}.
+For each of {config.eval.world_clips} held-out physics-world captions (seed `eval.seed`, never
+trained on) it generates a {t.sample_frames}x{t.sample_height}x{t.sample_width} video per task: from
+the caption alone (`text_to_video`), with the clip's first frame (`image_to_video`), and with its
+first half (`extend_forward`); {f.sample_steps} {f.sampler} steps, guidance {f.guidance:g}, EMA
+weights. Each video is scored against the scene its caption describes (`sora-jax evaluate --world`,
+`sora_jax/eval/world_score.py`).
 
-Scores at step {last["step"]}:
+Beside it, on the same clips: *chance*, a real clip of another scene (the world, but not the scene
+asked for); *copy*, a generator that only copies what the task gives (the given frames, then the
+last of them held to the end); and the world's own clips (a perfect simulator). A model beats
+chance when it scores above another scene, and adds to what it is given when it scores above the
+copy.
 
-{chr(10).join(lines)}
+Overall scores at step {last["step"]}:
 
-Overall score per task at each checkpoint scored (validation loss: held-out flow loss):
+{chr(10).join(tasks_table)}
 
-| step | val loss | {" | ".join(TASKS)} | mean |
-|---:|---:|{"---:|" * (len(TASKS) + 1)}
+Every score at step {last["step"]}, beside each reference video (noise, the first frame frozen, the
+frames shuffled, the colours rotated); a dash: no scene had anything to judge:
+
+{chr(10).join(scores_table)}
+
+Overall score per task at each checkpoint scored (val loss: held-out flow loss):
+
+| step | val loss | {task_head}
+|---:|---:|{numbers}
 {curve}
 
-{sweep}
-Training took {train_seconds / 60:.0f} min of logged step time."""
+{sweep}Training took {train_seconds / 60:.0f} min of logged step time."""
 
 
 def main() -> None:
@@ -169,7 +183,10 @@ def main() -> None:
             subprocess.run(evaluate, check=True)
 
     config = local_config(workdir)
-    references = WorldEvaluation(model_graphdef(config), config).references()
+    world_eval = WorldEvaluation(model_graphdef(config), config)
+    references = world_eval.references()
+    given = {task: world_eval.given_frames(task) for task in TASKS}
+    copies = {task: world_eval.copy_baseline(task) for task in TASKS if given[task]}
     results = _scored(workdir)
     scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     scales = [g for g in scales if g != config.diffusion.guidance]
@@ -177,7 +194,7 @@ def main() -> None:
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged = [line["step_seconds"] for line in lines if "step_seconds" in line]
     train_seconds = sum(logged) * config.train.log_every
-    body = report(config, args.config, results, references, swept, train_seconds)
+    body = report(config, args.config, results, references, given, copies, swept, train_seconds)
     print(body)
     if not args.no_write:
         name = Path(args.config.split(":")[0]).stem
