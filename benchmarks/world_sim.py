@@ -9,8 +9,9 @@ captions per task, scored against the scenes the captions describe
 (:mod:`sora_jax.eval.world_score`). Beside them, on the same held-out clips, the reference videos of
 :func:`sora_jax.eval.world_score.reference_scores`: the world's own (what a perfect simulator
 scores), another scene's (chance for a model that makes the world but not the scene asked for),
-noise, frozen, shuffled and wrong-colour. The last checkpoint is also scored at other caption
-guidance scales (``--guidance``). Writes docs/BENCHMARKS.md unless ``--no-write``.
+noise, frozen, shuffled and wrong-colour; and, for each task that gives frames, a generator that
+only copies them (``WorldEvaluation.copy_baseline``). The last checkpoint is also scored at other
+caption guidance scales (``--guidance``). Writes docs/BENCHMARKS.md unless ``--no-write``.
 """
 
 from __future__ import annotations
