@@ -28,20 +28,14 @@ from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.diffusion.conditioning import TASKS as CONDITIONING_TASKS
 from sora_jax.eval.evaluate import WorldEvaluation, local_config
-from sora_jax.eval.world_score import SCORES
+from sora_jax.eval.world_score import REFERENCES, SCORES
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.state import abstract_train_state, model_graphdef
 
 TASKS = WorldEvaluation.TASKS
-REFERENCES = {
-    "real": "world's own",
-    "other_scene": "other scene",
-    "noise": "noise",
-    "frozen": "frozen",
-    "shuffled": "shuffled",
-    "wrong_colour": "wrong colour",
-}
+# Column headings of the reference videos of world_score.REFERENCES.
+LABELS = {"real": "world's own", "other_scene": "other scene", "wrong_colour": "wrong colour"}
 
 
 def _scored(workdir: Path) -> list[dict]:
@@ -95,7 +89,7 @@ def report(
         generated = last[f"world/{task}/overall"]
         cells = f"**{generated:.2f}** | {chance:.2f} | {copy} | {real:.2f}"
         tasks_table.append(f"| {task} | {given[task]} | {cells} |")
-    head = [f"{name}: {task}" for task in TASKS] + [REFERENCES[ref] for ref in REFERENCES]
+    head = [f"{name}: {task}" for task in TASKS] + [LABELS.get(ref, ref) for ref in REFERENCES]
     scores_table = ["| score | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for score in (*SCORES, "overall"):
         cells = [_cell(last[f"world/{task}/{score}"]) for task in TASKS]
