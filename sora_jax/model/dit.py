@@ -42,6 +42,13 @@ def gather_clips(per_clip_bsx: jax.Array, segment_ids_bl: jax.Array) -> jax.Arra
     return jnp.take_along_axis(per_clip_bsx, index, axis=1)
 
 
+def caption_means(text_bkd: jax.Array, text_segment_ids_bk: jax.Array, max_clips: int) -> jax.Array:
+    """``[B, S, Dt]``: the mean of each clip's caption token states (zeros for unused slots)."""
+    one_hot = (text_segment_ids_bk[..., None] == jnp.arange(1, max_clips + 1)).astype(text_bkd.dtype)
+    sums = jnp.einsum("bks,bkd->bsd", one_hot, text_bkd)
+    return sums / jnp.maximum(one_hot.sum(axis=1), 1.0)[..., None]
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return x * (1.0 + scale) + shift
 
@@ -112,8 +119,20 @@ class VideoDiT(nnx.Module):
         self.time_in = dense(256, m.dim, (None, "embed"), rngs, **kw)
         self.time_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
         self.text_encoder = TextEncoder(
-            m.text_vocab_size, m.text_dim, m.text_depth, m.text_heads, rngs, frozen_text_dim(m), **kw
+            m.text_vocab_size,
+            m.text_dim,
+            m.text_depth,
+            m.text_heads,
+            rngs,
+            frozen_text_dim(m),
+            embed_std=m.text_embed_std,
+            **kw,
         )
+        # The caption as one vector per clip, added to the timestep conditioning that drives every
+        # block's adaLN: a direct, global path for what the whole clip shows (colours, objects).
+        if m.text_pooled:
+            self.caption_in = dense(m.text_dim, m.dim, (None, "embed"), rngs, **kw)
+            self.caption_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
 
         @nnx.split_rngs(splits=m.depth)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -140,6 +159,9 @@ class VideoDiT(nnx.Module):
         text = self.text_encoder(text_inputs, batch["text_segment_ids"], batch["text_positions"]).astype(
             jnp.dtype(m.dtype)
         )
+        if m.text_pooled:
+            pooled = caption_means(text, batch["text_segment_ids"], timesteps_bs.shape[1])  # [B, S, Dt]
+            conditioning = conditioning + self.caption_out(jax.nn.silu(self.caption_in(pooled)))
         angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
         angles = constrain(angles, ("batch", "length", None), self.rules)
         extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])

@@ -48,7 +48,15 @@ class TextEncoder(nnx.Module):
     """
 
     def __init__(
-        self, vocab_size: int, dim: int, depth: int, heads: int, rngs: nnx.Rngs, input_dim: int = 0, **kw
+        self,
+        vocab_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        rngs: nnx.Rngs,
+        input_dim: int = 0,
+        embed_std: float = 1.0,
+        **kw,
     ) -> None:
         self.head_dim = dim // heads
         if input_dim:
@@ -58,7 +66,7 @@ class TextEncoder(nnx.Module):
                 vocab_size,
                 dim,
                 embedding_init=nnx.with_partitioning(
-                    nnx.initializers.normal(stddev=0.02), ("vocab", "embed")
+                    nnx.initializers.normal(stddev=embed_std), ("vocab", "embed")
                 ),
                 rngs=rngs,
                 **kw,

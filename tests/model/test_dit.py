@@ -148,3 +148,26 @@ def test_a_frozen_text_encoder_s_stored_states_condition_the_model(tmp_path):
         )
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])  # Same null caption, same output.
     assert np.abs(outputs[0][0] - outputs[1][0]).mean() > 1e-4  # Other states, other output.
+
+
+def test_caption_means_average_each_clip_s_own_caption_tokens():
+    from sora_jax.model.dit import caption_means
+
+    text = jnp.arange(12, dtype=jnp.float32).reshape(1, 6, 2)  # Token k has features (2k, 2k + 1).
+    segments = jnp.asarray([[1, 1, 2, 2, 2, 0]])
+    means = caption_means(text, segments, 3)
+    np.testing.assert_allclose(np.asarray(means[0]), [[1.0, 2.0], [6.0, 7.0], [0.0, 0.0]])
+
+
+def test_the_pooled_caption_conditions_every_token_of_its_clip_only_when_enabled():
+    config = get_config("test")
+    clip = _clip(config, 2, 16, 16, 0, [1, 2, 3])
+    other = _clip(config, 2, 16, 16, 0, [1, 5, 6])
+    layout = dict(seq_len=40, patch_dim=clip.patches.shape[1], max_clips=1, text_len=4)
+    batches = [jax.tree.map(jnp.asarray, pack_rows([[c]], **layout)) for c in (clip, other)]
+    for pooled in (True, False):
+        config.model.text_pooled = pooled
+        model = _perturbed_model(config)
+        assert hasattr(model, "caption_in") == pooled
+        outs = [_apply(model, b["patches"], jnp.full((1, 1), 0.5), b) for b in batches]
+        assert float(jnp.abs(outs[0] - outs[1]).mean()) > 1e-4  # Cross-attention reads words either way.
