@@ -248,11 +248,13 @@ class _PackedBatchIterator(grain.DatasetIterator):
         height, width = (int(v) for v in options.sizes[size_col])
         loaded = source.load(request.index, frames, height, width, rng)
         dropped = rng.random() < d.caption_dropout
-        text = self.tokenizer.encode("" if dropped else loaded.caption, min(d.max_caption_tokens, text_left))
+        text = self.tokenizer.encode("" if dropped else loaded.caption, d.max_caption_tokens)
         embedding = None
         if self.text_dim:  # A frozen encoder's stored states replace the word tokens.
-            embedding = caption_states(loaded, dropped, self.text_dim, min(d.max_caption_tokens, text_left))
+            embedding = caption_states(loaded, dropped, self.text_dim, d.max_caption_tokens)
             text = np.zeros(len(embedding), np.int32)
+        if len(text) > text_left:  # Its whole caption opens the next row rather than lose words here.
+            return None
         values = loaded.frames if loaded.frames.dtype != np.uint8 else pixels_to_model(loaded.frames)
         patches, positions = patchify(values, self.patch)
         grid = grid_size(frames, height, width, self.patch)

@@ -63,6 +63,29 @@ def test_rows_are_full_shapes_vary_and_clips_decode_to_frames():
     assert caption[0] == START_ID and len(caption) > 3
 
 
+def test_a_caption_that_does_not_fit_its_row_opens_the_next_row_whole(store):
+    config = get_config("test")
+    config.data.store = store  # Captions "video number I": the start token and 3 words.
+    config.data.caption_dropout = 0.0
+    config.data.max_caption_tokens = 4
+    config.data.text_len = 6  # A second caption would have 2 tokens left: it waits for a row.
+    for batch in _take(batch_stream(config, 2), 3):
+        for row in range(2):
+            slots = np.unique(batch["text_segment_ids"][row][batch["text_segment_ids"][row] > 0])
+            for slot in slots:
+                assert (batch["text_segment_ids"][row] == slot).sum() == 4
+
+
+def test_the_world_s_captions_reach_the_model_whole():
+    from sora_jax.data import world
+    from sora_jax.data.tokenizer import WordTokenizer
+
+    config = get_config()
+    tokenizer = WordTokenizer(config.model.text_vocab_size)
+    clips = (world.make_clip(0, i, frames=16, height=32, width=32, fps=8.0) for i in range(200))
+    assert max(len(tokenizer.encode(c.caption, 10**6)) for c in clips) <= config.data.max_caption_tokens
+
+
 def test_caption_dropout_leaves_only_the_start_token():
     config = get_config("test")
     config.data.caption_dropout = 1.0
