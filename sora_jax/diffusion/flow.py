@@ -40,6 +40,31 @@ def clip_token_counts(segment_ids_bl: jax.Array, max_clips: int) -> jax.Array:
     return one_hot.sum(axis=1)
 
 
+def video_noise(
+    key: jax.Array, batch: dict[str, jax.Array], shape: tuple[int, ...], correlation: float
+) -> jax.Array:
+    """Gaussian noise ``[B, L, P]`` for the packed tokens, each of unit variance, whose share
+    ``correlation`` is common to all temporal patches of a clip at the same spatial patch.
+
+    Frames of a video are alike, and independent noise per frame lets what forms from the noise
+    (an object, a stripe) form differently in every temporal patch; noise shared through time gives
+    the same start to all frames of a clip, so a model learns and samples videos whose frames agree
+    (the mixed noise prior of PYoCo, Ge et al. 2023). The shared part of a token is the draw of the
+    token at its clip's first temporal patch and its own (h, w); tokens are laid out time-major
+    within a clip (``sora_jax/data/patches.py``), ``T' H' W'`` of them from the clip's first.
+    """
+    own = jax.random.normal(key, shape)
+    if correlation == 0.0:
+        return own
+    shared = jax.random.normal(jax.random.fold_in(key, 1), shape)
+    slot = jnp.maximum(batch["segment_ids"] - 1, 0)[..., None]
+    clip_grid = jnp.take_along_axis(batch["clip_grid"], slot, axis=1)  # [B, L, 3]
+    frame_tokens = clip_grid[..., 1] * clip_grid[..., 2]  # [B, L] tokens of one temporal patch
+    first = jnp.arange(shape[1]) - batch["positions"][..., 0] * frame_tokens  # [B, L]
+    shared = jnp.take_along_axis(shared, jnp.clip(first, 0, shape[1] - 1)[..., None], axis=1)
+    return jnp.sqrt(correlation) * shared + jnp.sqrt(1.0 - correlation) * own
+
+
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -79,12 +104,15 @@ def flow_loss(
     config: ml_collections.ConfigDict,
     timesteps: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean over clips of each clip's mean squared velocity error.
+    """The batch's velocity error: each clip's mean squared velocity error, averaged over clips
+    weighted as ``diffusion.loss_weight`` says (``clip``: equally; ``token``: by their tokens, so a
+    clip of eight temporal patches counts as much as eight images of its size).
 
-    Averaging within a clip first makes a clip's loss independent of what shares its row and of
-    how many tokens it has. Conditioning tokens (``cond_mask``) stay clean (t = 0) and are left
-    out of the loss. ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``. ``timesteps``
-    (broadcast to ``[B, S]``) replaces the random draw.
+    A clip's own loss is the mean over its tokens, so it does not depend on what shares its row.
+    Conditioning tokens (``cond_mask``) stay clean (t = 0) and are left out of the loss. With
+    ``diffusion.max_x0_weight`` and drawn timesteps, token errors are weighted (see the config).
+    ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``. ``timesteps`` (broadcast to
+    ``[B, S]``) replaces the random draw, and the loss is then the plain velocity error.
 
     Returns the loss and per-clip ``clip_loss``, ``clip_t`` and ``clip_valid`` (``[B, S]``).
     """
@@ -97,15 +125,24 @@ def flow_loss(
     else:  # Fixed timesteps (evaluation): comparable across checkpoints.
         t_clip = jnp.broadcast_to(timesteps, counts.shape)
     t_token = token_timesteps(t_clip, batch)
-    noise = jax.random.normal(noise_key, patches.shape, patches.dtype)
+    noise = video_noise(noise_key, batch, patches.shape, config.diffusion.noise_correlation)
     noisy = (1.0 - t_token) * patches + t_token * noise
     velocity = predict_velocity(noisy, t_clip)
     token_error = jnp.mean(jnp.square(velocity - (noise - patches)), axis=-1)  # [B, L]
+    if timesteps is None and config.diffusion.max_x0_weight > 0:
+        # A token's velocity error at t is its clean-data error over t^2: clean-data errors of
+        # nearly clean clips weigh up to 1 / min_t^2 and drown those of noisy ones, where a clip's
+        # layout, colours and motion are decided. Cap that weight.
+        weight = jnp.minimum(1.0, config.diffusion.max_x0_weight * jnp.square(t_token[..., 0]))
+        token_error = token_error * weight
     in_loss = (segment_ids > 0) & ~batch["cond_mask"]
     one_hot = (segment_ids[..., None] == jnp.arange(1, max_clips + 1)) & in_loss[..., None]
     clip_sum = jnp.einsum("bl,bls->bs", token_error, one_hot.astype(token_error.dtype))
     clip_count = one_hot.sum(axis=1)
     clip_valid = clip_count > 0
     clip_loss = clip_sum / jnp.maximum(clip_count, 1)
-    loss = jnp.sum(clip_loss * clip_valid) / jnp.maximum(clip_valid.sum(), 1)
+    if config.diffusion.loss_weight == "token":  # A clip counts by its tokens in the loss.
+        loss = jnp.sum(clip_sum) / jnp.maximum(jnp.sum(clip_count), 1)
+    else:  # Every clip counts once, an image as much as a long video.
+        loss = jnp.sum(clip_loss * clip_valid) / jnp.maximum(clip_valid.sum(), 1)
     return loss, {"clip_loss": clip_loss, "clip_t": t_clip, "clip_valid": clip_valid}

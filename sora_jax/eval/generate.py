@@ -23,7 +23,7 @@ from sora_jax.data.patches import grid_size, patchify, unpatchify
 from sora_jax.data.pipeline import model_to_pixels
 from sora_jax.data.tokenizer import WordTokenizer
 from sora_jax.diffusion.conditioning import token_mask
-from sora_jax.diffusion.flow import resolution_shift, velocity_predictor
+from sora_jax.diffusion.flow import resolution_shift, velocity_predictor, video_noise
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
 
 
@@ -182,7 +182,9 @@ def make_generator(
             return velocity(jnp.stack(inputs), jnp.full((rows, 1), t))
 
         combined = guided(velocity_rows, guidance, cond_guidance if three_rows else None)
-        noise = jax.random.normal(key, (num_tokens, patch_dim))
+        # The rows share one clip layout: the first row's gives the noise its temporal sharing.
+        first_row = {name: batch[name][:1] for name in ("clip_grid", "segment_ids", "positions")}
+        noise = video_noise(key, first_row, (1, num_tokens, patch_dim), config.diffusion.noise_correlation)[0]
         x = integrate(combined, (1.0 - strength) * start + strength * noise, grid_t * strength, method)
         return jnp.where(given, clean, x)
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from experiments.world_tiny import get_config
-from sora_jax.diffusion.flow import flow_loss, resolution_shift, sample_timesteps, shift_timesteps
+from sora_jax.diffusion.flow import (
+    flow_loss,
+    resolution_shift,
+    sample_timesteps,
+    shift_timesteps,
+    video_noise,
+)
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
 
 
@@ -36,6 +42,7 @@ def test_flow_loss_is_zero_for_the_true_velocity():
 
 def test_flow_loss_weights_clips_equally_and_skips_padding_and_conditioning():
     config = get_config("test")
+    config.diffusion.loss_weight = "clip"
     batch = _batch()
     # An error of 1 on clip 1 of row 0 only (5 tokens), 3 on clip 2 (4 tokens), 100 on padding.
     error = jnp.asarray(
@@ -55,6 +62,65 @@ def test_flow_loss_weights_clips_equally_and_skips_padding_and_conditioning():
     batch["cond_mask"] = batch["segment_ids"] == 2  # Conditioning tokens leave the loss.
     loss, aux = flow_loss(predict, batch, key, config)
     assert float(loss) == pytest.approx((1.0 + 0.0) / 2, rel=1e-5)
+
+
+def _predict_with_errors(batch, key, errors):
+    """A velocity predictor off by ``errors[segment]`` (padding: 100) on every feature."""
+    segments = np.asarray(batch["segment_ids"])
+    error = jnp.asarray(np.select([segments == s for s in errors], list(errors.values()), 100.0))
+    _, noise_key = jax.random.split(key)
+    noise = jax.random.normal(noise_key, batch["patches"].shape)
+    return lambda noisy, t: noise - batch["patches"] + error[..., None]
+
+
+def test_token_weighted_loss_counts_each_clip_by_its_tokens():
+    config = get_config("test")
+    config.diffusion.loss_weight = "token"
+    batch = _batch(rows=1)  # Clip 1: 5 tokens off by 1; clip 2: 4 tokens off by 3; 3 of padding.
+    key = jax.random.key(0)
+    loss, aux = flow_loss(_predict_with_errors(batch, key, {1: 1.0, 2: 3.0}), batch, key, config)
+    assert float(loss) == pytest.approx((5 * 1.0 + 4 * 9.0) / 9, rel=1e-5)
+    np.testing.assert_allclose(np.asarray(aux["clip_loss"][0, :2]), [1.0, 9.0], rtol=1e-5)
+
+
+def test_capped_clean_data_weight_lowers_only_nearly_clean_clips():
+    config = get_config("test")
+    config.diffusion.loss_weight = "clip"
+    config.diffusion.max_x0_weight = 4.0
+    batch = _batch(rows=1)
+    key = jax.random.key(0)
+    predict = _predict_with_errors(batch, key, {1: 1.0, 2: 1.0})
+    # Clean-data weight 1 / t^2: 25 at t = 0.2, capped to 4 (x 0.16); 1.56 at t = 0.8, kept.
+    _, aux = flow_loss(predict, batch, key, config, timesteps=jnp.asarray([[0.2, 0.8, 0.5]]))
+    np.testing.assert_allclose(np.asarray(aux["clip_loss"][0, :2]), [1.0, 1.0], rtol=1e-5)  # Evaluation.
+    capped, _ = flow_loss(predict, batch, key, config)
+    config.diffusion.max_x0_weight = 0.0
+    uncapped, aux = flow_loss(predict, batch, key, config)
+    t = np.asarray(aux["clip_t"][0, :2])
+    expected = np.mean(np.minimum(1.0, 4.0 * t**2))
+    assert float(capped) == pytest.approx(float(uncapped) * expected, rel=1e-5)
+
+
+def test_video_noise_is_shared_through_time_at_each_spatial_patch():
+    from sora_jax.eval.generate import prompt_batch
+
+    config = get_config("test")
+    pt = config.model.patch_size[0]
+    batch = {k: jnp.asarray(v) for k, v in prompt_batch(config, "a red ball", 8 * pt, 32, 32).items()}
+    shape = (2, batch["segment_ids"].shape[1], 32)  # 64 tokens x 32 features a temporal patch.
+    groups = lambda n: np.asarray(n[0]).reshape(8, -1, 32)  # noqa: E731 - [T', H' W', P]
+    shared = groups(video_noise(jax.random.key(0), batch, shape, 0.6))
+    independent = groups(video_noise(jax.random.key(0), batch, shape, 0.0))
+    assert abs(shared.std() - 1.0) < 0.05 and abs(independent.std() - 1.0) < 0.05
+    corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
+    assert abs(corr(shared[0], shared[5]) - 0.6) < 0.1  # Same (h, w), other temporal patch.
+    assert abs(corr(shared[0, :-1], shared[5, 1:])) < 0.1  # Other (h, w).
+    assert abs(corr(independent[0], independent[5])) < 0.1
+    # Without sharing it is the plain normal draw, as before the option existed.
+    np.testing.assert_array_equal(
+        np.asarray(video_noise(jax.random.key(0), batch, shape, 0.0)),
+        np.asarray(jax.random.normal(jax.random.key(0), shape)),
+    )
 
 
 def test_timesteps_lie_in_the_unit_interval_and_shift_with_clip_size():
