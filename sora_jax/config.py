@@ -78,6 +78,13 @@ def base_config() -> ConfigDict:
     m.text_dim = 128
     m.text_depth = 2
     m.text_heads = 4
+    # Initial standard deviation of the learned encoder's word embeddings. The blocks are pre-norm,
+    # so the embeddings stay in the residual stream beside what every block adds: at 1.0 a word's
+    # identity is as large as the blocks' first outputs.
+    m.text_embed_std = 1.0
+    # Add each clip's mean caption state, through a small MLP, to the timestep conditioning that
+    # drives adaLN (beside cross-attention to the caption's tokens), as SD3 and Flux do.
+    m.text_pooled = True
 
     # --- data: what a packed batch holds ---------------------------------------------------------
     c.data = d = ConfigDict()
@@ -86,10 +93,13 @@ def base_config() -> ConfigDict:
     d.batch_size = 8  # Rows per global batch.
     d.seq_len = 512  # L: video tokens per row; every batch has this one static shape.
     d.max_clips_per_row = 8  # S: clips packed into one row at most.
-    d.text_len = 96  # Lt: text tokens per row (all captions of the row's clips, packed).
+    d.text_len = 192  # Lt: text tokens per row (all captions of the row's clips, packed).
     # Autoencoder: (frames, height, width) of every training clip, whole latent frames and pixels.
     d.dense_clip = (9, 32, 32)
-    d.max_caption_tokens = 24  # Captions are cut to this many tokens, the start token included.
+    # Captions are cut to this many tokens, the start token included; a caption that does not fit
+    # what is left of a row's text_len opens the next row. The physics world's captions run 17 to
+    # 64 tokens (median 34): at 64 every object a caption names reaches the model.
+    d.max_caption_tokens = 64
     d.frames = (1, 16)  # Inclusive range of clip durations in frames; 1 frame is an image.
     d.image_fraction = 0.1  # Probability that a clip is a single frame.
     d.side = (32, 48)  # Inclusive range of clip height and width in pixels.
@@ -106,6 +116,15 @@ def base_config() -> ConfigDict:
     f.logit_std = 1.0
     f.shift_base_tokens = 256  # Clips of this many tokens get no timestep shift ...
     f.shift_max = 4.0  # ... larger ones are shifted towards noise by sqrt(tokens / base), capped.
+    # How clips share the loss: "token" (every token counts once: a long video counts by its size)
+    # or "clip" (every clip counts once: an image as much as a 16-frame video).
+    f.loss_weight = "token"
+    # Training only: the velocity loss weighs a clip's clean-data error by 1 / t^2 (up to
+    # 1 / min_t^2), so nearly clean clips dominate it; cap that weight at this (0: no cap).
+    f.max_x0_weight = 0.0
+    # Share of each token's noise common to all temporal patches of its clip at the same (h, w),
+    # in training and sampling (0: independent noise per frame); see diffusion.flow.video_noise.
+    f.noise_correlation = 0.0
     f.sampler = "euler"  # euler | heun
     f.sample_steps = 32
     f.guidance = 4.0  # Classifier-free guidance scale; 1 disables guidance.
@@ -228,11 +247,29 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     return config
 
 
+# Keys added after runs were already written, with the value that reproduces those runs: a
+# config.json without the key was written when the behaviour was this one, whatever the default is now.
+LEGACY_VALUES = {
+    "model.text_pooled": False,
+    "model.text_embed_std": 0.02,
+    "diffusion.loss_weight": "clip",
+}
+
+
 def config_from_json(text: str) -> ConfigDict:
-    """Rebuild a resolved config written by :func:`config_to_json` (e.g. a workdir's config.json)."""
+    """Rebuild a resolved config written by :func:`config_to_json` (e.g. a workdir's config.json).
+
+    Keys the JSON lacks take their default, or for keys of :data:`LEGACY_VALUES` the value runs had
+    before the key existed, so an older workdir still samples and evaluates as it trained.
+    """
     config = base_config()
     config.lock()
-    _merge(config, json.loads(text), prefix="")
+    values = json.loads(text)
+    _merge(config, values, prefix="")
+    for dotted, legacy in LEGACY_VALUES.items():
+        section, key = dotted.split(".")
+        if key not in values.get(section, {}):
+            config[section][key] = legacy
     validate(config)
     return config
 
@@ -372,6 +409,7 @@ def validate(config: ConfigDict) -> None:
         ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
         ("diffusion.sampler", f.sampler, ("euler", "heun")),
         ("diffusion.prediction", f.prediction, ("data", "velocity")),
+        ("diffusion.loss_weight", f.loss_weight, ("token", "clip")),
     ):
         if value not in allowed:
             _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
@@ -426,6 +464,10 @@ def validate(config: ConfigDict) -> None:
         _fail("conditioning.text_to_video", str(error))
     if not 0.0 < config.conditioning.random_rate < 1.0:
         _fail("conditioning.random_rate", f"must be in (0, 1), got {config.conditioning.random_rate}")
+    if f.max_x0_weight < 0:
+        _fail("diffusion.max_x0_weight", f"must be >= 0 (0: no cap), got {f.max_x0_weight}")
+    if not 0.0 <= f.noise_correlation < 1.0:
+        _fail("diffusion.noise_correlation", f"must be in [0, 1), got {f.noise_correlation}")
     if not 0.0 < f.min_t < 1.0:
         _fail("diffusion.min_t", f"must be in (0, 1), got {f.min_t}")
     if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:

@@ -99,3 +99,20 @@ def test_resolved_config_round_trips_through_json():
     text = config_to_json(config)
     assert json.loads(text)["seed"] == 11
     assert config_from_json(text).to_dict() == config.to_dict()
+
+
+def test_a_config_json_written_before_a_key_existed_keeps_the_behaviour_it_trained_with():
+    import json
+
+    from sora_jax.config import LEGACY_VALUES
+
+    config = load_config("experiments/world_tiny.py")
+    values = json.loads(config_to_json(config))
+    for dotted in LEGACY_VALUES:
+        section, key = dotted.split(".")
+        del values[section][key]
+    old = config_from_json(json.dumps(values))
+    for dotted, legacy in LEGACY_VALUES.items():
+        section, key = dotted.split(".")
+        assert old[section][key] == legacy
+    assert config_from_json(config_to_json(config)).to_dict() == config.to_dict()
