@@ -178,18 +178,21 @@ class WorldEvaluation:
     the captions describe (:mod:`sora_jax.eval.world_score`).
 
     Tasks: ``text_to_video`` (the caption alone), ``image_to_video`` (and its first frame) and
-    ``extend_forward`` (and the first half of its temporal groups). Keys: ``world/<task>/<score>``
-    for every score and ``overall``, and ``world/overall``, the mean over tasks.
+    ``extend_forward`` (and the first half of its temporal groups), or those of ``tasks``. Keys:
+    ``world/<task>/<score>`` for every score and ``overall``, and ``world/overall``, the mean over
+    tasks.
     """
 
     TASKS = ("text_to_video", "image_to_video", "extend_forward")
 
-    def __init__(self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> None:
+    def __init__(
+        self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, tasks: tuple[str, ...] = TASKS
+    ) -> None:
         from sora_jax.data import world
         from sora_jax.eval.world_score import scene_facts
 
         t, d = config.train, config.diffusion
-        self.config = config
+        self.config, self.tasks = config, tasks
         self.generate = make_generator(
             graphdef, config, frames=t.sample_frames, height=t.sample_height, width=t.sample_width,
             steps=d.sample_steps, guidance=d.guidance, method=d.sampler, cond_guidance=d.cond_guidance,
@@ -223,14 +226,14 @@ class WorldEvaluation:
         from sora_jax.eval.world_score import mean_scores, world_scores
 
         result: dict[str, float] = {}
-        for task in self.TASKS:
+        for task in self.tasks:
             rows = []
             for index, (clip, facts) in enumerate(zip(self.clips, self.facts, strict=True)):
                 condition = self._condition(task, clip.frames)
                 video = self.generate(params, clip.caption, index, condition=condition)
                 rows.append(world_scores(video, facts))
             result |= {f"world/{task}/{name}": value for name, value in mean_scores(rows).items()}
-        result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.TASKS]))
+        result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.tasks]))
         return result
 
     def references(self) -> dict[str, dict[str, float]]:
