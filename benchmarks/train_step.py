@@ -5,6 +5,10 @@ utilisation), the train step's compile time, its mean step time and tokens/s ove
 batches, and its FLOP/s as a fraction of the matmul figure.
 
     python -m benchmarks.train_step [--config experiments/world_tiny.py] [--steps 30]
+        [--before KEY=VALUE ...]
+
+With ``--before``, the same experiment with those overrides (the recipe it replaced) is measured
+in the same run, and the table holds both columns side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -46,19 +51,14 @@ def matmul_flops_per_s(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/world_tiny.py")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
-
-    config = load_config(args.config)
+def measure_step(config, steps: int) -> dict:
+    """Compile time, step times, tokens and analytic FLOPs of ``config``'s train step over ``steps``
+    real packed batches (after one warm-up step)."""
     mesh = make_mesh(config)
     graphdef, state, shardings = create_train_state(config, mesh)
     step_fn = jit_train_step(graphdef, config, mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
-    batches = [BatchLayout.of(config, mesh).to_global(next(stream)) for _ in range(args.steps + 1)]
+    batches = [BatchLayout.of(config, mesh).to_global(next(stream)) for _ in range(steps + 1)]
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()
@@ -76,40 +76,93 @@ def main() -> None:
         m = jax.device_get(metrics)
         tokens.append(float(m["tokens"]))
         flops.append(model_flops_per_token(config, m["tokens"] / max(m["clips"], 1)) * m["tokens"])
-
-    peak = matmul_flops_per_s()
     step_seconds = statistics.mean(times)
-    achieved = statistics.mean(flops) / step_seconds
+    return {
+        "params": count_params(state.params),
+        "compile_seconds": compile_seconds,
+        "step_seconds": step_seconds,
+        "min_seconds": min(times),
+        "max_seconds": max(times),
+        "tokens_per_s": statistics.mean(tokens) / step_seconds,
+        "flops": statistics.mean(flops),
+        "xla_flops": xla_flops,
+        "flops_per_s": statistics.mean(flops) / step_seconds,
+    }
+
+
+def section_name(spec: str) -> tuple[str, str]:
+    """Report section (name, title) of an experiment: world_tiny keeps the historical ``train_step``."""
+    stem = Path(spec.split(":")[0]).stem
+    if stem == "world_tiny":
+        return "train_step", "Train step (world_tiny, CPU)"
+    return f"train_step_{stem}", f"Train step ({stem}, CPU)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="experiments/world_tiny.py")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--before", nargs="*", default=[], metavar="KEY=VALUE", help="overrides: the recipe to compare"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    configs = {"": load_config(args.config)}
+    if args.before:
+        configs = {"before": load_config(args.config, args.before), "now": configs[""]}
+    results = {name: measure_step(config, args.steps) for name, config in configs.items()}
+    peak = matmul_flops_per_s()
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(name, r) for name, r in results.items()) + " |"
+
+    def batch(name: str, _) -> str:
+        d = configs[name].data
+        return f"{d.batch_size} rows x {d.seq_len} tokens"
+
     rows = [
-        ("experiment", f"`{args.config}` ({count_params(state.params):,} parameters)"),
-        ("batch", f"{config.data.batch_size} rows x {config.data.seq_len} tokens"),
-        ("compile time", f"{compile_seconds:.1f} s"),
-        (
-            f"step time (mean of {len(times)})",
-            f"{step_seconds * 1000:.0f} ms (min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})",
+        row("parameters", lambda _, r: f"{r['params']:,}"),
+        row("batch", batch),
+        row("compile time", lambda _, r: f"{r['compile_seconds']:.1f} s"),
+        row(
+            f"step time (mean of {args.steps})",
+            lambda _, r: (
+                f"{r['step_seconds'] * 1000:.0f} ms (min {r['min_seconds'] * 1000:.0f}, "
+                f"max {r['max_seconds'] * 1000:.0f})"
+            ),
         ),
-        ("tokens/s (non-padding)", f"{statistics.mean(tokens) / step_seconds:,.0f}"),
-        ("model FLOPs per step (analytic)", f"{statistics.mean(flops) / 1e9:.2f} GFLOP"),
-        ("XLA cost-analysis FLOPs per step", f"{xla_flops / 1e9:.2f} GFLOP"),
-        ("step FLOP/s (analytic)", f"{achieved / 1e9:.2f} GFLOP/s"),
-        ("machine f32 matmul FLOP/s (1024^3, same run)", f"{peak / 1e9:.2f} GFLOP/s"),
-        ("step FLOP/s / matmul FLOP/s", f"{achieved / peak:.1%}"),
+        row("tokens/s (non-padding)", lambda _, r: f"{r['tokens_per_s']:,.0f}"),
+        row("model FLOPs per step (analytic)", lambda _, r: f"{r['flops'] / 1e9:.2f} GFLOP"),
+        row("XLA cost-analysis FLOPs per step", lambda _, r: f"{r['xla_flops'] / 1e9:.2f} GFLOP"),
+        row("step FLOP/s (analytic)", lambda _, r: f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s"),
+        row("machine f32 matmul FLOP/s (1024^3, same run)", lambda _, r: f"{peak / 1e9:.2f} GFLOP/s"),
+        row("step FLOP/s / matmul FLOP/s", lambda _, r: f"**{r['flops_per_s'] / peak:.1%}**"),
     ]
-    machine = machine_description()
-    table = "\n".join(["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    columns = ["value"] if not args.before else ["before", "now"]
+    header = ["| measure | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    command = f"python -m benchmarks.train_step --config {args.config} --steps {args.steps}"
+    if args.before:
+        command += " --before " + " ".join(f"'{item}'" for item in args.before)
+    before = (
+        f"`before` is the experiment with `{' '.join(args.before)}`, measured in the same run as `now` "
+        "(the experiment as it is).\n\n"
+        if args.before
+        else ""
+    )
     section = (
-        f"Machine: {machine}.\n\n{table}\n\n"
+        f"Machine: {machine_description()}.\n\n{before}" + "\n".join(header + rows) + "\n\n"
         "Model FLOPs are counted analytically (`sora_jax.train.metrics.model_flops_per_token`: "
         "matmuls of blocks, patch embedding and final layer, attention within each clip; "
         "forward + backward = 3x forward). XLA's cost analysis counts what the compiled program "
-        f"does, but counts the body of the scanned block stack once ({config.model.depth} blocks "
-        "run), and it includes attention over the masked-out keys of each packed row; the two "
-        "figures therefore differ in both directions and only the analytic one enters the ratio.\n\n"
-        f"Command: `python -m benchmarks.train_step --config {args.config} --steps {args.steps}`"
+        "does: a scanned block stack's body once, and attention over the masked-out keys of each "
+        "packed row; the two figures therefore differ in both directions and only the analytic one "
+        "enters the ratio.\n\n"
+        f"Command: `{command}`"
     )
     print(section)
     if not args.no_write:
-        replace_section("train_step", "Train step (world_tiny, CPU)", section)
+        replace_section(*section_name(args.config), section)
 
 
 if __name__ == "__main__":
