@@ -14,6 +14,15 @@ from sora_jax.diffusion.flow import (
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
 
 
+def _config():
+    """world_tiny's test config with per-frame noise and the plain velocity loss: these tests derive
+    the noise and the loss by hand."""
+    config = get_config("test")
+    config.diffusion.noise_correlation = 0.0
+    config.diffusion.max_x0_weight = 0.0
+    return config
+
+
 def _batch(rows=2, length=12, clips=3, patch_dim=5):
     rng = np.random.default_rng(0)
     segment_ids = np.array([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12])[:rows]
@@ -26,7 +35,7 @@ def _batch(rows=2, length=12, clips=3, patch_dim=5):
 
 
 def test_flow_loss_is_zero_for_the_true_velocity():
-    config = get_config("test")
+    config = _config()
     batch = _batch()
     key = jax.random.key(3)
     _, noise_key = jax.random.split(key)
@@ -41,7 +50,7 @@ def test_flow_loss_is_zero_for_the_true_velocity():
 
 
 def test_flow_loss_weights_clips_equally_and_skips_padding_and_conditioning():
-    config = get_config("test")
+    config = _config()
     config.diffusion.loss_weight = "clip"
     batch = _batch()
     # An error of 1 on clip 1 of row 0 only (5 tokens), 3 on clip 2 (4 tokens), 100 on padding.
@@ -74,7 +83,7 @@ def _predict_with_errors(batch, key, errors):
 
 
 def test_token_weighted_loss_counts_each_clip_by_its_tokens():
-    config = get_config("test")
+    config = _config()
     config.diffusion.loss_weight = "token"
     batch = _batch(rows=1)  # Clip 1: 5 tokens off by 1; clip 2: 4 tokens off by 3; 3 of padding.
     key = jax.random.key(0)
@@ -84,7 +93,7 @@ def test_token_weighted_loss_counts_each_clip_by_its_tokens():
 
 
 def test_capped_clean_data_weight_lowers_only_nearly_clean_clips():
-    config = get_config("test")
+    config = _config()
     config.diffusion.loss_weight = "clip"
     config.diffusion.max_x0_weight = 4.0
     batch = _batch(rows=1)
@@ -104,7 +113,7 @@ def test_capped_clean_data_weight_lowers_only_nearly_clean_clips():
 def test_video_noise_is_shared_through_time_at_each_spatial_patch():
     from sora_jax.eval.generate import prompt_batch
 
-    config = get_config("test")
+    config = _config()
     pt = config.model.patch_size[0]
     batch = {k: jnp.asarray(v) for k, v in prompt_batch(config, "a red ball", 8 * pt, 32, 32).items()}
     shape = (2, batch["segment_ids"].shape[1], 32)  # 64 tokens x 32 features a temporal patch.
