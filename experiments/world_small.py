@@ -26,7 +26,11 @@ def get_config(arg: str | None = None):
     c.model.patch_size = (2, 4, 4)
     c.model.dim = 192
     c.model.depth = 6
-    c.model.heads = 6
+    # Three heads of 64 features: the attention matmuls of six heads of 32 are too short to run
+    # near the machine's matmul rate (docs/BENCHMARKS.md, train step of world_small).
+    c.model.heads = 3
+    c.model.qk_norm = False  # Local attention early in training (see experiments/world_tiny.py).
+    c.model.scan_layers = False  # Six blocks unrolled: a faster step on CPU for a few seconds' compile.
     c.data.batch_size = 4
     c.data.seq_len = 512  # One 16 x 32 x 32 clip is 512 tokens: the sample shape fills a row.
     c.data.side = (24, 40)
@@ -40,6 +44,10 @@ def get_config(arg: str | None = None):
     c.conditioning.interpolate = 0.1
     c.conditioning.last_frame = 0.05
     c.conditioning.random_frames = 0.05
+    # The timestep shift, shared noise through time and the clean-data weight cap of world_tiny.
+    c.diffusion.shift_base_tokens = 32
+    c.diffusion.noise_correlation = 0.5
+    c.diffusion.max_x0_weight = 4.0
     c.train.steps = 2500
     c.optim.warmup_steps = 100
     c.checkpoint.every = 500
