@@ -3,7 +3,7 @@
     python -m benchmarks.caption_following [--config experiments/world_tiny.py] [--variants a,b]
         [--root runs/caption_following] [--no-write]
 
-Trains the experiment as it is (``recipe``) and once per variant that undoes one part of it (and
+Trains the experiment as it is (``recipe``) and once per variant that changes a part of it (and
 ``before``, the recipe this project had before), each with ``sora-jax train`` in its own workdir
 under ``--root`` (a finished run is reused, an interrupted one resumes), one after another on this
 machine. Then, for every run, from its final EMA weights:
@@ -15,7 +15,9 @@ machine. Then, for every run, from its final EMA weights:
   their colour words change, beside the change when the caption is dropped;
 * the world scores (:mod:`sora_jax.eval.world_score`) per task the run trains, on
   ``eval.world_clips`` held-out captions;
-* the mean step time of the run (its logged ``step_seconds``, past the first steps).
+* the mean time of the run's train step over the same real packed batches, every run's measured in
+  this one process after the others (:func:`benchmarks.train_step.measure_step`), so the times
+  compare side by side whatever else shared the machine while the runs trained.
 
 Writes the table and a frame strip per run (``docs/images/caption_following_<variant>.png``: the
 probe's prompts, one video a row, eight of its frames) into docs/BENCHMARKS.md.
@@ -29,10 +31,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from benchmarks.report import REPORT, machine_description, replace_section
+from benchmarks.train_step import measure_step
 from sora_jax.config import load_config
 from sora_jax.data import world
 from sora_jax.eval import caption_probe
@@ -42,10 +44,11 @@ from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.state import abstract_train_state, model_graphdef
 
-# The recipe this project trained with before caption following was measured: a learned text
-# encoder with embeddings of std 0.02, captions cut at 24 tokens, cross-attention alone, one loss
-# weight per clip, per-frame noise, the plain velocity loss, a timestep shift of sqrt(tokens / 256),
-# patches of 2 frames and four heads of 32 features.
+# The recipe this project trained world_tiny with before caption following was measured: a learned
+# text encoder with embeddings of std 0.02, captions cut at 24 tokens, cross-attention alone, one
+# loss weight per clip, per-frame noise, the plain velocity loss, a timestep shift of
+# sqrt(tokens / 256), qk-norm, patches of 2 frames in 4 rows of 512 tokens, four heads of 32
+# features, scanned blocks, 1000 steps (about the wall time of the recipe's 1500 on this machine).
 BEFORE = (
     "model.text_pooled=false",
     "model.text_embed_std=0.02",
@@ -55,23 +58,42 @@ BEFORE = (
     "diffusion.noise_correlation=0.0",
     "diffusion.max_x0_weight=0.0",
     "diffusion.shift_base_tokens=256",
+    "model.qk_norm=true",
     "model.patch_size=(2,4,4)",
     "data.seq_len=512",
     "data.batch_size=4",
     "model.heads=4",
+    "model.scan_layers=true",
+    "train.steps=1000",
 )
-# name -> (what the variant changes, its config overrides). Each undoes one part of the recipe.
+# name -> (what the variant changes, its config overrides): one part of the recipe undone, or two
+# (the shared_noise_* pair each compare with shared_noise).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "recipe": ("the experiment as it is", ()),
+    "shared_noise": ("noise half shared through time", ("diffusion.noise_correlation=0.5",)),
+    "shared_noise_qk_norm": (
+        "shared noise and qk-norm in self- and cross-attention",
+        ("diffusion.noise_correlation=0.5", "model.qk_norm=true"),
+    ),
+    "shared_noise_shift_256": (
+        "shared noise and the timestep shift from 256 tokens, not 32",
+        ("diffusion.noise_correlation=0.5", "diffusion.shift_base_tokens=256"),
+    ),
+    "two_frame_patches": (
+        "patches of 2 frames (rows of 512 tokens hold the same clips)",
+        ("model.patch_size=(2,4,4)", "data.seq_len=512", "data.batch_size=4"),
+    ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
     "captions_24": ("captions cut at 24 tokens", ("data.max_caption_tokens=24", "data.text_len=96")),
-    "independent_noise": ("independent noise per frame", ("diffusion.noise_correlation=0.0",)),
     "plain_velocity_loss": ("no cap on the clean-data weight", ("diffusion.max_x0_weight=0.0",)),
     "clip_weighted": ("every clip weighs the same in the loss", ("diffusion.loss_weight=clip",)),
-    "before": ("the recipe before (all of the above, 2-frame patches, 4 heads)", BEFORE),
+    "before": (
+        "the recipe before (`BEFORE`: qk-norm, shift from 256, 2-frame patches, 4 heads, ..., 1000 steps)",
+        BEFORE,
+    ),
 }
-STEP_WARMUP = 5  # Logged steps left out of the step time: compilation and the first batches.
+TIMED_STEPS = 10  # Train steps timed per run, after one warm-up step.
 
 
 def train(spec: str, overrides: tuple[str, ...], workdir: Path) -> None:
@@ -81,12 +103,6 @@ def train(spec: str, overrides: tuple[str, ...], workdir: Path) -> None:
         return
     command = [sys.executable, "-m", "sora_jax.cli", "train", "--config", spec, "--workdir", str(workdir)]
     subprocess.run(command + [f"--config.{item}" for item in overrides], check=True)
-
-
-def step_seconds(workdir: Path) -> float:
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    seconds = [line["step_seconds"] for line in lines if "step_seconds" in line][STEP_WARMUP:]
-    return float(np.mean(seconds))
 
 
 def trained_tasks(config) -> tuple[str, ...]:
@@ -105,7 +121,9 @@ def measure(workdir: Path, strip: Path) -> dict:
     generate = sample_generator(graphdef, config)
     probe = caption_probe.colour_probe(lambda prompt, seed: generate(params, prompt, seed))
     videos = probe.pop("videos")
-    Image.fromarray(caption_probe.frame_strip(list(videos.values()))).save(strip)
+    image = Image.fromarray(caption_probe.frame_strip(list(videos.values())))
+    # Three screen pixels a video pixel, unsmoothed: patch edges and speckle stay visible.
+    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(strip, optimize=True)
     t = config.train
     clips = [
         world.make_clip(config.eval.seed, i, frames=t.sample_frames, height=t.sample_height,
@@ -116,7 +134,7 @@ def measure(workdir: Path, strip: Path) -> dict:
     tasks = trained_tasks(config)
     world_scores = WorldEvaluation(graphdef, config, tasks).scores(params)
     return {
-        "step_ms": 1000 * step_seconds(workdir),
+        "step_ms": 1000 * measure_step(config, TIMED_STEPS)["step_seconds"],
         **{k: probe[k] for k in ("colour_hits", "pair_hits", "pairs", "speckle", "dominant")},
         **{f"sensitivity/{k}": v for k, v in sensitivity.items()},
         **world_scores,
@@ -154,7 +172,10 @@ def report(spec: str, results: dict[str, dict], config) -> str:
     return f"""{machine_description()}
 
 `python -m benchmarks.caption_following --config {spec}` trains the experiment ({t.steps} steps)
-and one variant per part of its recipe, each undoing that part, one after another on this machine.
+and variants that each change one or two parts of its recipe
+(the runs may share the machine while they train).
+The step time is the mean of {TIMED_STEPS} train steps of each run's config on the same kind of real
+packed batches, all measured in one process after training.
 Samples are {t.sample_frames}x{t.sample_height}x{t.sample_width}, {f.sample_steps} {f.sampler}
 steps at guidance {f.guidance:g}, EMA weights, seed 11 for every prompt
 (`sora_jax/eval/caption_probe.py`): nine prompts "{caption_probe.COLOUR_PROMPT.format("<colour>")}"

@@ -44,9 +44,8 @@ def get_config(arg: str | None = None):
     c.conditioning.interpolate = 0.1
     c.conditioning.last_frame = 0.05
     c.conditioning.random_frames = 0.05
-    # The timestep shift, shared noise through time and the clean-data weight cap of world_tiny.
+    # The timestep shift and the clean-data weight cap of world_tiny.
     c.diffusion.shift_base_tokens = 32
-    c.diffusion.noise_correlation = 0.5
     c.diffusion.max_x0_weight = 4.0
     c.train.steps = 2500
     c.optim.warmup_steps = 100

@@ -35,7 +35,6 @@ def get_config(arg: str | None = None):
     # Clips of 256 tokens are shifted towards noise by sqrt(256 / 32) = 2.8: at the default base
     # of 256 the small model spends its steps on nearly clean inputs and never lays out the objects.
     c.diffusion.shift_base_tokens = 32
-    c.diffusion.noise_correlation = 0.5  # Noise shared through time: one object, not one a frame.
     c.diffusion.max_x0_weight = 4.0
     c.train.steps = 1500
     c.optim.warmup_steps = 50
