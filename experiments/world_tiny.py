@@ -1,4 +1,4 @@
-"""Tiny physics-world text-to-video run: trains on a 2-core CPU in about ten minutes.
+"""Tiny physics-world text-to-video run: trains on a 2-core CPU in under twenty minutes.
 
 Run:
     sora-jax train --config experiments/world_tiny.py --workdir runs/world_tiny
@@ -23,8 +23,8 @@ def get_config(arg: str | None = None):
     # Two heads of 64 features: longer matmuls than four of 32, and the same quality here.
     c.model.heads = 2
     # Without qk-norm the attention of a model this small and this briefly trained turns local
-    # (neighbouring patches); with it, it stays near-uniform over the row and samples break into
-    # unrelated tiles (docs/BENCHMARKS.md, caption following).
+    # (neighbouring patches) early; with it, it stays near-uniform over the row for longer, and the
+    # samples are more speckled and follow fewer colours (docs/BENCHMARKS.md, caption following).
     c.model.qk_norm = False
     c.model.scan_layers = False  # Four blocks unrolled: a faster step on CPU, compile still seconds.
     c.data.batch_size = 8
