@@ -47,6 +47,7 @@ def get_config(arg: str | None = None):
         shrink_for_tests(c)
         c.train.sample_prompts = c.train.sample_prompts[:1]
         c.data.seq_len = 128
+        c.data.text_len = 256  # Room for the captions of the many short clips a 128-token row holds.
         c.data.side = (16, 24)
         c.data.frames = (1, 8)
         c.train.sample_frames = 4
