@@ -24,6 +24,11 @@ once when the store is prepared so training never runs the encoder. They lie in 
 the clips lie in ``data/``; ``clip_store.json`` names their width, dtype and encoder under
 ``"captions"``.
 
+``"extra"`` is JSON metadata about the store as a whole, free for its writer to fill (see
+:attr:`ClipStore.extra`); the keys the library itself writes and reads are :data:`AUTOENCODER_KEY`
+and :data:`STATS_KEY`. An encoded latent store holds both (the statistics once its encode has
+finished); a pixel store holds neither.
+
 Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
 "offset"}`` (plus ``"caption_offset"`` and ``"caption_tokens"`` in a store with caption
 embeddings) and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
@@ -58,6 +63,19 @@ VERSION = 1
 DTYPES = ("uint8", "float16", "float32")
 METADATA_KEY = "clip_store.json"
 DEFAULT_CHUNK_BYTES = 4 << 20  # Big enough for cheap object-store requests, small enough to read.
+
+# Schema of ``ClipStore.extra``: the keys the library writes and reads. Both are written by latent
+# encoding (sora_jax.data.encode); caption embeddings are described by ``"captions"`` instead.
+#
+# The autoencoder whose latents the store holds, as ``TrainedAutoencoder.describe()`` gives it:
+# ``{"name", "step", "temporal_factor", "spatial_factor", "latent_channels"}``. Written when the
+# store is created: a resumed encode must match it, and a latent DiT run checks ``"name"``
+# against its ``model.autoencoder``, since latents decode only with the autoencoder that made them.
+AUTOENCODER_KEY = "autoencoder"
+# Per-channel latent statistics ``{"mean": [C floats], "std": [C floats], "clips": n}`` over ``n``
+# clips spread through the store. Written last, when an encode finishes, so its absence means an
+# unfinished encode. Training normalises latents with them and sampling undoes it.
+STATS_KEY = "latent_stats"
 
 # A key's generation when it does not exist: a write conditioned on it only creates.
 _NO_VALUE = b"\x02"

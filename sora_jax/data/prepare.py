@@ -1,11 +1,11 @@
 """Ingest: videos and images with captions into a :class:`~sora_jax.data.clip_store.ClipStore`.
 
-Input is either a folder, searched recursively for ``.mp4 .avi .mov .mkv .webm .gif .jpg .jpeg
-.png`` files (hidden files and folders skipped) each captioned by a sidecar ``.txt`` with the
-same stem, or a CSV in the Open-Sora layout: columns ``path,text`` plus optional
-``num_frames,height,width,fps``, paths relative to the CSV's folder. Only ``fps`` is used from
-the optional columns, and only when the file itself reports no frame rate; sizes and lengths
-are probed from the files, which are what actually gets decoded.
+Input is either a folder, searched recursively for ``.mp4 .avi .mov .mkv .webm .gif`` videos and
+``.png .jpg .jpeg .bmp .webp`` images (hidden files and folders skipped) each captioned by a
+sidecar ``.txt`` with the same stem, or a CSV in the Open-Sora layout: columns ``path,text``
+plus optional ``num_frames,height,width,fps``, paths relative to the CSV's folder. Only ``fps``
+is used from the optional columns, and only when the file itself reports no frame rate; sizes
+and lengths are probed from the files, which are what actually gets decoded.
 
 Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``, ids ``"<source>#<k>"`` where
 ``<source>`` is the path relative to the folder (or as written in the CSV):
@@ -55,15 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from sora_jax.data import video_io
 from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.isolated_pool import IsolatedPool, TaskFailure, call_task
-from sora_jax.data.video_io import VideoDecodeError, probe_video
+from sora_jax.data.video_io import IMAGE_SUFFIXES, DecodedFrame, VideoDecodeError, open_video, probe_video
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 REPORT_KEY = "prepare_report.json"
 
@@ -453,14 +451,13 @@ def _decode_source(
     resize_h, resize_w, crop_h, crop_w = target
     y0, x0 = (resize_h - crop_h) // 2, (resize_w - crop_w) // 2
 
-    def convert(frame: Any) -> np.ndarray:
+    def convert(frame: DecodedFrame) -> np.ndarray:
         # Checked per frame: headers can lie, and streams can change size midway.
         _check_pixels(frame.height, frame.width, settings)
-        rgb = frame.to_ndarray(format="rgb24", width=resize_w, height=resize_h, interpolation="AREA")
+        rgb = frame.to_rgb(resize_h, resize_w)
         return np.ascontiguousarray(rgb[y0 : y0 + crop_h, x0 : x0 + crop_w])
 
-    # video_io's still-image signature: image demuxers report no rate, one frame, no duration.
-    still = info.fps == 0.0 and info.num_frames == 1 and info.duration == 0.0
+    still = info.is_still
     source_fps = info.fps or fps_hint
     if still:
         out_fps, step = 0.0, None
@@ -477,20 +474,20 @@ def _decode_source(
     t0 = prev = None
     last_t = -math.inf
     j = 0  # Next sample is at t0 + j * step; a product, so no drift over long videos.
-    cache: tuple[Any, np.ndarray] | None = None
+    cache: tuple[DecodedFrame, np.ndarray] | None = None
 
-    def sample(frame: Any) -> np.ndarray:
+    def sample(frame: DecodedFrame) -> np.ndarray:
         nonlocal cache
         if cache is None or cache[0] is not frame:  # A frame held over several samples.
             cache = (frame, convert(frame))
         return cache[1]
 
     try:
-        # video_io's container handling (the "file:" prefix, FFmpeg errors as VideoDecodeError)
-        # but on av frames: iter_frames converts every frame to full-size RGB, whereas only the
-        # sampled ones are needed, and swscale converts and shrinks them in one pass.
-        with video_io._open_video(path) as (container, stream):
-            for t, frame in video_io._decode(container, stream, 0.0):
+        # open_video rather than iter_frames: iter_frames converts every frame to full-size RGB,
+        # whereas only the sampled ones are needed, and to_rgb converts and shrinks in one pass.
+        with open_video(path) as video:
+            for frame in video.frames():
+                t = frame.time
                 if t <= last_t:  # Out-of-order or repeated timestamps in broken streams.
                     continue
                 last_t = t

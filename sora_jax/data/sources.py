@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from sora_jax.data import world
-from sora_jax.data.clip_store import ClipStore
-from sora_jax.data.encode import STATS_KEY
+from sora_jax.data.clip_store import STATS_KEY, ClipStore
 
 log = logging.getLogger("sora_jax")
 

@@ -15,6 +15,9 @@ Writing supports three containers, chosen by the path's suffix:
 
 Reading accepts anything FFmpeg demuxes and decodes, including still images (one frame), and
 returns the first video stream. Orientation metadata (phone "rotate" side data) is not applied.
+:func:`read_video` decodes a whole clip and :func:`iter_frames` streams RGB frames;
+:func:`open_video` streams decoded frames that are converted to RGB (and shrunk) only when asked,
+so ingest, which keeps few frames of long or large videos, converts only those.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
 
 StrPath = str | os.PathLike
+
+# Lower-case suffixes of still-image files, one tuple so that ingest and sampling inputs accept
+# the same images. FFmpeg decodes each as a one-frame video (animated WebP it cannot decode).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 _MP4_CRF = 18  # Visually near-lossless; lower values grow files with no visible gain.
 _GIF_TIME_BASE = Fraction(1, 100)  # GIF frame delays are stored in centiseconds.
@@ -65,6 +72,11 @@ class VideoInfo:
     num_frames: int  # Container count, else round(duration * fps); 1 for a still; -1 if unknown.
     duration: float  # Seconds; 0.0 if unknown or a still image.
     codec: str  # FFmpeg decoder name: "h264", "gif", "png", ...
+
+    @property
+    def is_still(self) -> bool:
+        """True for a still image, which :func:`probe_video` reports as 0.0 fps, 1 frame, 0.0 s."""
+        return self.fps == 0.0 and self.num_frames == 1 and self.duration == 0.0
 
 
 def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
@@ -237,6 +249,115 @@ def _decode(container: InputContainer, stream: VideoStream, start: float) -> Ite
             yield t, frame
 
 
+def _info(container: InputContainer, stream: VideoStream) -> VideoInfo:
+    cc = stream.codec_context
+    if _is_still_image(container):
+        return VideoInfo(cc.width, cc.height, 0.0, 1, 0.0, cc.name)
+    fps = _fps(container, stream)
+    if stream.duration:
+        duration = float(stream.duration * stream.time_base)
+    else:  # Container-level duration is in AV_TIME_BASE units (microseconds).
+        duration = (container.duration or 0) / av.time_base
+    estimate = round(duration * fps) if duration > 0 and fps > 0 else -1
+    num_frames = stream.frames if stream.frames > 0 else estimate
+    return VideoInfo(cc.width, cc.height, fps, num_frames, duration, cc.name)
+
+
+class DecodedFrame:
+    """One decoded frame, kept in the decoder's pixel format until :meth:`to_rgb` is called.
+
+    ``time`` is seconds from the start of the video stream; ``height`` and ``width`` the decoded
+    size, which may differ between frames of one stream. Converting lazily lets a caller that
+    keeps few of many frames (frame-rate resampling) pay for few conversions, and shrink in the
+    same pass. A frame stays usable after its :func:`open_video` block has closed the file.
+    """
+
+    __slots__ = ("_frame", "_path", "time")
+
+    def __init__(self, time: float, frame: av.VideoFrame, path: str) -> None:
+        """Internal: frames come from :meth:`VideoReader.frames`."""
+        self.time = time
+        self._frame = frame
+        self._path = path
+
+    @property
+    def height(self) -> int:
+        """Decoded rows."""
+        return self._frame.height
+
+    @property
+    def width(self) -> int:
+        """Decoded columns."""
+        return self._frame.width
+
+    def to_rgb(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """The frame as uint8 ``[H, W, 3]`` RGB.
+
+        Without a size, ``H, W`` is the decoded size. With both ``height`` and ``width`` the frame
+        is resampled to that size by area averaging (FFmpeg swscale ``AREA``, in the same pass as
+        the YUV->RGB conversion), which suits shrinking; the aspect ratio is the caller's concern.
+
+        Raises ValueError if only one of ``height``/``width`` is given or either is below 1, and
+        VideoDecodeError if FFmpeg cannot convert the frame.
+        """
+        if (height is None) != (width is None):
+            raise ValueError(f"give both height and width or neither, got {height=}, {width=}")
+        size: dict[str, int | str] = {}
+        if height is not None and width is not None:
+            if height < 1 or width < 1:
+                raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+            size = {"height": height, "width": width, "interpolation": "AREA"}
+        try:
+            return self._frame.to_ndarray(format="rgb24", **size)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(self._path, e.strerror or str(e)) from e
+
+
+class VideoReader:
+    """An open video file: its first video stream's metadata and decoded frames.
+
+    Made by :func:`open_video` and usable only inside its ``with`` block.
+    """
+
+    __slots__ = ("_container", "_stream", "path")
+
+    def __init__(self, path: StrPath, container: InputContainer, stream: VideoStream) -> None:
+        """Internal: use :func:`open_video`."""
+        self.path = os.fspath(path)
+        self._container = container
+        self._stream = stream
+
+    @property
+    def info(self) -> VideoInfo:
+        """The stream's metadata from the headers, as :func:`probe_video` reports it."""
+        return _info(self._container, self._stream)
+
+    def frames(self, start: float = 0.0) -> Iterator[DecodedFrame]:
+        """Yields the decoded frames with ``time >= start`` seconds, in presentation order.
+
+        ``start > 0`` seeks to the preceding keyframe rather than decoding from zero. Frames are
+        decoded one at a time, so long videos are never held in memory. The ``i``-th frame of a
+        file without timestamps gets ``time = i / fps`` (``i`` s if the rate is unknown).
+        Iterate once per :func:`open_video`: the decoder's position is shared, so a second
+        iteration continues where the first stopped.
+        """
+        for t, frame in _decode(self._container, self._stream, start):
+            yield DecodedFrame(t, frame, self.path)
+
+
+@contextlib.contextmanager
+def open_video(path: StrPath) -> Iterator[VideoReader]:
+    """Opens ``path`` for decoding its first video stream: ``with open_video(p) as video: ...``.
+
+    Inside the block, any FFmpeg failure (demuxing, decoding, converting) is raised as
+    VideoDecodeError; other exceptions pass through unchanged. The file is closed when the block
+    exits. Raises FileNotFoundError if ``path`` does not exist and VideoDecodeError if it cannot
+    be opened or has no video stream.
+    """
+    with _open_video(path) as (container, stream):
+        yield VideoReader(path, container, stream)
+
+
 def iter_frames(path: StrPath, *, start: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
     """Yields ``(timestamp, frame)`` for each decoded frame with ``timestamp >= start``.
 
@@ -248,9 +369,9 @@ def iter_frames(path: StrPath, *, start: float = 0.0) -> Iterator[tuple[float, n
     Raises VideoDecodeError for an unreadable or corrupt file (possibly after some frames were
     yielded) and FileNotFoundError if ``path`` does not exist.
     """
-    with _open_video(path) as (container, stream):
-        for t, frame in _decode(container, stream, start):
-            yield t, frame.to_ndarray(format="rgb24")
+    with open_video(path) as video:
+        for frame in video.frames(start):
+            yield frame.time, frame.to_rgb()
 
 
 def read_video(path: StrPath, *, max_frames: int | None = None) -> tuple[np.ndarray, float]:
@@ -285,15 +406,5 @@ def probe_video(path: StrPath) -> VideoInfo:
     Raises VideoDecodeError for an unreadable file or one without a video stream, and
     FileNotFoundError if ``path`` does not exist.
     """
-    with _open_video(path) as (container, stream):
-        cc = stream.codec_context
-        if _is_still_image(container):
-            return VideoInfo(cc.width, cc.height, 0.0, 1, 0.0, cc.name)
-        fps = _fps(container, stream)
-        if stream.duration:
-            duration = float(stream.duration * stream.time_base)
-        else:  # Container-level duration is in AV_TIME_BASE units (microseconds).
-            duration = (container.duration or 0) / av.time_base
-        estimate = round(duration * fps) if duration > 0 and fps > 0 else -1
-        num_frames = stream.frames if stream.frames > 0 else estimate
-        return VideoInfo(cc.width, cc.height, fps, num_frames, duration, cc.name)
+    with open_video(path) as video:
+        return video.info

@@ -7,12 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sora_jax.data import prepare as prepare_module
 from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.isolated_pool import IsolatedPool
 from sora_jax.data.prepare import prepare
-from sora_jax.data.video_io import write_video
+from sora_jax.data.video_io import IMAGE_SUFFIXES, write_video
 
 _SETTINGS = {"max_seconds": 2.0, "fps": 8.0, "max_area": 64 * 64}
 
@@ -139,6 +140,19 @@ def test_interrupted_run_keeps_whole_sources_and_resumes(tmp_path, monkeypatch):
     )
 
 
+def test_folder_ingests_every_image_suffix(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = _ramp(1, 24, 32)[0]
+    for suffix in IMAGE_SUFFIXES:  # lossless is a WebP option; the other formats ignore it.
+        Image.fromarray(image).save(folder / f"image{suffix}", lossless=True)
+    report = prepare(str(folder), str(tmp_path / "store"), workers=0, caption_default="x", **_SETTINGS)
+    assert (report.inputs_seen, report.sources_done, report.failures) == (5, 5, {})
+    store = ClipStore.open(tmp_path / "store")
+    assert sorted(r.source for r in store.records) == sorted(f"image{s}" for s in IMAGE_SUFFIXES)
+    assert {(r.shape, r.fps) for r in store.records} == {((1, 24, 32, 3), 0.0)}
+
+
 def test_csv_input(tmp_path):
     root = tmp_path / "csv"
     write_video(root / "clips" / "a.mp4", _ramp(24, 32, 48), 12)  # 2 s, fps=None keeps 12 fps.
@@ -215,7 +229,7 @@ def test_pool_pins_crashes_and_hangs_on_their_task():
 
 
 def test_caption_embeddings_are_computed_once_at_prepare_time(tmp_path):
-    from sora_jax.text import load_text_encoder
+    from sora_jax.text.encoder import load_text_encoder
     from sora_jax.text.tiny import write_tiny_bert
 
     encoder_dir = write_tiny_bert(tmp_path / "tiny-bert")

@@ -3,13 +3,16 @@
 import os
 import pickle
 
+import av
 import numpy as np
 import pytest
 
-from sora_jax.data import video_io
 from sora_jax.data.video_io import (
+    DecodedFrame,
     VideoDecodeError,
+    VideoInfo,
     iter_frames,
+    open_video,
     probe_video,
     read_video,
     write_video,
@@ -84,7 +87,8 @@ def test_png_single_frame_is_lossless(tmp_path):
     frames, fps = read_video(path)
     np.testing.assert_array_equal(frames, clip)
     assert fps == 0.0
-    assert probe_video(path) == video_io.VideoInfo(9, 15, 0.0, 1, 0.0, "png")
+    assert probe_video(path) == VideoInfo(9, 15, 0.0, 1, 0.0, "png")
+    assert probe_video(path).is_still
     with pytest.raises(ValueError, match="single frame"):
         write_video(tmp_path / "two.png", _clip(t=2), fps=1)
 
@@ -105,6 +109,7 @@ def test_probe_video(tmp_path):
     assert (info.width, info.height, info.num_frames, info.codec) == (48, 32, 10, "h264")
     assert info.fps == pytest.approx(20)
     assert info.duration == pytest.approx(0.5, abs=0.01)
+    assert not info.is_still
 
 
 def test_iter_frames_start_and_max_frames(tmp_path):
@@ -126,12 +131,70 @@ def test_write_creates_parents_and_leaves_no_temp(tmp_path):
     assert read_video(path)[0].shape[0] == 3
 
 
+def test_open_video_converts_and_shrinks_frames_on_request(tmp_path):
+    clip = _clip(t=8)  # 48 x 64
+    path = tmp_path / "clip.mp4"
+    write_video(path, clip, fps=8)
+    with open_video(path) as video:
+        assert video.path == str(path)
+        assert video.info == probe_video(path)
+        frames = list(video.frames(start=0.5))
+    assert all(isinstance(f, DecodedFrame) for f in frames)
+    assert [f.time for f in frames] == pytest.approx([0.5, 0.625, 0.75, 0.875])
+    first = frames[0]
+    assert (first.height, first.width) == (48, 64)
+    # Frames convert after the file is closed: a resampler may keep one past the last decode.
+    rgb = first.to_rgb()
+    assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3) and _mae(rgb, clip[4]) < 8
+    np.testing.assert_array_equal(rgb, dict(iter_frames(path))[0.5])
+    small = first.to_rgb(24, 32)
+    assert small.dtype == np.uint8 and small.shape == (24, 32, 3)
+    # Area averaging: each output pixel is the mean of the 2 x 2 input pixels it covers.
+    pooled = clip[4].reshape(24, 2, 32, 2, 3).mean(axis=(1, 3))
+    assert _mae(small, pooled) < 8
+    for size in ({"height": 24}, {"width": 32}, {"height": 0, "width": 32}):
+        with pytest.raises(ValueError, match="height"):
+            first.to_rgb(**size)
+
+
+def test_open_video_still_image_and_errors(tmp_path):
+    still = tmp_path / "still.png"
+    image = _clip(t=1, h=15, w=9)
+    write_video(still, image, fps=1)
+    with open_video(still) as video:
+        assert video.info.is_still
+        frames = list(video.frames())
+    assert len(frames) == 1
+    np.testing.assert_array_equal(frames[0].to_rgb(), image[0])
+
+    with pytest.raises(FileNotFoundError):
+        with open_video(tmp_path / "missing.mp4"):
+            pass
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 20)
+    with pytest.raises(VideoDecodeError, match="notes.mp4"):
+        with open_video(text) as video:
+            list(video.frames())
+    good = tmp_path / "good.mp4"
+    write_video(good, _clip(), fps=24)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(VideoDecodeError, match="truncated.mp4"):
+        with open_video(truncated) as video:
+            for frame in video.frames():
+                frame.to_rgb()
+    # Errors of the caller's own pass through the block unchanged.
+    with pytest.raises(KeyError):
+        with open_video(good):
+            raise KeyError("caller")
+
+
 def test_failed_encode_keeps_target_untouched(tmp_path, monkeypatch):
-    def broken_encoder(f, frames, rate):
+    def broken_open(f, *args, **kwargs):
         f.write(b"partial mp4 bytes")
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setitem(video_io._ENCODERS, ".mp4", broken_encoder)
+    monkeypatch.setattr(av, "open", broken_open)
     new, old = tmp_path / "new.mp4", tmp_path / "old.mp4"
     old.write_bytes(b"previous")
     for path in (new, old):
