@@ -34,7 +34,8 @@ class AttentionKernel:
     """How attention is computed; hashable, so it is part of a module's static structure.
 
     ``kernel``: xla | cudnn | splash | ring. ``sequence_parallel``: all_to_all | gather, used when
-    keys are split over the mesh's sequence axis. ``rules`` map logical axes to mesh axes.
+    keys are split over the mesh's sequence axis. ``rules`` map logical axes to mesh axes; attention
+    reads the activation names (``activation_batch``, ``activation_length``, ``activation_heads``).
     ``interpret``: run the splash kernel in the Pallas interpreter (to check it off TPU).
     """
 
@@ -89,30 +90,31 @@ def attend(
     if mesh.empty:
         return compute(q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk)
     rules = kernel.rules
-    sequence = axis_size(mesh, "length", rules)
+    # Activation names: the layout of the queries, keys and values, whatever the input batch's is.
+    sequence = axis_size(mesh, "activation_length", rules)
     exchange = kernel.kernel == "ring" or kernel.sequence_parallel == "all_to_all"
     keys_split = self_attention and sequence > 1 and exchange
     if kernel.kernel != "splash" and not keys_split:
         return compute(q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk)
 
-    axis = mesh_axes("length", rules)
+    axis = mesh_axes("activation_length", rules)
     if kernel.kernel == "ring" and keys_split:
         body = lambda q, k, v, qs, ks: ring_attention(q, k, v, qs, ks, axis, sequence)  # noqa: E731
     elif keys_split:
         body = lambda q, k, v, qs, ks: all_to_all_attention(compute, q, k, v, qs, ks, axis)  # noqa: E731
     else:
         body = compute  # Splash on its shard; keys not split (cross-attention, or gathered).
-    key_length = "length" if keys_split else None
-    q_spec = logical_to_spec(("batch", "length", "heads", None), rules)
-    kv_spec = logical_to_spec(("batch", key_length, "heads", None), rules)
+    key_length = "activation_length" if keys_split else None
+    q_spec = logical_to_spec(("activation_batch", "activation_length", "activation_heads", None), rules)
+    kv_spec = logical_to_spec(("activation_batch", key_length, "activation_heads", None), rules)
     return jax.shard_map(
         body,
         in_specs=(
             q_spec,
             kv_spec,
             kv_spec,
-            logical_to_spec(("batch", "length"), rules),
-            logical_to_spec(("batch", key_length), rules),
+            logical_to_spec(("activation_batch", "activation_length"), rules),
+            logical_to_spec(("activation_batch", key_length), rules),
         ),
         out_specs=q_spec,
         check_vma=False,

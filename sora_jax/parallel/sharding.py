@@ -1,8 +1,11 @@
 """Logical axis names and the rules, from the config, that map them to mesh axes.
 
-Modules name the axes of their parameters (``("embed", "mlp")``) and of activations at block
-boundaries (``("batch", "length", "embed")``); only the rules table (``config.mesh.rules``) knows
-the mesh. Changing the parallelism is a change of rules or mesh shape, never of model code.
+Modules name the axes of their parameters (``("embed", "mlp")``) and the input batch names its
+arrays' axes (``("batch", "length")``); activations inside the model have names of their own
+(``("activation_batch", "activation_length", "activation_embed")``, see
+:data:`ACTIVATION_NAMES`), so the layout of inputs and parameters and that of activations are
+set independently. Only the rules table (``config.mesh.rules``) knows the mesh. Changing the
+parallelism is a change of rules or mesh shape, never of model code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # Hashable (it is part of the model's static structure): ((logical name, (mesh axis, ...)), ...).
 Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+# The logical names model code gives activation axes, each to its own rule in ``mesh.rules``:
+# rows, tokens and model width of the residual stream [B, L, D], and the heads of attention's
+# per-device queries, keys and values [B, L, N, H]. A name missing from the rules is replicated.
+ACTIVATION_NAMES = ("activation_batch", "activation_length", "activation_embed", "activation_heads")
 
 
 def axis_rules(config: ml_collections.ConfigDict) -> Rules:
@@ -50,7 +58,8 @@ def logical_to_spec(names: Sequence[str | None] | None, rules: Rules) -> Partiti
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], rules: Rules) -> jax.Array:
-    """Constrain an activation's sharding by logical names, inside ``jax.set_mesh`` (else a no-op)."""
+    """``x`` laid out as its axes' logical ``names`` say (one per axis of ``x``, activation names
+    such as ``"activation_batch"``), inside ``jax.set_mesh``; without a mesh, ``x`` unchanged."""
     if jax.sharding.get_abstract_mesh().empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))

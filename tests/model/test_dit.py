@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,3 +173,39 @@ def test_the_pooled_caption_conditions_every_token_of_its_clip_only_when_enabled
         assert hasattr(model, "caption_in") == pooled
         outs = [_apply(model, b["patches"], jnp.full((1, 1), 0.5), b) for b in batches]
         assert float(jnp.abs(outs[0] - outs[1]).mean()) > 1e-4  # Cross-attention reads words either way.
+
+
+def _has_scope(hlo: str, *names: str) -> bool:
+    """Whether an op's name stack holds the scopes ``names`` in a row: ``/block_0/mlp/``, also as
+    autodiff wraps them (``jvp(block_0)/mlp/``, ``transpose(jvp(block_0))/mlp/``)."""
+    path = "/".join(rf"(?:\w+\()*{re.escape(name)}\)*" for name in names)
+    return re.search(rf"[/(]{path}/", hlo) is not None
+
+
+def test_named_scopes_name_the_model_s_parts_in_the_hlo():
+    config = get_config("test")
+    clip = _clip(config, 2, 16, 16, 0, [1, 2])
+    batch = jax.tree.map(
+        jnp.asarray, pack_rows([[clip]], seq_len=40, patch_dim=clip.patches.shape[1], max_clips=1, text_len=4)
+    )
+    parts = ("modulation", "self_attention", "cross_attention", "mlp")
+    # Unrolled blocks are named by index; scanned ones (here also rematerialised) share one name.
+    for scan, remat, blocks in ((False, "none", ("block_0", "block_1")), (True, "full", ("block",))):
+        config.model.scan_layers, config.model.remat = scan, remat
+        graphdef, state = nnx.split(build_model(config, 0))
+
+        def loss(state, graphdef=graphdef):
+            out = nnx.merge(graphdef, state)(batch["patches"], jnp.full((1, 1), 0.5), batch)
+            return jnp.mean(out**2)
+
+        # The lowered module's locations become the compiled ops' metadata, what profilers show;
+        # the backward pass (and its recomputation under remat) carries the names too.
+        forward = jax.jit(loss).lower(state).compile().as_text()
+        train = jax.jit(jax.grad(loss)).lower(state).as_text(debug_info=True)
+        for hlo in (forward, train):
+            for name in ("patch_embed", "conditioning", "text_encoder", "final_layer"):
+                assert _has_scope(hlo, name), name
+            for block in blocks:
+                for part in parts:
+                    assert _has_scope(hlo, block, part), (block, part)
+            assert _has_scope(hlo, "block_0") != scan
