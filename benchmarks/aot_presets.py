@@ -44,7 +44,7 @@ def main() -> None:
         rows.append(
             f"| `{spec}` | {topology} x {slices} | {report.chips} | "
             f"{', '.join(f'{k} {v}' for k, v in report.mesh.items() if v > 1)} | "
-            f"{report.parameters / 1e9:.2f}B | {report.tokens_per_step:,} | "
+            f"{report.parameters / 1e9:.2f}B | {report.work_per_step:,} | "
             f"{b['arguments'] / GIB:.1f} / {b['temporaries'] / GIB:.1f} / {b['total'] / GIB:.1f} | "
             f"{report.hbm_bytes_per_chip / GIB:.0f} | {100 * report.spare_fraction:.0f}% | "
             f"{report.flops_per_step:.2e} | {report.xla_flops_per_chip:.2e} | "

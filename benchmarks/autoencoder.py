@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.report import machine_description, replace_section
-from sora_jax.autoencoder import build_autoencoder, decode_chunked, encode_chunked
+from sora_jax.autoencoder.model import build_autoencoder
+from sora_jax.autoencoder.streaming import decode_chunked, encode_chunked
 from sora_jax.autoencoder.training import autoencoder_config
 from sora_jax.config import load_config
 

@@ -38,11 +38,9 @@ from benchmarks.train_step import measure_step
 from sora_jax.config import load_config
 from sora_jax.data import world
 from sora_jax.eval import caption_probe
-from sora_jax.eval.evaluate import WorldEvaluation, local_config
 from sora_jax.eval.generate import sample_generator
-from sora_jax.parallel.mesh import make_mesh
-from sora_jax.train import checkpoint
-from sora_jax.train.state import abstract_train_state, model_graphdef
+from sora_jax.eval.world_eval import WorldEvaluation
+from sora_jax.train.trained_run import TrainedRun
 
 # The recipe this project trained world_tiny with before caption following was measured: a learned
 # text encoder with embeddings of std 0.02, captions cut at 24 tokens, cross-attention alone, one
@@ -113,11 +111,8 @@ def trained_tasks(config) -> tuple[str, ...]:
 
 def measure(workdir: Path, strip: Path) -> dict:
     """Probes, caption sensitivity, world scores and step time of the run in ``workdir``."""
-    config = local_config(workdir)
-    manager = checkpoint.manager(workdir, read_only=True)
-    abstract = abstract_train_state(config, make_mesh(config)).ema_params
-    params = checkpoint.restore_params(manager, abstract, manager.latest_step())
-    graphdef = model_graphdef(config)
+    with TrainedRun(workdir) as run:
+        config, graphdef, params = run.config, run.graphdef, run.params()
     generate = sample_generator(graphdef, config)
     probe = caption_probe.colour_probe(lambda prompt, seed: generate(params, prompt, seed))
     videos = probe.pop("videos")

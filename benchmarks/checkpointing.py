@@ -68,7 +68,8 @@ def step_times(config_path: str, steps: int, rounds: int, placement: str) -> dic
 
     from sora_jax.config import load_config
     from sora_jax.data.pipeline import batch_stream
-    from sora_jax.parallel.global_batch import BatchLayout
+    from sora_jax.kinds.registry import run_kind
+    from sora_jax.parallel.global_batch import BatchLayout, packed_axes
     from sora_jax.parallel.mesh import make_mesh
     from sora_jax.train.state import create_train_state
     from sora_jax.train.trainer import jit_train_step
@@ -79,9 +80,9 @@ def step_times(config_path: str, steps: int, rounds: int, placement: str) -> dic
     if placement == "split":
         _move_host_work_off_core_0()
     graphdef, state, shardings = create_train_state(config, mesh)
-    step_fn = jit_train_step(graphdef, config, mesh, shardings)
+    step_fn = jit_train_step(graphdef, run_kind(config), mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
-    layout = BatchLayout.of(config, mesh)
+    layout = BatchLayout.of(config, mesh, packed_axes(config))
     batches = [layout.to_global(next(stream)) for _ in range(steps)]
     state, _ = step_fn(state, batches[0])  # Compile outside the timing.
     plain, saving, blocked = [], [], []

@@ -28,7 +28,8 @@ from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.stats import pipeline_stats
-from sora_jax.parallel.global_batch import BatchLayout
+from sora_jax.kinds.registry import run_kind
+from sora_jax.parallel.global_batch import BatchLayout, packed_axes
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.state import create_train_state
 from sora_jax.train.trainer import jit_train_step
@@ -38,10 +39,10 @@ def train_tokens_per_s(config, steps: int) -> float:
     """Non-padding tokens a second the compiled train step consumes (batches built beforehand)."""
     mesh = make_mesh(config)
     graphdef, state, shardings = create_train_state(config, mesh)
-    step_fn = jit_train_step(graphdef, config, mesh, shardings)
+    step_fn = jit_train_step(graphdef, run_kind(config), mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
     host = [next(stream) for _ in range(steps + 1)]
-    batches = [BatchLayout.of(config, mesh).to_global(b) for b in host]
+    batches = [BatchLayout.of(config, mesh, packed_axes(config)).to_global(b) for b in host]
     state, metrics = step_fn(state, batches[0])
     jax.block_until_ready(metrics)
     start = time.perf_counter()

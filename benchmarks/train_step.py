@@ -25,7 +25,8 @@ import numpy as np
 from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.data.pipeline import batch_stream
-from sora_jax.parallel.global_batch import BatchLayout
+from sora_jax.kinds.registry import run_kind
+from sora_jax.parallel.global_batch import BatchLayout, packed_axes
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import count_params, create_train_state
@@ -56,9 +57,10 @@ def measure_step(config, steps: int) -> dict:
     real packed batches (after one warm-up step)."""
     mesh = make_mesh(config)
     graphdef, state, shardings = create_train_state(config, mesh)
-    step_fn = jit_train_step(graphdef, config, mesh, shardings)
+    step_fn = jit_train_step(graphdef, run_kind(config), mesh, shardings)
     stream = batch_stream(config, config.data.batch_size)
-    batches = [BatchLayout.of(config, mesh).to_global(next(stream)) for _ in range(steps + 1)]
+    layout = BatchLayout.of(config, mesh, packed_axes(config))
+    batches = [layout.to_global(next(stream)) for _ in range(steps + 1)]
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()

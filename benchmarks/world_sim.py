@@ -27,11 +27,10 @@ from ml_collections import ConfigDict
 from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.diffusion.conditioning import TASKS as CONDITIONING_TASKS
-from sora_jax.eval.evaluate import WorldEvaluation, local_config
+from sora_jax.eval.world_eval import WorldEvaluation
 from sora_jax.eval.world_score import REFERENCES, SCORES
-from sora_jax.parallel.mesh import make_mesh
-from sora_jax.train import checkpoint
-from sora_jax.train.state import abstract_train_state, model_graphdef
+from sora_jax.train.state import model_graphdef
+from sora_jax.train.trained_run import TrainedRun, local_config
 
 TASKS = WorldEvaluation.TASKS
 # Column headings of the reference videos of world_score.REFERENCES.
@@ -51,10 +50,8 @@ def _cell(value: float) -> str:
 def guidance_sweep(workdir: Path, config: ConfigDict, step: int, scales: list[float]) -> dict[float, dict]:
     """World scores (``WorldEvaluation.scores``) of checkpoint ``step`` sampled at each caption
     guidance scale in ``scales``, the run's other sampling settings unchanged."""
-    manager = checkpoint.manager(workdir, read_only=True)
-    abstract = abstract_train_state(config, make_mesh(config)).ema_params
-    params = checkpoint.restore_params(manager, abstract, step)
-    graphdef, swept = model_graphdef(config), {}
+    with TrainedRun(workdir) as run:
+        params, graphdef, swept = run.params(step), run.graphdef, {}
     for scale in scales:
         scaled = config.copy_and_resolve_references()
         with scaled.unlocked():

@@ -18,7 +18,8 @@ so image-to-video conditions on exactly the image's latents). Other paths:
 ``get_config("test")`` shrinks the model and the run to seconds for the test suite.
 """
 
-from sora_jax.config import base_config, shrink_for_tests
+from sora_jax.config import base_config
+from sora_jax.testing import shrink_for_tests
 
 
 def get_config(arg: str | None = None):

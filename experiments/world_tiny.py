@@ -10,7 +10,8 @@ Then sample:
 ``get_config("test")`` shrinks it further for the test suite (seconds, not minutes).
 """
 
-from sora_jax.config import base_config, shrink_for_tests
+from sora_jax.config import base_config
+from sora_jax.testing import shrink_for_tests
 
 
 def get_config(arg: str | None = None):

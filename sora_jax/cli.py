@@ -7,12 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sora_jax.config import ConfigError
-
-if TYPE_CHECKING:
-    import ml_collections
+from sora_jax.errors import ConfigError
 
 CONFIG_PREFIX = "--config."
 
@@ -164,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument(
         "--chunk-frames", type=int, default=None, help="frames an encoder call (bounds memory; default: all)"
     )
+    encode.add_argument(
+        "--tile", type=int, default=None, help="encode larger frames in tiles of this many pixels a side"
+    )
     return parser
 
 
@@ -237,7 +236,11 @@ def _data_stats(args: argparse.Namespace, overrides: list[str]) -> int:
     from sora_jax.config import load_config
     from sora_jax.data.stats import pipeline_stats
 
-    print(json.dumps(pipeline_stats(load_config(args.config, overrides), args.batches)))
+    try:
+        stats = pipeline_stats(load_config(args.config, overrides), args.batches)
+    except ValueError as error:  # A data source that cannot feed the run (e.g. a mismatched store).
+        raise ConfigError(str(error)) from None
+    print(json.dumps(stats))
     return 0
 
 
@@ -247,17 +250,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sora_jax.eval.evaluate import Evaluator
 
     evaluator = Evaluator(args.workdir, world=args.world)
-    steps = evaluator.steps()
-    if not steps:
-        raise ConfigError(f"no checkpoint in {args.workdir}/checkpoints")
+    step = evaluator.run.step(args.step)  # Raises ConfigError without that checkpoint.
     if args.follow:
         results = evaluator.follow(args.poll, args.timeout)
     elif args.all:
-        results = [evaluator.evaluate(s) for s in steps if not evaluator.evaluated(s)]
+        results = [evaluator.evaluate(s) for s in evaluator.steps() if not evaluator.evaluated(s)]
     else:
-        step = steps[-1] if args.step is None else args.step
-        if step not in steps:
-            raise ConfigError(f"no checkpoint of step {step}; there are {steps}")
         results = [evaluator.evaluate(step)]
     evaluator.close()
     for result in results:
@@ -269,103 +267,36 @@ def _sample(args: argparse.Namespace) -> int:
     from etils import epath
 
     from sora_jax.data.video_io import write_video
-    from sora_jax.eval.evaluate import local_config
-    from sora_jax.eval.generate import make_generator
-    from sora_jax.parallel.mesh import make_mesh
-    from sora_jax.train import checkpoint
-    from sora_jax.train.state import abstract_train_state, model_graphdef
+    from sora_jax.kinds.base import SampleRequest
+    from sora_jax.train.trained_run import TrainedRun
 
-    workdir = epath.Path(args.workdir)  # A local directory or a URL such as gs://bucket/run.
-    try:
-        config = local_config(workdir)  # Sample on the devices here, whatever mesh the run used.
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-    mgr = checkpoint.manager(workdir, read_only=True)
-    if mgr.latest_step() is None:
-        raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-    abstract = abstract_train_state(config, make_mesh(config)).ema_params
-    params = checkpoint.restore_params(mgr, abstract, args.step)
-    d = config.diffusion
-    shape = _model_shape(config, args)
-    generate = make_generator(
-        model_graphdef(config),
-        config,
-        frames=shape[0],
-        height=shape[1],
-        width=shape[2],
-        steps=args.steps or d.sample_steps,
-        guidance=d.guidance if args.guidance is None else args.guidance,
-        method=args.sampler or d.sampler,
-        cond_guidance=d.cond_guidance if args.cond_guidance is None else args.cond_guidance,
+    request = SampleRequest(
+        prompt=args.prompt,
+        seed=args.seed,
+        step=args.step,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        cond_guidance=args.cond_guidance,
+        image=args.image,
+        video=args.video,
+        extend=args.extend,
+        interpolate=tuple(args.interpolate) if args.interpolate else None,
+        connect=tuple(args.connect) if args.connect else None,
+        edit=args.edit,
+        given_frames=args.given_frames,
+        strength=args.strength,
     )
-    try:
-        condition, edit = _given(config, args, shape, generate.decoder)
-        frames = generate(params, args.prompt, args.seed, condition=condition, edit=edit)
-    except ValueError as error:  # Unreadable or unfitting given images and videos.
-        raise ConfigError(str(error)) from None
+    with TrainedRun(args.workdir) as run:  # On the devices here, whatever mesh the run used.
+        frames = run.kind.generate(run, request)
     out = epath.Path(args.out)  # May be a URL too.
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
     print(f"wrote {out} and {out.with_suffix('.gif')} ({'x'.join(map(str, frames.shape[:3]))})")
     return 0
-
-
-def _given(
-    config: ml_collections.ConfigDict, args: argparse.Namespace, shape: tuple[int, int, int], decoder: object
-) -> tuple[object, object]:
-    """The (condition, edit) the conditioning arguments ask for; (None, None) for text alone."""
-    from sora_jax.eval.inputs import ClipLayout, read_frames
-
-    m = config.model
-    layout = ClipLayout(*shape, m.channels, m.patch_size[0], decoder)
-    frames, height, width = decoder.pixel_shape(*shape) if decoder is not None else shape
-    step = decoder.autoencoder.config.temporal_factor if decoder is not None else 1
-
-    def piece(path: str, share: int, end: bool) -> object:
-        """``share`` frames of a video: its last (``end``) or first ones, whole encoder steps."""
-        video = read_frames(path, height, width)
-        count = max(1, min(args.given_frames or share, len(video)))
-        count = 1 + (count - 1) // step * step
-        return video[len(video) - count :] if end else video[:count]
-
-    if args.image:
-        return layout.condition([("start", read_frames(args.image, height, width)[:1])]), None
-    if args.interpolate:
-        first, last = (read_frames(path, height, width)[:1] for path in args.interpolate)
-        return layout.condition([("start", first), ("end", last)]), None
-    if args.video:
-        forward = args.extend == "forward"  # The video's end leads into what is generated, or its start.
-        given = piece(args.video, frames // 2, end=forward)
-        return layout.condition([("start" if forward else "end", given)]), None
-    if args.connect:
-        head, tail = (
-            piece(args.connect[0], frames // 3, end=True),
-            piece(args.connect[1], frames // 3, end=False),
-        )
-        return layout.condition([("start", head), ("end", tail)]), None
-    if args.edit:
-        return None, layout.edit(read_frames(args.edit, height, width), args.strength)
-    return None, None
-
-
-def _model_shape(config: ml_collections.ConfigDict, args: argparse.Namespace) -> tuple[int, int, int]:
-    """What the DiT generates for the asked video shape: the same pixels, or a latent run's latents."""
-    from sora_jax.autoencoder.config import AutoencoderConfig
-    from sora_jax.eval.evaluate import local_config
-
-    t = config.train
-    asked = (args.frames, args.height, args.width)
-    if all(v is None for v in asked):
-        return t.sample_frames, t.sample_height, t.sample_width
-    if any(v is None for v in asked):
-        raise ConfigError("give all of --frames, --height and --width, or none")
-    if not config.model.autoencoder:
-        return asked
-    try:
-        autoencoder = AutoencoderConfig.from_section(local_config(config.model.autoencoder).autoencoder)
-        return autoencoder.latent_shape(*asked)[:3]
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"--frames/--height/--width {asked}: {error}") from None
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -398,7 +329,12 @@ def _encode(args: argparse.Namespace) -> int:
     from sora_jax.data.encode import encode_into_store, store_clips, world_clips
 
     autoencoder = TrainedAutoencoder.load(args.autoencoder, args.step)
-    autoencoder.chunk_frames = args.chunk_frames
+    autoencoder.chunk_frames, autoencoder.tile = args.chunk_frames, args.tile
+    if args.tile is not None:
+        try:
+            autoencoder.tiling()
+        except ValueError as error:
+            raise ConfigError(f"--tile: {error}") from None
     caption_dim, caption_encoder = 0, None
     if args.input:
         try:

@@ -12,17 +12,14 @@ import ast
 import difflib
 import importlib.util
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
+from sora_jax.errors import ConfigError
+
 ConfigDict = ml_collections.ConfigDict
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending key."""
 
 
 def base_config() -> ConfigDict:
@@ -32,8 +29,9 @@ def base_config() -> ConfigDict:
 
     c = ConfigDict()
     c.seed = 0  # Data order, noise, timesteps and initialisation all derive from it.
-    # What is trained: "dit" (the video diffusion transformer on packed rows) or "autoencoder"
-    # (the video compression network, config.autoencoder, on dense data.dense_clip clips).
+    # What is trained, a kind of run by name (sora_jax.kinds): "dit" (the video diffusion
+    # transformer on packed rows), "autoencoder" (the video compression network, config.autoencoder,
+    # on dense data.dense_clip clips), or "package.module:Class" for a kind defined elsewhere.
     c.task = "dit"
     c.autoencoder = autoencoder_section()
 
@@ -152,6 +150,9 @@ def base_config() -> ConfigDict:
     t.max_nonfinite = 10  # Stop after this many steps in a row with a non-finite loss or gradient.
     t.log_every = 1  # Steps between metrics lines (metrics.jsonl, TensorBoard, progress bar).
     t.sample_every = 0  # Steps between sample videos; 0 = only at the end.
+    # Steps to trace with the JAX profiler into DIR/profile (TensorBoard / Perfetto), starting after
+    # the session's first two steps (compile and warm-up); 0: no trace.
+    t.profile_steps = 0
     t.sample_prompts = ("a small red ball falls and bounces",)
     t.sample_frames = 16
     t.sample_height = 32
@@ -190,11 +191,16 @@ def base_config() -> ConfigDict:
     ms.dcn_tensor = 1
     # Logical axis name -> the mesh axes that shard it (empty: replicated). Model code names axes;
     # only this table knows the mesh, so changing the parallelism never touches the model.
+    # Parameters and the input batch use the plain names; activations inside the model use the
+    # activation_* names, so resharding the inputs (say `batch`) leaves the activations alone and
+    # vice versa. A config.json without the activation_* keys gets these defaults, which are the
+    # layout runs had before the names were split.
     ms.rules = ConfigDict(
         {
+            # Parameters and input arrays.
             "batch": ("data", "fsdp"),  # rows of a packed batch
             "length": ("sequence",),  # tokens of a row
-            "embed": ("fsdp",),  # model width of parameters (FSDP); activations keep it whole
+            "embed": ("fsdp",),  # model width of parameters (FSDP)
             "heads": ("tensor",),
             "mlp": ("tensor",),
             "vocab": ("tensor",),
@@ -202,27 +208,15 @@ def base_config() -> ConfigDict:
             "patch": (),
             "text_length": (),
             "clips": (),
+            # Activations: the residual stream [B, L, D] between blocks, the RoPE angles, and
+            # attention's queries/keys/values [B, L, N, H] where it runs per device.
+            "activation_batch": ("data", "fsdp"),
+            "activation_length": ("sequence",),  # also how self-attention splits its keys
+            "activation_embed": (),  # activations keep the model width whole
+            "activation_heads": ("tensor",),
         }
     )
     return c
-
-
-def shrink_for_tests(c: ConfigDict) -> None:
-    """Shrink a diffusion experiment in place to the scale of an experiment's ``test`` variant (a
-    run of seconds): a width-48, 2-block DiT with a small learned text encoder, batches of 8 rows
-    (one per fake device of the test suite), 4 training steps and 4 sampling steps. The variant
-    still sets its own clip shapes (``data.*``, ``train.sample_*``)."""
-    c.model.dim = 48
-    c.model.depth = 2
-    c.model.heads = 2
-    c.model.text_dim = 32
-    c.model.text_depth = 1
-    c.model.text_heads = 2
-    c.model.text_vocab_size = 512
-    c.data.batch_size = 8
-    c.train.steps = 4
-    c.diffusion.sample_steps = 4
-    c.optim.warmup_steps = 2
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
@@ -365,119 +359,29 @@ def _fail(key: str, problem: str) -> None:
 def validate(config: ConfigDict) -> None:
     """Check that the config can run, before anything is built or compiled.
 
+    The run-level keys (batch, workers, optimizer, steps, checkpoints, evaluation) are checked here;
+    each section's own keys beside its owner: the kind of run (``config.task``, which checks its
+    model, data and diffusion sections, :meth:`sora_jax.kinds.base.RunKind.validate`) and the
+    mesh (:func:`sora_jax.parallel.mesh.validate_mesh_section`).
+
     Raises:
         ConfigError: naming the first key whose value cannot work, and why.
     """
-    m, d, f, o, t = config.model, config.data, config.diffusion, config.optim, config.train
-    if config.task not in ("dit", "autoencoder"):
-        _fail("task", f"{config.task!r} is not one of dit, autoencoder")
-    if config.task == "autoencoder":
-        from sora_jax.autoencoder.config import AutoencoderConfig
+    from sora_jax.kinds.registry import kind_class
+    from sora_jax.parallel.mesh import validate_mesh_section
+    from sora_jax.train.optimizer import validate_optim_section
 
-        autoencoder = AutoencoderConfig.from_section(config.autoencoder)  # Raises ConfigError.
-        try:
-            autoencoder.latent_shape(*d.dense_clip)
-        except (TypeError, ValueError) as error:
-            _fail("data.dense_clip", f"{tuple(d.dense_clip)} cannot be encoded: {error}")
-        if t.sample_clips < 0:
-            _fail("train.sample_clips", f"must be >= 0, got {t.sample_clips}")
-    if m.text_encoder != "learned":
-        from sora_jax.text.encoder import text_encoder_dim
-
-        try:
-            text_encoder_dim(m.text_encoder)
-        except (FileNotFoundError, ValueError, KeyError) as error:
-            _fail("model.text_encoder", f"not 'learned' nor a usable BERT/T5 directory: {error}")
-        if not d.store:
-            _fail("model.text_encoder", "a frozen text encoder needs data.store with caption embeddings")
-    if m.autoencoder and not d.store:
-        _fail("model.autoencoder", "a latent DiT trains on data.store, a latent store from sora-jax encode")
-    pt, ph, pw = m.patch_size
-    if min(pt, ph, pw) < 1:
-        _fail("model.patch_size", f"sizes must be positive, got {m.patch_size}")
-    if m.dim % m.heads:
-        _fail("model.dim", f"{m.dim} does not divide into model.heads={m.heads} heads")
-    if (m.dim // m.heads) % 2 or m.dim // m.heads < 6:
-        _fail("model.heads", "head dim (dim / heads) must be even and at least 6 for the 3D RoPE")
-    if m.text_dim % m.text_heads or (m.text_dim // m.text_heads) % 2:
-        _fail("model.text_dim", f"{m.text_dim} must split into text_heads={m.text_heads} even heads")
-    for key, value, allowed in (
-        ("model.attention", m.attention, ("xla", "cudnn", "splash", "ring")),
-        ("model.sequence_parallel", m.sequence_parallel, ("all_to_all", "gather")),
-        ("model.remat", m.remat, ("none", "full", "dots")),
-        ("model.dtype", m.dtype, ("float32", "bfloat16")),
-        ("model.param_dtype", m.param_dtype, ("float32", "bfloat16")),
-        ("diffusion.sampler", f.sampler, ("euler", "heun")),
-        ("diffusion.prediction", f.prediction, ("data", "velocity")),
-        ("diffusion.loss_weight", f.loss_weight, ("token", "clip")),
-    ):
-        if value not in allowed:
-            _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
-    for key in (
-        "model.depth",
-        "data.batch_size",
-        "data.seq_len",
-        "data.max_clips_per_row",
-        "train.steps",
-        "train.log_every",
-        "diffusion.sample_steps",
-    ):
+    d, t = config.data, config.train
+    for key in ("data.batch_size", "train.steps", "train.log_every", "train.max_nonfinite"):
         section, name = key.split(".")
         if config[section][name] < 1:
             _fail(key, f"must be at least 1, got {config[section][name]}")
-
-    lo_side, hi_side = d.side
-    if not 1 <= lo_side <= hi_side:
-        _fail("data.side", f"needs 1 <= min <= max, got {d.side}")
-    if hi_side < max(ph, pw):
-        _fail("data.side", f"largest side {hi_side} is smaller than a patch ({ph}x{pw})")
-    lo_frames, hi_frames = d.frames
-    if not 1 <= lo_frames <= hi_frames:
-        _fail("data.frames", f"needs 1 <= min <= max, got {d.frames}")
-    smallest = _clip_tokens(lo_frames, lo_side, lo_side, m.patch_size)
-    if smallest > d.seq_len:
-        _fail(
-            "data.seq_len",
-            f"{d.seq_len} tokens cannot hold even the smallest clip "
-            f"({lo_frames}x{lo_side}x{lo_side} = {smallest} tokens)",
-        )
-    if d.max_caption_tokens < 1 or d.text_len < d.max_caption_tokens:
-        _fail(
-            "data.text_len",
-            f"{d.text_len} must hold one caption of data.max_caption_tokens={d.max_caption_tokens}",
-        )
-    if not 0.0 <= d.caption_dropout <= 1.0:
-        _fail("data.caption_dropout", "must be a probability in [0, 1]")
-    if not 0.0 <= d.image_fraction <= 1.0:
-        _fail("data.image_fraction", "must be a probability in [0, 1]")
-    if not 0 < d.fps[0] <= d.fps[1]:
-        _fail("data.fps", f"needs 0 < min <= max, got {d.fps}")
     if not 0.0 < d.store_weight <= 1.0:
         _fail("data.store_weight", f"must be in (0, 1], got {d.store_weight}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
-    from sora_jax.diffusion.conditioning import task_weights
-
-    try:
-        task_weights(config.conditioning)
-    except ValueError as error:
-        _fail("conditioning.text_to_video", str(error))
-    if not 0.0 < config.conditioning.random_rate < 1.0:
-        _fail("conditioning.random_rate", f"must be in (0, 1), got {config.conditioning.random_rate}")
-    if f.max_x0_weight < 0:
-        _fail("diffusion.max_x0_weight", f"must be >= 0 (0: no cap), got {f.max_x0_weight}")
-    if not 0.0 <= f.noise_correlation < 1.0:
-        _fail("diffusion.noise_correlation", f"must be in [0, 1), got {f.noise_correlation}")
-    if not 0.0 < f.min_t < 1.0:
-        _fail("diffusion.min_t", f"must be in (0, 1), got {f.min_t}")
-    if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:
-        _fail("diffusion.shift_max", "logit_std > 0, shift_base_tokens >= 1 and shift_max >= 1")
-    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
-        _fail("optim.lr", "lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
-    if not 0.0 <= o.ema_decay < 1.0:
-        _fail("optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
-    if t.max_nonfinite < 1:
-        _fail("train.max_nonfinite", "must be at least 1")
+    kind_class(config.task).validate(config)  # An unknown task raises; each kind checks its own keys.
+    validate_optim_section(config.optim)
     if config.checkpoint.every < 0 or config.checkpoint.keep < 1 or config.checkpoint.keep_period < 0:
         _fail("checkpoint.every", "every >= 0, keep >= 1 and keep_period >= 0")
     if config.eval.world_clips < 1:
@@ -486,33 +390,6 @@ def validate(config: ConfigDict) -> None:
         _fail("eval.batches", "eval.batches and eval.timestep_buckets must be at least 1")
     if t.sample_every < 0:
         _fail("train.sample_every", "must be >= 0")
-    sample_tokens = _clip_tokens(t.sample_frames, t.sample_height, t.sample_width, m.patch_size)
-    if t.sample_height % ph or t.sample_width % pw:
-        _fail(
-            "train.sample_height",
-            f"sample size {t.sample_height}x{t.sample_width} must be a multiple of the patch ({ph}x{pw})",
-        )
-    if sample_tokens > d.seq_len:
-        _fail("train.sample_frames", f"sample clip has {sample_tokens} tokens, over data.seq_len")
-    _validate_mesh(config.mesh)
-
-
-def _validate_mesh(mesh: ConfigDict) -> None:
-    axes = ("data", "fsdp", "sequence", "tensor")
-    sizes = [mesh[f"ici_{a}"] for a in axes]
-    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        _fail("mesh.ici_data", f"axis sizes must be positive, with at most one -1; got {sizes}")
-    for axis in axes:
-        if mesh[f"dcn_{axis}"] < 1:
-            _fail(f"mesh.dcn_{axis}", f"must be at least 1, got {mesh[f'dcn_{axis}']}")
-    for name, mesh_axes in mesh.rules.items():
-        unknown = [a for a in mesh_axes if a not in axes]
-        if unknown:
-            _fail(f"mesh.rules.{name}", f"{unknown} are not mesh axes ({', '.join(axes)})")
-        if len(set(mesh_axes)) != len(mesh_axes):
-            _fail(f"mesh.rules.{name}", f"repeats a mesh axis: {mesh_axes}")
-
-
-def _clip_tokens(frames: int, height: int, width: int, patch: Sequence[int]) -> int:
-    pt, ph, pw = patch
-    return math.ceil(frames / pt) * (height // ph) * (width // pw)
+    if t.profile_steps < 0:
+        _fail("train.profile_steps", "must be >= 0")
+    validate_mesh_section(config.mesh)

@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from sora_jax.config import ConfigError
+from sora_jax.errors import ConfigError
 
 NORMS = ("rms", "group")
 RECONSTRUCTION_LOSSES = ("l1", "mse")
@@ -55,6 +55,10 @@ class AutoencoderConfig:
     disc_channels: int = 64  # Width of the first discriminator layer (doubles per layer, up to 8x).
     disc_layers: int = 3  # Stride-2 layers; each logit sees a patch of 70 pixels at 3 layers.
     disc_time_kernel: int = 1  # 1: per-frame 2D PatchGAN; odd k > 1: 3D, k frames per kernel.
+    # The discriminator's own optimizer settings (the autoencoder's are the optim section's):
+    disc_lr: float = 0.0  # Peak learning rate; 0: optim.lr.
+    disc_grad_clip: float = 1.0  # Global-norm clipping of its gradient alone; 0 disables.
+    disc_weight_decay: float = 0.0  # Decoupled weight decay of its matrices.
 
     @property
     def levels(self) -> int:
@@ -118,6 +122,9 @@ class AutoencoderConfig:
             fail("disc_time_kernel", f"must be odd and positive, got {self.disc_time_kernel}")
         if self.kl_weight < 0 or self.disc_weight < 0:
             fail("kl_weight", "loss weights must not be negative")
+        for key in ("disc_lr", "disc_grad_clip", "disc_weight_decay"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
 
 
 def autoencoder_section() -> ml_collections.ConfigDict:

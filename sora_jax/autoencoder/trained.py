@@ -23,9 +23,9 @@ from flax import nnx
 
 from sora_jax.autoencoder.config import AutoencoderConfig
 from sora_jax.autoencoder.model import VideoAutoencoder
-from sora_jax.autoencoder.streaming import decode_chunked, encode_chunked
-from sora_jax.config import ConfigError
+from sora_jax.autoencoder.streaming import decode_chunked, encode_chunked, encode_tiled, safe_margin
 from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
+from sora_jax.train.trained_run import TrainedRun
 
 
 @dataclasses.dataclass
@@ -37,6 +37,9 @@ class TrainedAutoencoder:
     workdir: str
     step: int
     chunk_frames: int | None = None  # Frames per encoder call (a multiple of ft); None: whole clips.
+    # Pixels a side of the spatial tiles frames wider or taller than it are encoded in (a multiple
+    # of fs, blended over an overlap; exact with rms norms, see streaming.safe_margin); None: whole.
+    tile: int | None = None
 
     @classmethod
     def load(cls, workdir: str | os.PathLike, step: int | None = None) -> TrainedAutoencoder:
@@ -45,30 +48,12 @@ class TrainedAutoencoder:
         Raises:
             ConfigError: ``workdir`` is not an autoencoder run, or has no such checkpoint.
         """
-        # Imported here: evaluation imports this package's training module.
-        from sora_jax.eval.evaluate import local_config
-        from sora_jax.parallel.mesh import make_mesh
-        from sora_jax.train import checkpoint
-        from sora_jax.train.state import abstract_train_state, model_graphdef
-
-        try:
-            config = local_config(workdir)
-        except FileNotFoundError as error:
-            raise ConfigError(str(error)) from None
-        if config.task != "autoencoder":
-            raise ConfigError(f"{workdir} trained task {config.task!r}, not an autoencoder")
-        manager = checkpoint.manager(epath.Path(workdir), read_only=True)
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise ConfigError(f"{workdir} has no checkpoint of step {step}; it has {steps}")
-        abstract = abstract_train_state(config, make_mesh(config)).ema_params
-        params = checkpoint.restore_params(manager, abstract, step)["autoencoder"]
-        manager.close()
-        vae = nnx.merge(model_graphdef(config)["autoencoder"], params)
-        return cls(vae, AutoencoderConfig.from_section(config.autoencoder), os.fspath(workdir), step)
+        with TrainedRun(workdir, task="autoencoder") as run:
+            step = run.step(step)
+            params = run.params(step)["autoencoder"]
+            vae = nnx.merge(run.graphdef["autoencoder"], params)
+            config = AutoencoderConfig.from_section(run.config.autoencoder)
+        return cls(vae, config, os.fspath(workdir), step)
 
     def describe(self) -> dict[str, Any]:
         """What a latent store records about the autoencoder that made it (and a DiT run checks)."""
@@ -99,9 +84,29 @@ class TrainedAutoencoder:
         """
         t, h, w = self.usable_shape(*frames.shape[:3])
         top, left = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
-        video = pixels_to_model(frames[:t, top : top + h, left : left + w])
-        posterior = encode_chunked(self.vae, jnp.asarray(video[None]), self.chunk_frames)
+        video = jnp.asarray(pixels_to_model(frames[:t, top : top + h, left : left + w])[None])
+        if self.tile is not None and max(h, w) > self.tile:
+            overlap, margin = self.tiling()
+            posterior = encode_tiled(self.vae, video, self.tile, overlap, margin, self.chunk_frames)
+        else:
+            posterior = encode_chunked(self.vae, video, self.chunk_frames)
         return np.asarray(posterior.mean[0])
+
+    def tiling(self) -> tuple[int, int]:
+        """``(overlap, margin)`` in pixels of ``tile``-pixel tiles: the margin that makes tiles exact
+        (:func:`~sora_jax.autoencoder.streaming.safe_margin`) and the least overlap beyond it.
+
+        Raises:
+            ValueError: ``tile`` is not a multiple of ``fs`` or too small for that margin.
+        """
+        fs, margin = self.config.spatial_factor, safe_margin(self.vae)
+        overlap = 2 * margin + fs
+        if self.tile is None or self.tile % fs or 2 * overlap > self.tile:
+            raise ValueError(
+                f"tile {self.tile}: needs a multiple of {fs} pixels of at least {2 * overlap} "
+                f"(an overlap of {overlap} around this autoencoder's {margin}-pixel reach)"
+            )
+        return overlap, margin
 
     def decode(self, latents: np.ndarray, chunk_latents: int | None = None) -> np.ndarray:
         """``[T', H', W', z]`` latents -> uint8 video ``[1 + ft (T' - 1), H' fs, W' fs, 3]``."""

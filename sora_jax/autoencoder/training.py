@@ -3,12 +3,13 @@
 The trainer's loop, sharding, checkpoints, preemption and metrics are the DiT's; what differs is
 here:
 
-- **batches**: dense fixed-shape physics-world clips ``videos [B, T, H, W, 3]`` float32 in
-  [-1, 1] (``data.dense_clip = (T, H, W)``), from a grain dataset indexed by step, so the input
-  position is checkpointed and a resumed run reads exactly the batches that come next. Process
-  ``p`` renders only its own rows ``[first_row, first_row + rows)`` of each global batch.
+- **batches**: dense fixed-shape clips ``videos [B, T, H, W, 3]`` float32 in [-1, 1]
+  (``data.dense_clip = (T, H, W)``) of the physics world or of a clip store of real videos
+  (``data.store``), from a grain dataset indexed by step, so the input position is checkpointed
+  and a resumed run reads exactly the batches that come next. Process ``p`` renders only its own
+  rows ``[first_row, first_row + rows)`` of each global batch.
 - **state**: ``params = {"autoencoder": ..., "discriminator": ...}`` (the discriminator only
-  with ``autoencoder.disc_weight > 0``), one optimizer and EMA over both.
+  with ``autoencoder.disc_weight > 0``), each with its own optimizer settings, one EMA over both.
 - **step**: the VAE loss (reconstruction + KL + the generator's hinge loss once
   ``autoencoder.disc_start`` is reached) and, in the same step, the discriminator's hinge loss on
   the reconstructions, which counts from ``disc_start`` too.
@@ -18,6 +19,7 @@ here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import grain
@@ -25,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
+from PIL import Image
 
 from sora_jax.autoencoder.config import AutoencoderConfig
 from sora_jax.autoencoder.discriminator import PatchDiscriminator
@@ -33,7 +37,10 @@ from sora_jax.autoencoder.losses import make_autoencoder_loss, make_discriminato
 from sora_jax.autoencoder.metrics import psnr, ssim
 from sora_jax.autoencoder.model import VideoAutoencoder
 from sora_jax.data import world
+from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
+from sora_jax.errors import ConfigError
+from sora_jax.train.optimizer import make_optimizer
 from sora_jax.train.state import TrainState
 from sora_jax.train.step import make_update, step_key
 
@@ -51,36 +58,85 @@ def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
 def world_clips(seed: int, first: int, count: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Physics-world clips ``first .. first + count - 1`` of ``seed``: ``[count, T, H, W, 3]``
     float32 in [-1, 1]. Frame rates vary by clip (4 to 12 fps), so motion per frame varies too."""
-    frames, height, width = shape
-    clips = [
-        world.make_clip(seed, index, frames=frames, height=height, width=width, fps=4.0 + index % 9)
-        for index in range(first, first + count)
-    ]
+    clips = world.make_clips(seed, range(first, first + count), shape, lambda index: 4.0 + index % 9)
     return pixels_to_model(np.stack([clip.frames for clip in clips]))
+
+
+def fit_clip(video: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A ``shape = (T, H, W)`` piece of uint8 ``video [t, h, w, 3]``: ``T`` frames from a random
+    start (a shorter video holds its last frame, a still moment), scaled (aspect kept) so that it
+    covers ``H x W``, then cropped there at a random place."""
+    frames, height, width = shape
+    start = int(rng.integers(0, max(len(video) - frames, 0) + 1))
+    piece = video[start : start + frames]
+    if len(piece) < frames:
+        piece = np.concatenate([piece, np.repeat(piece[-1:], frames - len(piece), axis=0)])
+    h, w = piece.shape[1:3]
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    if size != (w, h):
+        piece = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BOX)) for f in piece])
+    top = int(rng.integers(0, piece.shape[1] - height + 1))
+    left = int(rng.integers(0, piece.shape[2] - width + 1))
+    return piece[:, top : top + height, left : left + width]
 
 
 @dataclasses.dataclass(frozen=True)
 class _RenderRows:
-    """Step -> this process's rows of that step's global batch (a grain map function)."""
+    """Step -> this process's rows of that step's global batch (a grain map function).
+
+    Without a store, row ``r`` of step ``s`` is physics-world clip ``s * batch_size + r``. With one,
+    each row is a store clip (a physics-world clip with probability ``1 - store_weight``) chosen
+    and fitted by a generator seeded with ``(seed, s * batch_size + r)``.
+    """
 
     seed: int
     batch_size: int
     first_row: int
     rows: int
     shape: tuple[int, int, int]
+    store: str = ""
+    store_weight: float = 1.0
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = int(step) * self.batch_size + self.first_row
-        return {"videos": world_clips(self.seed, first, self.rows, self.shape)}
+        if not self.store:
+            return {"videos": world_clips(self.seed, first, self.rows, self.shape)}
+        store = _open_store(self.store)
+        clips = []
+        for index in range(first, first + self.rows):
+            rng = np.random.default_rng((self.seed, index))
+            if rng.random() < self.store_weight:
+                clips.append(
+                    pixels_to_model(fit_clip(store.read(int(rng.integers(len(store)))), self.shape, rng))
+                )
+            else:
+                clips.append(world_clips(self.seed, index, 1, self.shape)[0])
+        return {"videos": np.stack(clips)}
+
+
+@functools.cache
+def _open_store(path: str) -> ClipStore:
+    """The store at ``path``, opened once per process (map functions run on grain's threads)."""
+    store = ClipStore.open(path)
+    if store.dtype != np.uint8 or store.channels != 3 or not len(store):
+        raise ConfigError(
+            f"config key 'data.store': {path} holds no RGB pixel clips to train an autoencoder on"
+        )
+    return store
 
 
 def clip_batches(
-    config: ml_collections.ConfigDict, first_row: int = 0, rows: int | None = None
+    config: ml_collections.ConfigDict, first_row: int = 0, rows: int | None = None, seed: int | None = None
 ) -> grain.DatasetIterator:
-    """This process's share of every training batch, step after step (checkpointable)."""
+    """This process's share of every training batch, step after step (checkpointable): dense
+    ``videos [rows, T, H, W, 3]`` float32 in [-1, 1] of ``data.dense_clip``, from the physics world
+    or, with ``data.store``, from a clip store of real videos (mixed with the world at
+    ``data.store_weight``). ``seed`` (default: the run's) picks the clips."""
     d = config.data
     rows = d.batch_size if rows is None else rows
-    render = _RenderRows(config.seed, d.batch_size, first_row, rows, tuple(d.dense_clip))
+    seed = config.seed if seed is None else seed
+    render = _RenderRows(seed, d.batch_size, first_row, rows, tuple(d.dense_clip), d.store, d.store_weight)
     dataset = grain.MapDataset.range(2**31 - 1).map(render)
     # Rendering runs ahead of the step on threads (numpy releases the GIL for most of it).
     options = grain.ReadOptions(num_threads=max(1, d.workers), prefetch_buffer_size=2)
@@ -88,8 +144,12 @@ def clip_batches(
 
 
 def held_out_clips(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
-    """``count`` clips of ``eval.seed``, never seen in training: ``[count, T, H, W, 3]``."""
-    return world_clips(config.eval.seed, 0, count, tuple(config.data.dense_clip))
+    """``count`` clips drawn with ``eval.seed``: ``[count, T, H, W, 3]``. Physics-world clips are
+    never seen in training; a store's are drawn from the same store (not held out)."""
+    rows = config.data.batch_size
+    batches = clip_batches(config, seed=config.eval.seed)
+    clips = [next(batches)["videos"] for _ in range(-(-count // rows))]
+    return np.concatenate(clips)[:count]
 
 
 def split_autoencoder(config: ml_collections.ConfigDict, seed: int) -> tuple[dict, dict[str, nnx.State]]:
@@ -107,13 +167,36 @@ def split_autoencoder(config: ml_collections.ConfigDict, seed: int) -> tuple[dic
     return graphdefs, params
 
 
-def make_autoencoder_step(graphdefs: dict[str, nnx.GraphDef], config: ml_collections.ConfigDict) -> Any:
+def autoencoder_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of ``{"autoencoder": ..., "discriminator": ...}``: the ``optim`` section for
+    the autoencoder; for the discriminator its own clipping, weight decay and learning rate
+    (``autoencoder.disc_grad_clip``, ``disc_weight_decay``, ``disc_lr``), so neither network's
+    gradient norm clips the other's. Without a discriminator, the ``optim`` optimizer alone."""
+    own = make_optimizer(config)
+    if not uses_discriminator(config):
+        return own
+    ae, o = autoencoder_config(config), config.optim
+    disc = make_optimizer(
+        config, grad_clip=ae.disc_grad_clip, weight_decay=ae.disc_weight_decay, lr=ae.disc_lr or o.lr
+    )
+
+    def labels(params: dict) -> dict:
+        return {name: jax.tree.map(lambda _, n=name: n, tree) for name, tree in params.items()}
+
+    return optax.multi_transform({"autoencoder": own, "discriminator": disc}, labels)
+
+
+def make_autoencoder_step(
+    graphdefs: dict[str, nnx.GraphDef],
+    config: ml_collections.ConfigDict,
+    optimizer: optax.GradientTransformation,
+) -> Any:
     """``step(state, {"videos"}) -> (state, metrics)``, un-jitted (the trainer jits and donates)."""
     ae = autoencoder_config(config)
     gan = "discriminator" in graphdefs
     loss_fn = make_autoencoder_loss(graphdefs["autoencoder"], ae, graphdefs.get("discriminator"))
     d_loss_fn = make_discriminator_loss(graphdefs["discriminator"]) if gan else None
-    update = make_update(config)
+    update = make_update(config, optimizer)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         videos = batch["videos"]

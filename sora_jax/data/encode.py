@@ -8,7 +8,7 @@ samples are decoded by the same autoencoder.
 
 The output is a :class:`~sora_jax.data.clip_store.ClipStore` of float16 ``[T', H', W', z]``
 posterior means, one per input clip, with the input's id, frame rate, caption and caption
-embedding. Its ``extra`` metadata holds
+embedding. Its ``extra`` metadata holds (keys and schema defined in :mod:`sora_jax.data.clip_store`)
 
 * ``"autoencoder"``: which run and checkpoint made the latents and its compression factors (a
   resumed encode must use the same one; a DiT run checks it against ``model.autoencoder``);
@@ -32,12 +32,11 @@ from typing import Any
 import numpy as np
 
 from sora_jax.data import world
-from sora_jax.data.clip_store import ClipStore
+
+# Callers that import the schema keys from here, where they used to be defined, still get them.
+from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY, ClipStore
 
 log = logging.getLogger("sora_jax")
-
-STATS_KEY = "latent_stats"
-AUTOENCODER_KEY = "autoencoder"
 
 
 @dataclasses.dataclass
@@ -67,12 +66,13 @@ def world_clips(
 ) -> Iterator[_Clip]:
     """Physics-world clips ``0 .. count - 1`` of ``seed`` at ``shape = (T, H, W)``, each at its own
     frame rate in ``fps``, captions embedded by ``embedder`` when given."""
-    frames, height, width = shape
-    for index in range(count):
-        rate = float(np.random.default_rng([seed, index]).uniform(*fps))
-        clip = world.make_clip(seed, index, frames=frames, height=height, width=width, fps=rate)
+
+    def rate(index: int) -> float:
+        return float(np.random.default_rng([seed, index]).uniform(*fps))
+
+    for index, clip in enumerate(world.make_clips(seed, range(count), shape, rate)):
         embedding = embedder(clip.caption) if embedder is not None else None
-        yield _Clip(f"world/{seed}/{index}", clip.frames, rate, clip.caption, "world", 0.0, embedding)
+        yield _Clip(f"world/{seed}/{index}", clip.frames, clip.fps, clip.caption, "world", 0.0, embedding)
 
 
 def store_clips(store: ClipStore) -> Iterator[_Clip]:

@@ -30,13 +30,13 @@ import ml_collections
 import numpy as np
 from absl import flags as absl_flags
 
-from sora_jax.data.clip_store import ClipStore
-from sora_jax.data.encode import AUTOENCODER_KEY
+from sora_jax.data.clip_store import AUTOENCODER_KEY, ClipStore
 from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
 from sora_jax.diffusion.conditioning import draw_task, given_groups, only_text, token_mask
+from sora_jax.errors import ConfigError
 from sora_jax.model.text import frozen_text_dim
 
 
@@ -316,3 +316,57 @@ def batch_stream(
             PackedBatches(row_requests, config, sources), prefetch_buffer_size=config.data.prefetch
         )
     return iter(batches)
+
+
+def clip_tokens(frames: int, height: int, width: int, patch: tuple[int, int, int]) -> int:
+    """Tokens of a ``frames x height x width`` clip cut into ``patch`` spacetime patches."""
+    pt, ph, pw = patch
+    return math.ceil(frames / pt) * (height // ph) * (width // pw)
+
+
+def validate_packing_section(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first ``data.*`` key that cannot make packed rows for the
+    model's patches, or a ``train.sample_*`` key whose clip does not fit a row."""
+    d, t, patch = config.data, config.train, tuple(config.model.patch_size)
+    _, ph, pw = patch
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"config key {key!r}: {problem}")
+
+    for key in ("seq_len", "max_clips_per_row"):
+        if d[key] < 1:
+            fail(f"data.{key}", f"must be at least 1, got {d[key]}")
+    lo_side, hi_side = d.side
+    if not 1 <= lo_side <= hi_side:
+        fail("data.side", f"needs 1 <= min <= max, got {d.side}")
+    if hi_side < max(ph, pw):
+        fail("data.side", f"largest side {hi_side} is smaller than a patch ({ph}x{pw})")
+    lo_frames, hi_frames = d.frames
+    if not 1 <= lo_frames <= hi_frames:
+        fail("data.frames", f"needs 1 <= min <= max, got {d.frames}")
+    smallest = clip_tokens(lo_frames, lo_side, lo_side, patch)
+    if smallest > d.seq_len:
+        fail(
+            "data.seq_len",
+            f"{d.seq_len} tokens cannot hold even the smallest clip "
+            f"({lo_frames}x{lo_side}x{lo_side} = {smallest} tokens)",
+        )
+    if d.max_caption_tokens < 1 or d.text_len < d.max_caption_tokens:
+        fail(
+            "data.text_len",
+            f"{d.text_len} must hold one caption of data.max_caption_tokens={d.max_caption_tokens}",
+        )
+    if not 0.0 <= d.caption_dropout <= 1.0:
+        fail("data.caption_dropout", "must be a probability in [0, 1]")
+    if not 0.0 <= d.image_fraction <= 1.0:
+        fail("data.image_fraction", "must be a probability in [0, 1]")
+    if not 0 < d.fps[0] <= d.fps[1]:
+        fail("data.fps", f"needs 0 < min <= max, got {d.fps}")
+    if t.sample_height % ph or t.sample_width % pw:
+        fail(
+            "train.sample_height",
+            f"sample size {t.sample_height}x{t.sample_width} must be a multiple of the patch ({ph}x{pw})",
+        )
+    if clip_tokens(t.sample_frames, t.sample_height, t.sample_width, patch) > d.seq_len:
+        tokens = clip_tokens(t.sample_frames, t.sample_height, t.sample_width, patch)
+        fail("train.sample_frames", f"sample clip has {tokens} tokens, over data.seq_len")

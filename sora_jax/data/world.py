@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -514,3 +515,13 @@ def _blend(canvas: np.ndarray, index: tuple, cover: np.ndarray, rgb) -> None:
     patch = canvas[index]
     patch += (np.asarray(rgb, np.float32) - patch) * cover[..., None]
     canvas[index] = patch
+
+
+def make_clips(
+    seed: int, indices: Iterable[int], shape: tuple[int, int, int], fps: Callable[[int], float]
+) -> Iterator[WorldClip]:
+    """Clips ``indices`` of the world with ``seed`` at ``shape = (T, H, W)``, clip ``i`` at frame
+    rate ``fps(i)``: the one way commands render a run of world clips (each as :func:`make_clip`)."""
+    frames, height, width = shape
+    for index in indices:
+        yield make_clip(seed, index, frames=frames, height=height, width=width, fps=fps(index))

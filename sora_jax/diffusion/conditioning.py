@@ -27,6 +27,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from sora_jax.errors import ConfigError
+
 TASKS = (
     "text_to_video",
     "image_to_video",
@@ -63,6 +65,18 @@ def task_weights(section: ml_collections.ConfigDict) -> np.ndarray:
         given = {task: float(w) for task, w in zip(TASKS, weights, strict=True)}
         raise ValueError(f"conditioning weights must be >= 0 and not all 0, got {given}")
     return weights / weights.sum()
+
+
+def validate_conditioning_section(section: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first ``conditioning.*`` key that cannot work."""
+    try:
+        task_weights(section)
+    except ValueError as error:
+        raise ConfigError(f"config key 'conditioning.text_to_video': {error}") from None
+    if not 0.0 < section.random_rate < 1.0:
+        raise ConfigError(
+            f"config key 'conditioning.random_rate': must be in (0, 1), got {section.random_rate}"
+        )
 
 
 def only_text(section: ml_collections.ConfigDict) -> bool:

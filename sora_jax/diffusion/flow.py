@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sora_jax.errors import ConfigError
+
 
 def resolution_shift(num_tokens: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
     """Timestep shift per clip: larger clips keep more signal at a given t, so push t to noise."""
@@ -146,3 +148,28 @@ def flow_loss(
     else:  # Every clip counts once, an image as much as a long video.
         loss = jnp.sum(clip_loss * clip_valid) / jnp.maximum(clip_valid.sum(), 1)
     return loss, {"clip_loss": clip_loss, "clip_t": t_clip, "clip_valid": clip_valid}
+
+
+def validate_diffusion_section(f: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first ``diffusion.*`` key that cannot work."""
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"config key 'diffusion.{key}': {problem}")
+
+    for key, allowed in (
+        ("sampler", ("euler", "heun")),
+        ("prediction", ("data", "velocity")),
+        ("loss_weight", ("token", "clip")),
+    ):
+        if f[key] not in allowed:
+            fail(key, f"{f[key]!r} is not one of {', '.join(allowed)}")
+    if f.sample_steps < 1:
+        fail("sample_steps", f"must be at least 1, got {f.sample_steps}")
+    if f.max_x0_weight < 0:
+        fail("max_x0_weight", f"must be >= 0 (0: no cap), got {f.max_x0_weight}")
+    if not 0.0 <= f.noise_correlation < 1.0:
+        fail("noise_correlation", f"must be in [0, 1), got {f.noise_correlation}")
+    if not 0.0 < f.min_t < 1.0:
+        fail("min_t", f"must be in (0, 1), got {f.min_t}")
+    if f.logit_std <= 0 or f.shift_base_tokens < 1 or f.shift_max < 1:
+        fail("shift_max", "logit_std > 0, shift_base_tokens >= 1 and shift_max >= 1")

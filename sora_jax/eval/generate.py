@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sora_jax.autoencoder.latent_space import VideoSpace, model_space
 from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify, unpatchify
-from sora_jax.data.pipeline import model_to_pixels
 from sora_jax.data.tokenizer import WordTokenizer
 from sora_jax.diffusion.conditioning import token_mask
 from sora_jax.diffusion.flow import resolution_shift, velocity_predictor, video_noise
@@ -93,29 +93,6 @@ def prompt_batch(
     )
 
 
-class LatentDecoder:
-    """A latent run's way back to pixels: undo the store's normalisation, decode with the autoencoder."""
-
-    def __init__(self, config: ml_collections.ConfigDict) -> None:
-        from sora_jax.autoencoder.trained import TrainedAutoencoder
-        from sora_jax.data.clip_store import ClipStore
-        from sora_jax.data.encode import STATS_KEY
-
-        self.autoencoder = TrainedAutoencoder.load(config.model.autoencoder)
-        stats = ClipStore.open(config.data.store).extra[STATS_KEY]
-        self.mean = np.asarray(stats["mean"], np.float32)
-        self.std = np.asarray(stats["std"], np.float32)
-
-    def __call__(self, latents: np.ndarray) -> np.ndarray:
-        """Normalised latents ``[T', H', W', z]`` -> uint8 video ``[T, H, W, 3]``."""
-        return self.autoencoder.decode(latents * self.std + self.mean)
-
-    def pixel_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """The video shape of ``frames x height x width`` latents."""
-        c = self.autoencoder.config
-        return 1 + c.temporal_factor * (frames - 1), height * c.spatial_factor, width * c.spatial_factor
-
-
 def prompt_encoder(config: ml_collections.ConfigDict) -> Callable[[str], np.ndarray] | None:
     """A frozen ``model.text_encoder``'s caption states of a prompt, cut as the store's were
     (``data.store``'s token limit); None for the learned encoder."""
@@ -139,6 +116,7 @@ def make_generator(
     guidance: float,
     method: str,
     cond_guidance: float = 1.0,
+    space: VideoSpace | None = None,
 ) -> Callable[..., np.ndarray]:
     """``generate(params, prompt, seed, condition=None, edit=None) -> uint8 [T, H, W, 3]`` video.
 
@@ -150,6 +128,7 @@ def make_generator(
     third row without it):
     ``v = v(-, -) + cond_guidance (v(c, -) - v(-, -)) + guidance (v(c, text) - v(c, -))``.
 
+    ``space`` is where the DiT generates (default: the run's, :func:`model_space`).
     The sampling loop is compiled once per clip shape, step count and guidance layout; prompts,
     seeds, conditions and edits reuse it.
     """
@@ -158,7 +137,7 @@ def make_generator(
     num_tokens = math.prod(grid)
     patch_dim = math.prod(patch) * config.model.channels
     grid_t = timestep_grid(steps, resolution_shift(jnp.asarray(num_tokens), config.diffusion))
-    decoder = LatentDecoder(config) if config.model.autoencoder else None
+    space = model_space(config) if space is None else space
     encode_prompt = prompt_encoder(config)
     three_rows = cond_guidance != 1.0
     _, positions = patchify(np.zeros((frames, height, width, config.model.channels), np.float32), patch)
@@ -210,10 +189,9 @@ def make_generator(
         tokens = sample(
             params, batch, jax.random.key(seed), clean, given[:, None], start, jnp.float32(strength)
         )
-        clip = unpatchify(np.asarray(tokens), grid, patch, frames)
-        return decoder(clip) if decoder is not None else model_to_pixels(clip)
+        return space.to_pixels(unpatchify(np.asarray(tokens), grid, patch, frames))
 
-    generate.decoder = decoder  # What turns given pixels into model units, in a latent run.
+    generate.space = space  # Where given pixels become model units and the result becomes video.
     return generate
 
 

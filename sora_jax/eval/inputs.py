@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sora_jax.data.pipeline import pixels_to_model
-from sora_jax.data.video_io import read_video
-from sora_jax.eval.generate import Condition, Edit, LatentDecoder
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from sora_jax.autoencoder.latent_space import PixelSpace, VideoSpace
+from sora_jax.data.video_io import IMAGE_SUFFIXES, read_video
+from sora_jax.eval.generate import Condition, Edit
 
 
 def read_frames(path: str | Path, height: int, width: int, max_frames: int | None = None) -> np.ndarray:
@@ -52,14 +50,14 @@ def read_frames(path: str | Path, height: int, width: int, max_frames: int | Non
 @dataclasses.dataclass(frozen=True)
 class ClipLayout:
     """The generated clip: ``frames x height x width`` in model units (latents in a latent run), its
-    temporal patch, and the decoder of a latent run (None for pixels)."""
+    temporal patch, and the space given pixels are brought into."""
 
     frames: int
     height: int
     width: int
     channels: int
     time_patch: int
-    decoder: LatentDecoder | None = None
+    space: VideoSpace = dataclasses.field(default_factory=PixelSpace)
 
     @property
     def groups(self) -> int:
@@ -67,16 +65,11 @@ class ClipLayout:
 
     def to_model(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 video ``[T, H, W, 3]`` (video size) -> model units ``[T', h, w, C]``."""
-        if self.decoder is None:
-            return pixels_to_model(pixels)
-        latents = self.decoder.autoencoder.encode(pixels)
-        return (latents - self.decoder.mean) / self.decoder.std
+        return self.space.to_model(pixels)
 
     def model_frames(self, pixel_frames: int) -> int:
         """How many model frames a piece of ``pixel_frames`` video frames gives."""
-        if self.decoder is None:
-            return pixel_frames
-        return 1 + (pixel_frames - 1) // self.decoder.autoencoder.config.temporal_factor
+        return 1 + (pixel_frames - 1) // self.space.temporal_factor
 
     def condition(self, pieces: list[tuple[str, np.ndarray]]) -> Condition:
         """A :class:`Condition` from ``(where, pixels)`` pieces, ``where`` "start" or "end".

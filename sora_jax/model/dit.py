@@ -5,23 +5,32 @@ tokens holding up to ``S`` clips each. Per-clip quantities (the timestep embeddi
 adaLN-Zero modulation it drives) are computed once per clip, ``[B, S, ...]``, and gathered to the
 clip's tokens, never once per token. Tokens attend within their clip (self-attention with a 3D
 RoPE) and to their clip's caption (cross-attention).
+
+The forward pass is split into ``jax.named_scope`` s, so that profiler traces and HLO metadata
+(``op_name``) say which part of the model an op belongs to: ``patch_embed``, ``conditioning``,
+``text_encoder``, one ``block_{i}`` per block (``block`` for all of them under ``scan_layers``)
+holding ``modulation``, ``self_attention``, ``cross_attention`` and ``mlp``, and ``final_layer``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from sora_jax.errors import ConfigError
 from sora_jax.model.attention import Attention, AttentionKernel, dense
 from sora_jax.model.rope import axis_dims, rope_angles
 from sora_jax.model.text import TextEncoder, frozen_text_dim
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 
-ACTIVATION = ("batch", "length", "embed")
+# The residual stream [B, L, D] between blocks. Activation names, not the input batch's
+# ("batch", "length"): a change of the inputs' layout rules must not reshard the model's insides.
+ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
 REMAT_POLICIES = {
     "full": None,  # Save nothing: recompute the whole block in the backward pass.
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -83,17 +92,24 @@ class DiTBlock(nnx.Module):
         text_bkd: jax.Array,
         text_segment_ids: jax.Array,
     ) -> jax.Array:
-        per_clip = self.modulation(jax.nn.silu(conditioning_bsd))  # [B, S, 6D]: once per clip.
-        mods = jnp.split(gather_clips(per_clip, segment_ids), 6, axis=-1)
+        """``x [B, L, D]`` through the block, laid out as :data:`ACTIVATION`; the scopes name its
+        sub-steps in traces and HLO metadata (they do not change the computation)."""
+        with jax.named_scope("modulation"):
+            per_clip = self.modulation(jax.nn.silu(conditioning_bsd))  # [B, S, 6D]: once per clip.
+            mods = jnp.split(gather_clips(per_clip, segment_ids), 6, axis=-1)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
-        h = modulate(self.norm1(x_bld), shift_a, scale_a)
-        attended = self.self_attention(
-            h, h, segment_ids, segment_ids, query_angles=angles, key_angles=angles, self_attention=True
-        )
-        x_bld = x_bld + gate_a * attended
-        x_bld = x_bld + self.cross_attention(self.norm_cross(x_bld), text_bkd, segment_ids, text_segment_ids)
-        h = modulate(self.norm2(x_bld), shift_m, scale_m)
-        x_bld = x_bld + gate_m * self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
+        with jax.named_scope("self_attention"):
+            h = modulate(self.norm1(x_bld), shift_a, scale_a)
+            attended = self.self_attention(
+                h, h, segment_ids, segment_ids, query_angles=angles, key_angles=angles, self_attention=True
+            )
+            x_bld = x_bld + gate_a * attended
+        with jax.named_scope("cross_attention"):
+            context = self.norm_cross(x_bld)
+            x_bld = x_bld + self.cross_attention(context, text_bkd, segment_ids, text_segment_ids)
+        with jax.named_scope("mlp"):
+            h = modulate(self.norm2(x_bld), shift_m, scale_m)
+            x_bld = x_bld + gate_m * self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
         return constrain(x_bld, ACTIVATION, self.rules)
 
 
@@ -149,40 +165,51 @@ class VideoDiT(nnx.Module):
     ) -> jax.Array:
         m = self.config
         segment_ids = batch["segment_ids"]
-        x = self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype)))
-        x = x + batch["cond_mask"][..., None].astype(x.dtype) * self.cond_embed[...].astype(x.dtype)
-        x = constrain(x, ACTIVATION, self.rules)
-        conditioning = self.time_out(
-            jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
-        )  # [B, S, D]
-        text_inputs = batch["text_embeddings"] if m.text_encoder != "learned" else batch["text_tokens"]
-        text = self.text_encoder(text_inputs, batch["text_segment_ids"], batch["text_positions"]).astype(
-            jnp.dtype(m.dtype)
-        )
+        with jax.named_scope("patch_embed"):
+            x = self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype)))
+            x = x + batch["cond_mask"][..., None].astype(x.dtype) * self.cond_embed[...].astype(x.dtype)
+            x = constrain(x, ACTIVATION, self.rules)
+        with jax.named_scope("conditioning"):
+            conditioning = self.time_out(
+                jax.nn.silu(self.time_in(timestep_embedding(timesteps_bs, 256)))
+            )  # [B, S, D]
+        with jax.named_scope("text_encoder"):
+            text_inputs = batch["text_embeddings"] if m.text_encoder != "learned" else batch["text_tokens"]
+            text = self.text_encoder(text_inputs, batch["text_segment_ids"], batch["text_positions"]).astype(
+                jnp.dtype(m.dtype)
+            )
         if m.text_pooled:
-            pooled = caption_means(text, batch["text_segment_ids"], timesteps_bs.shape[1])  # [B, S, Dt]
-            conditioning = conditioning + self.caption_out(jax.nn.silu(self.caption_in(pooled)))
+            with jax.named_scope("conditioning"):
+                pooled = caption_means(text, batch["text_segment_ids"], timesteps_bs.shape[1])  # [B, S, Dt]
+                conditioning = conditioning + self.caption_out(jax.nn.silu(self.caption_in(pooled)))
         angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
-        angles = constrain(angles, ("batch", "length", None), self.rules)
+        angles = constrain(angles, ("activation_batch", "activation_length", None), self.rules)
         extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
 
         graphdef, stacked = nnx.split(self.blocks)
 
-        def run_block(x_bld: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, block_state)(x_bld, *extras), None
+        def block_fn(scope: str) -> Callable[[jax.Array, nnx.State], tuple[jax.Array, None]]:
+            # The scope goes inside the (rematerialised) function, so the recomputation in the
+            # backward pass carries the block's name too.
+            def run_block(x_bld: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
+                with jax.named_scope(scope):
+                    return nnx.merge(graphdef, block_state)(x_bld, *extras), None
 
-        if m.remat != "none":
-            run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
+            if m.remat != "none":
+                return jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
+            return run_block
+
         if m.scan_layers:
-            x, _ = jax.lax.scan(run_block, x, stacked)
+            x, _ = jax.lax.scan(block_fn("block"), x, stacked)
         else:
             for layer in range(m.depth):
-                x, _ = run_block(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
+                x, _ = block_fn(f"block_{layer}")(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
 
-        shift, scale = jnp.split(
-            gather_clips(self.final_modulation(jax.nn.silu(conditioning)), segment_ids), 2, -1
-        )
-        return self.final(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
+        with jax.named_scope("final_layer"):
+            shift, scale = jnp.split(
+                gather_clips(self.final_modulation(jax.nn.silu(conditioning)), segment_ids), 2, -1
+            )
+            return self.final(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> VideoDiT:
@@ -193,3 +220,42 @@ def build_model(config: ml_collections.ConfigDict, seed: int) -> VideoDiT:
     """
     with nnx.use_eager_sharding(False):
         return VideoDiT(config, nnx.Rngs(params=seed))
+
+
+def validate_model_section(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first ``model.*`` key the DiT cannot be built with."""
+    m, d = config.model, config.data
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"config key 'model.{key}': {problem}")
+
+    if m.text_encoder != "learned":
+        from sora_jax.text.encoder import text_encoder_dim
+
+        try:
+            text_encoder_dim(m.text_encoder)
+        except (FileNotFoundError, ValueError, KeyError) as error:
+            fail("text_encoder", f"not 'learned' nor a usable BERT/T5 directory: {error}")
+        if not d.store:
+            fail("text_encoder", "a frozen text encoder needs data.store with caption embeddings")
+    if m.autoencoder and not d.store:
+        fail("autoencoder", "a latent DiT trains on data.store, a latent store from sora-jax encode")
+    if min(m.patch_size) < 1:
+        fail("patch_size", f"sizes must be positive, got {m.patch_size}")
+    if m.dim % m.heads:
+        fail("dim", f"{m.dim} does not divide into model.heads={m.heads} heads")
+    if (m.dim // m.heads) % 2 or m.dim // m.heads < 6:
+        fail("heads", "head dim (dim / heads) must be even and at least 6 for the 3D RoPE")
+    if m.text_dim % m.text_heads or (m.text_dim // m.text_heads) % 2:
+        fail("text_dim", f"{m.text_dim} must split into text_heads={m.text_heads} even heads")
+    for key, allowed in (
+        ("attention", ("xla", "cudnn", "splash", "ring")),
+        ("sequence_parallel", ("all_to_all", "gather")),
+        ("remat", ("none", "full", "dots")),
+        ("dtype", ("float32", "bfloat16")),
+        ("param_dtype", ("float32", "bfloat16")),
+    ):
+        if m[key] not in allowed:
+            fail(key, f"{m[key]!r} is not one of {', '.join(allowed)}")
+    if m.depth < 1:
+        fail("depth", f"must be at least 1, got {m.depth}")

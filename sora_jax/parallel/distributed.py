@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from sora_jax.config import ConfigError
+from sora_jax.errors import ConfigError
 
 log = logging.getLogger("sora_jax")
 

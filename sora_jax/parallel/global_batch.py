@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from sora_jax.parallel.sharding import Rules, axis_rules, named
 
-# Logical names of each packed-batch field's axes.
+# Logical names of each packed-batch field's axes (the DiT's batch; other kinds of run declare
+# their own fields the same way).
 BATCH_AXES = {
     "patches": ("batch", "length", None),
     "segment_ids": ("batch", "length"),
@@ -30,24 +31,22 @@ BATCH_AXES = {
     "clip_grid": ("batch", None, None),
     "clip_frames": ("batch", None),
     "clip_fps": ("batch", None),
-    # Dense fixed-shape clips [B, T, H, W, C], what the autoencoder trains on.
-    "videos": ("batch", None, None, None, None),
 }
-PACKED_FIELDS = tuple(name for name in BATCH_AXES if name not in ("videos", "text_embeddings"))
+Axes = dict[str, tuple[str | None, ...]]  # batch field -> logical names of its axes
+PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "text_embeddings")
 
 
-def packed_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The packed-batch fields of a DiT run: the contract's, plus ``text_embeddings`` when a frozen
-    encoder's stored caption states replace the learned one's tokens."""
+def packed_axes(config: ml_collections.ConfigDict) -> Axes:
+    """The packed-batch fields of a DiT run and their axes: the contract's, plus ``text_embeddings``
+    when a frozen encoder's stored caption states replace the learned one's tokens."""
     frozen = config.model.text_encoder != "learned"
-    return PACKED_FIELDS + ("text_embeddings",) if frozen else PACKED_FIELDS
+    fields = PACKED_FIELDS + ("text_embeddings",) if frozen else PACKED_FIELDS
+    return {name: BATCH_AXES[name] for name in fields}
 
 
-def batch_shardings(
-    mesh: Mesh, rules: Rules, fields: tuple[str, ...] = PACKED_FIELDS
-) -> dict[str, NamedSharding]:
-    """Shardings of a batch's ``fields`` (default: the packed-batch contract's)."""
-    return {name: named(mesh, BATCH_AXES[name], rules) for name in fields}
+def batch_shardings(mesh: Mesh, rules: Rules, axes: Axes) -> dict[str, NamedSharding]:
+    """Shardings of a batch's fields, from the logical names of their axes."""
+    return {name: named(mesh, names, rules) for name, names in axes.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +56,16 @@ class BatchLayout:
 
     mesh: Mesh
     rules: Rules
+    axes: Axes
     rows: int
     first_row: int
     num_rows: int
 
     @classmethod
-    def of(cls, config: ml_collections.ConfigDict, mesh: Mesh) -> BatchLayout:
+    def of(cls, config: ml_collections.ConfigDict, mesh: Mesh, axes: Axes) -> BatchLayout:
+        """The layout of batches of fields ``axes`` (logical names; each splits rows over ``batch``)."""
         rules, rows = axis_rules(config), config.data.batch_size
-        sharding = named(mesh, BATCH_AXES["clip_frames"], rules)
+        sharding = named(mesh, ("batch", None), rules)
         held = {
             (index[0].start or 0, rows if index[0].stop is None else index[0].stop)
             for index in sharding.addressable_devices_indices_map((rows, 1)).values()
@@ -76,7 +77,7 @@ class BatchLayout:
                 f"process {jax.process_index()} holds rows {sorted(held)} of the batch, not one block; "
                 "order the mesh so each process's devices hold contiguous rows"
             )
-        return cls(mesh, rules, rows, first, stop - first)
+        return cls(mesh, rules, axes, rows, first, stop - first)
 
     def to_global(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's ``num_rows`` rows of each field to global arrays sharded over the mesh."""
@@ -92,6 +93,6 @@ class BatchLayout:
                 return local[(slice(start, stop), *index[1:])]
 
             shape = (self.rows, *local.shape[1:])
-            sharding = named(self.mesh, BATCH_AXES[name], self.rules)
+            sharding = named(self.mesh, self.axes[name], self.rules)
             arrays[name] = jax.make_array_from_callback(shape, sharding, shard)
         return arrays

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-from sora_jax.config import ConfigError
+from sora_jax.errors import ConfigError
 from sora_jax.parallel.sharding import MESH_AXES, axis_rules, axis_size
 
 
@@ -108,3 +108,23 @@ def check_mesh(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                 f"config key 'model.heads': all_to_all sequence parallelism needs heads ({m.heads}) to "
                 f"divide by tensor x sequence = {ways['heads'] * sequence}; use model.attention=ring"
             )
+
+
+def validate_mesh_section(mesh: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first ``mesh.*`` key that cannot lay out a mesh."""
+    sizes = [mesh[f"ici_{a}"] for a in MESH_AXES]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(
+            f"config key 'mesh.ici_data': axis sizes must be positive, with at most one -1; got {sizes}"
+        )
+    for axis in MESH_AXES:
+        if mesh[f"dcn_{axis}"] < 1:
+            raise ConfigError(f"config key 'mesh.dcn_{axis}': must be at least 1, got {mesh[f'dcn_{axis}']}")
+    for name, mesh_axes in mesh.rules.items():
+        unknown = [a for a in mesh_axes if a not in MESH_AXES]
+        if unknown:
+            raise ConfigError(
+                f"config key 'mesh.rules.{name}': {unknown} are not mesh axes ({', '.join(MESH_AXES)})"
+            )
+        if len(set(mesh_axes)) != len(mesh_axes):
+            raise ConfigError(f"config key 'mesh.rules.{name}': repeats a mesh axis: {mesh_axes}")

@@ -30,14 +30,10 @@ import time
 import jax
 import ml_collections
 
-from sora_jax.config import ConfigError
-from sora_jax.data.packing import empty_batch
-from sora_jax.model.text import frozen_text_dim
-from sora_jax.parallel.global_batch import batch_shardings, packed_fields
+from sora_jax.errors import ConfigError
+from sora_jax.kinds.registry import run_kind
 from sora_jax.parallel.mesh import make_mesh
-from sora_jax.parallel.sharding import axis_rules
 from sora_jax.parallel.tpu import TpuSlice, parse_accelerator, topology_devices
-from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import abstract_train_state, count_params, model_graphdef
 from sora_jax.train.trainer import jit_train_step
 
@@ -51,13 +47,14 @@ class AotReport:
     chips: int
     mesh: dict[str, int]
     parameters: int
-    tokens_per_step: int
+    work_per_step: int  # What one global batch holds, in work_unit (tokens, clips, ...).
+    work_unit: str
     per_chip_bytes: dict[str, int]  # arguments, outputs, aliased, temporaries, code, total
     hbm_bytes_per_chip: int
     usable_hbm_bytes_per_chip: int
     fits: bool  # total <= the HBM the compiler lets a program use
     spare_fraction: float  # of HBM left free
-    flops_per_step: float  # analytic model FLOPs, all chips
+    flops_per_step: float | None  # analytic model FLOPs, all chips (None: the kind counts none)
     xla_flops_per_chip: float  # cost_analysis(): the scanned layer stack counted once
     estimated_step_seconds: float | None
     estimated_mfu: float | None
@@ -72,15 +69,16 @@ class AotReport:
         b = self.per_chip_bytes
         lines = [
             f"{self.accelerator} x {self.num_slices} slice(s): {self.chips} chips, mesh {self.mesh}",
-            f"parameters {self.parameters:,}; {self.tokens_per_step:,} tokens a step",
+            f"parameters {self.parameters:,}; {self.work_per_step:,} {self.work_unit} a step",
             f"per chip: arguments {b['arguments'] / gib:.2f} GiB + outputs {b['outputs'] / gib:.2f} GiB "
             f"- donated {b['aliased'] / gib:.2f} GiB + temporaries {b['temporaries'] / gib:.2f} GiB "
             f"+ code {b['code'] / gib:.2f} GiB = {b['total'] / gib:.2f} GiB "
             f"of {self.hbm_bytes_per_chip / gib:.1f} GiB HBM ({100 * self.spare_fraction:.0f}% spare)",
-            f"model FLOPs per step {self.flops_per_step:.3e} (analytic); XLA cost analysis "
-            f"{self.xla_flops_per_chip:.3e} per chip (scanned layers counted once, Pallas "
-            "kernels not at all)",
+            f"XLA cost analysis {self.xla_flops_per_chip:.3e} FLOPs per chip (scanned layers counted "
+            "once, Pallas kernels not at all)",
         ]
+        if self.flops_per_step is not None:
+            lines.insert(-1, f"model FLOPs per step {self.flops_per_step:.3e} (analytic)")
         if self.estimated_mfu is not None:
             lines.append(
                 f"estimated step {self.estimated_step_seconds:.4g} s ({self.estimate_method}, from 1 "
@@ -90,53 +88,23 @@ class AotReport:
         return "\n".join(lines)
 
 
-def _abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
-    m, d = config.model, config.data
-    one_row = empty_batch(
-        1,
-        d.seq_len,
-        math.prod(m.patch_size) * m.channels,
-        d.max_clips_per_row,
-        d.text_len,
-        frozen_text_dim(m),
-    )
-    shardings = batch_shardings(mesh, axis_rules(config), packed_fields(config))
-    return {
-        name: jax.ShapeDtypeStruct((d.batch_size, *row.shape[1:]), row.dtype, sharding=shardings[name])
-        for name, row in one_row.items()
-    }
-
-
 def compile_train_step(config: ml_collections.ConfigDict, devices: list) -> jax.stages.Compiled:
-    """The train step of ``config`` compiled for ``devices`` (on the mesh the config asks for)."""
+    """The train step of ``config``'s kind of run compiled for ``devices`` (on the mesh the config
+    asks for), with the batch the kind declares."""
     mesh = make_mesh(config, devices)
+    kind = run_kind(config)
     with jax.set_mesh(mesh):
         abstract = abstract_train_state(config, mesh)
         shardings = jax.tree.map(lambda a: a.sharding, abstract)
-        step = jit_train_step(model_graphdef(config), config, mesh, shardings)
-        return step.lower(abstract, _abstract_batch(config, mesh)).compile()
-
-
-def _with_layers(config: ml_collections.ConfigDict, depth: int, scan: bool) -> ml_collections.ConfigDict:
-    probe = config.copy_and_resolve_references()
-    with probe.unlocked():
-        probe.model.depth, probe.model.scan_layers = depth, scan
-    return probe
-
-
-def _splash_flops(config: ml_collections.ConfigDict) -> float:
-    """Training FLOPs of the attention that splash kernels compute, which XLA does not cost:
-    scores and weighted sums over the whole row (self) and the text (cross), forward and backward."""
-    m, d = config.model, config.data
-    per_token = 2 * 2 * (d.seq_len + d.text_len) * m.dim
-    return 3.0 * m.depth * per_token * d.batch_size * d.seq_len
+        step = jit_train_step(model_graphdef(config), kind, mesh, shardings)
+        return step.lower(abstract, kind.abstract_batch(mesh)).compile()
 
 
 def estimated_step_seconds(
     config: ml_collections.ConfigDict, devices: list, tpu: TpuSlice
 ) -> tuple[float, str] | tuple[None, None]:
-    """XLA's estimate of the whole step's time, from two probes with the layer stack unrolled, and
-    how it was made.
+    """XLA's estimate of the whole step's time, from two probes with the layer stack unrolled (the
+    kind's :meth:`~sora_jax.kinds.base.RunKind.with_depth`), and how it was made.
 
     One and two unrolled blocks differ by exactly one block (forward, backward, its optimizer
     update), so any per-step cost ``c`` extrapolates as ``c(depth) = c(1) + (depth - 1) * (c(2) -
@@ -147,12 +115,13 @@ def estimated_step_seconds(
     full HBM bandwidth, over the whole step ("flops-bytes-bound", looser: operations' compute and
     traffic are assumed to overlap perfectly). Splash kernels get no cost from XLA: their
     attention FLOPs are added at peak speed. ``(None, None)`` when XLA's costs do not grow with
-    depth.
+    depth, or when the kind has no stack of blocks.
     """
-    costs = [
-        compile_train_step(_with_layers(config, depth, scan=False), devices).cost_analysis()
-        for depth in (1, 2)
-    ]
+    kind = run_kind(config)
+    probes = [kind.with_depth(depth) for depth in (1, 2)]
+    if any(probe is None for probe in probes):
+        return None, None
+    costs = [compile_train_step(probe, devices).cost_analysis() for probe in probes]
     return step_seconds_from_costs(config, costs, len(devices), tpu)
 
 
@@ -165,7 +134,7 @@ def step_seconds_from_costs(
         one, two = (float(cost.get(key, -1.0)) for cost in costs)
         if one <= 0 or two <= one:
             return None
-        return one + (config.model.depth - 1) * (two - one)
+        return one + (config.model.depth - 1) * (two - one)  # The stack the probes varied.
 
     total, method = extrapolated("optimal_seconds"), "xla-roofline"
     if total is None:
@@ -173,8 +142,7 @@ def step_seconds_from_costs(
         if flops is None or traffic is None:
             return None, None
         total, method = max(flops / tpu.peak_flops, traffic / tpu.hbm_bandwidth), "flops-bytes-bound"
-    if config.model.attention == "splash":
-        total += _splash_flops(config) / chips / tpu.peak_flops
+    total += run_kind(config).uncosted_flops_per_step() / chips / tpu.peak_flops
     return total, method
 
 
@@ -247,13 +215,12 @@ def aot_report(
     ) + per_chip["code"]
     spare = 1.0 - per_chip["total"] / tpu.hbm_bytes
     chips = len(devices)
-    d = config.data
-    tokens = d.batch_size * d.seq_len
-    # Rows of the presets hold one long clip: every token attends to the whole row.
-    flops = model_flops_per_token(config, d.seq_len) * tokens
+    kind = run_kind(config)
+    work, unit = kind.work_per_step()
+    flops = kind.flops_per_step()
     cost = compiled.cost_analysis()
     step_seconds = mfu = method = None
-    if estimate:
+    if estimate and flops is not None:
         step_seconds, method = estimated_step_seconds(config, devices, tpu)
         mfu = None if step_seconds is None else flops / (chips * tpu.peak_flops * step_seconds)
     mesh = make_mesh(config, devices)
@@ -263,7 +230,8 @@ def aot_report(
         chips=chips,
         mesh=dict(mesh.shape),
         parameters=count_params(abstract_train_state(config, mesh).params),
-        tokens_per_step=tokens,
+        work_per_step=work,
+        work_unit=unit,
         per_chip_bytes=per_chip,
         hbm_bytes_per_chip=tpu.hbm_bytes,
         usable_hbm_bytes_per_chip=tpu.usable_hbm_bytes,

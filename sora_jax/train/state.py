@@ -1,5 +1,8 @@
 """The train state and how it is created, already sharded, on the mesh.
 
+What the parameters and optimizer are comes from the run's kind (:mod:`sora_jax.kinds`); the state
+around them is the same for every kind.
+
 Following the eval_shape -> shardings -> jit(init, out_shardings) pattern: the state is first
 traced abstractly to learn its shapes and logical axis names, the names are mapped to the mesh,
 and only then is it materialised, each parameter directly on the devices that hold it.
@@ -18,9 +21,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sora_jax.model.dit import VideoDiT, build_model
+from sora_jax.kinds.registry import run_kind
 from sora_jax.parallel.sharding import Rules, axis_rules, logical_to_spec
-from sora_jax.train.optimizer import make_optimizer
 
 
 @flax.struct.dataclass
@@ -28,32 +30,17 @@ class TrainState:
     """Everything that changes during training; a pytree of arrays (``step`` is an int32 scalar)."""
 
     step: jax.Array
-    params: nnx.State
-    ema_params: nnx.State
+    params: Any  # An nnx.State, or a dict of them for a kind with several networks.
+    ema_params: Any
     opt_state: optax.OptState
     # Steps in a row whose loss or gradient was not finite (their updates were skipped). Not
     # checkpointed: a resumed run starts counting afresh.
     nonfinite_in_a_row: jax.Array
 
 
-def split_model(model: VideoDiT) -> tuple[nnx.GraphDef, nnx.State]:
-    graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, params
-
-
-def split_task_model(config: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
-    """(graphdef, params) of what ``config.task`` trains: the DiT, or the video autoencoder (with
-    its discriminator), whose graphdefs and params are dicts by module."""
-    if config.task == "autoencoder":
-        from sora_jax.autoencoder.training import split_autoencoder  # It builds on this module.
-
-        return split_autoencoder(config, seed)
-    return split_model(build_model(config, seed))
-
-
 def model_graphdef(config: ml_collections.ConfigDict) -> Any:
-    """The model's structure (no arrays are allocated)."""
-    graphdef, _ = jax.eval_shape(lambda: split_task_model(config, 0))
+    """The structure of the model the run's kind trains (no arrays are allocated)."""
+    graphdef, _ = jax.eval_shape(lambda: run_kind(config).init(0))
     return graphdef
 
 
@@ -68,10 +55,11 @@ def state_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
 
 
 def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
-    optimizer = make_optimizer(config)
+    kind = run_kind(config)
+    optimizer = kind.optimizer()
 
     def init() -> TrainState:
-        _, params = split_task_model(config, config.seed)
+        _, params = kind.init(config.seed)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -104,5 +92,13 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh) -> Train
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def count_params(params: nnx.State) -> int:
+def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
+    """Shapes, dtypes and shardings of the parameters alone (what an EMA restore fills), without
+    building the optimizer state."""
+    abstract = jax.eval_shape(lambda: run_kind(config).init(config.seed)[1])
+    shardings = state_shardings(abstract, mesh, axis_rules(config))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def count_params(params: Any) -> int:
     return sum(x.size for x in jax.tree.leaves(params))

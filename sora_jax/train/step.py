@@ -1,7 +1,9 @@
-"""The train step: a pure function of (state, batch), jitted once for the whole run.
+"""What every kind of run's train step shares: its random key and the optimizer update with the EMA.
 
-Noise and timesteps come from ``fold_in(seed, step)`` inside the step, so a run is a pure function
-of (config, seed, step) and a resumed run continues bit-for-bit.
+A train step is a pure function of (state, batch), jitted once for the whole run. Its randomness
+comes from ``fold_in(seed, step)`` inside the step, so a run is a pure function of (config, seed,
+step) and a resumed run continues bit-for-bit. Each kind of run computes its loss and gradients
+(e.g. :mod:`sora_jax.diffusion.train_step`) and hands them to :func:`make_update`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import nnx
 
-from sora_jax.diffusion.flow import flow_loss, velocity_predictor
-from sora_jax.train.optimizer import ema_update, learning_rate, make_optimizer
+from sora_jax.train.optimizer import ema_update, learning_rate
 from sora_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,25 +26,12 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def make_loss_fn(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
-) -> Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict]]:
-    """``loss(params, batch, key) -> (loss, aux)`` for the model described by ``graphdef``."""
-
-    def loss_fn(params: nnx.State, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
-        model = nnx.merge(graphdef, params)
-        return flow_loss(velocity_predictor(model, batch, config.diffusion), batch, key, config)
-
-    return loss_fn
-
-
 def make_update(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
 ) -> Callable[[TrainState, jax.Array, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """``update(state, loss, grads) -> (next state, metrics)``: the optimizer step and the EMA,
-    shared by every model the trainer trains. A non-finite loss or gradient skips the update
+    """``update(state, loss, grads) -> (next state, metrics)``: the step of ``optimizer`` (the run
+    kind's) and the EMA, shared by every kind of run. A non-finite loss or gradient skips the update
     (parameters, EMA and moments stay put) and is counted."""
-    optimizer = make_optimizer(config)
     schedule = learning_rate(config, config.train.steps)
 
     def update(state: TrainState, loss: jax.Array, grads: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -68,21 +55,3 @@ def make_update(
         return TrainState(state.step + 1, params, ema, opt_state, nonfinite_in_a_row), metrics
 
     return update
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step; the trainer jits it with shardings and donates the state."""
-    loss_fn = make_loss_fn(graphdef, config)
-    update = make_update(config)
-
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = step_key(config.seed, state.step)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-        new_state, metrics = update(state, loss, grads)
-        metrics["clips"] = jnp.sum(batch["clip_grid"][..., 0] > 0)
-        metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0)
-        return new_state, metrics
-
-    return train_step

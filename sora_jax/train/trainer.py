@@ -14,26 +14,26 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from sora_jax.autoencoder.training import clip_batches, make_autoencoder_step, reconstruction_sampler
 from sora_jax.config import config_to_json
-from sora_jax.data.pipeline import batch_stream
 from sora_jax.data.video_io import write_video
-from sora_jax.eval.generate import prompt_sampler
-from sora_jax.parallel.global_batch import BatchLayout, batch_shardings, packed_fields
+from sora_jax.kinds.base import RunKind
+from sora_jax.kinds.registry import run_kind
+from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules, describe_shardings
 from sora_jax.train import checkpoint
-from sora_jax.train.metrics import MetricsWriter, model_flops_per_token
+from sora_jax.train.metrics import MetricsWriter
+from sora_jax.train.profile import StepProfiler
 from sora_jax.train.state import (
     TrainState,
     abstract_train_state,
@@ -41,29 +41,17 @@ from sora_jax.train.state import (
     create_train_state,
     model_graphdef,
 )
-from sora_jax.train.step import make_train_step
 
 log = logging.getLogger("sora_jax")
 
 
-def clip_shapes_of(batch: dict[str, np.ndarray], patch: tuple[int, int, int]) -> set[tuple[int, int, int]]:
-    """(frames, height, width) in pixels of every clip of a host batch."""
-    grid, frames = batch["clip_grid"].reshape(-1, 3), batch["clip_frames"].reshape(-1)
-    _, ph, pw = patch
-    return {(int(f), int(h) * ph, int(w) * pw) for f, (_, h, w) in zip(frames, grid, strict=True) if f}
-
-
 def jit_train_step(
-    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, mesh: Mesh, state_shardings: TrainState
+    graphdef: Any, kind: RunKind, mesh: Mesh, state_shardings: TrainState
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """The train step jitted with explicit shardings: state in place (donated), batch over rows."""
-    if config.task == "autoencoder":
-        step, fields = make_autoencoder_step(graphdef, config), ("videos",)
-    else:
-        step, fields = make_train_step(graphdef, config), packed_fields(config)
+    """``kind``'s train step jitted with explicit shardings: state in place (donated), batch over rows."""
     return jax.jit(
-        step,
-        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(config), fields)),
+        kind.train_step(graphdef),
+        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(kind.config), kind.batch_axes())),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
@@ -118,13 +106,10 @@ def _train(
     config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, is_writer: bool
 ) -> dict[str, float]:
     """The rest of :func:`train`, traced and run with ``mesh`` as the current mesh."""
-    # --- input pipeline: this process's share of every batch ---------------------------------
-    layout = BatchLayout.of(config, mesh)
-    autoencoder = config.task == "autoencoder"
-    if autoencoder:  # Dense fixed-shape clips.
-        batches = clip_batches(config, layout.first_row, layout.num_rows)
-    else:  # Packed rows of variable-shape clips.
-        batches = batch_stream(config, layout.num_rows, layout.first_row, layout.rows)
+    # --- what the run trains, and its input: this process's share of every batch ----------------
+    kind = run_kind(config)  # config.task names it: the DiT, the autoencoder, ...
+    layout = BatchLayout.of(config, mesh, kind.batch_axes())
+    batches = kind.batches(layout.first_row, layout.num_rows)
 
     # --- train state (and input position): restored from the latest checkpoint, or fresh ------
     ckpt = checkpoint.manager(workdir, config)
@@ -141,9 +126,9 @@ def _train(
         log.info("%s", line)
 
     # --- compiled step: one program for the whole run -------------------------------------------
-    step_fn = jit_train_step(graphdef, config, mesh, shardings)
+    step_fn = jit_train_step(graphdef, kind, mesh, shardings)
     t = config.train
-    sampler = reconstruction_sampler(graphdef, config) if autoencoder else prompt_sampler(graphdef, config)
+    sampler = kind.sampler(graphdef)
 
     # --- loop ------------------------------------------------------------------------------------
     writer = MetricsWriter(workdir, resume_step=start)
@@ -153,13 +138,15 @@ def _train(
     progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train", mininterval=redraw)
     metrics: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start
-    clip_shapes: set[tuple[int, int, int]] = set()  # (frames, height, width) seen in training
+    meter = kind.meter()
+    profiler = StepProfiler(workdir, t.profile_steps, start)
     for step in range(start, t.steps):
         host_batch = next(batches)
-        if not autoencoder:
-            clip_shapes.update(clip_shapes_of(host_batch, config.model.patch_size))
+        meter.see(host_batch)
         batch = layout.to_global(host_batch)
+        profiler.before(step)
         state, device_metrics = step_fn(state, batch)
+        profiler.after(step, state)
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -167,16 +154,7 @@ def _train(
             seconds = (now - last_time) / (done - last_step)
             last_time, last_step = now, done
             metrics |= {"step_seconds": seconds, "compiles": step_fn._cache_size()}
-            if autoencoder:
-                metrics["clips_per_s"] = metrics["clips"] / seconds
-            else:
-                mean_clip = metrics["tokens"] / max(metrics["clips"], 1.0)
-                flops = model_flops_per_token(config, mean_clip) * metrics["tokens"]
-                metrics |= {
-                    "tokens_per_s": metrics["tokens"] / seconds,
-                    "tflops_per_s": flops / seconds / 1e12,
-                    "distinct_clip_shapes": len(clip_shapes),
-                }
+            metrics |= meter.figures(metrics, seconds)
             writer.write(done, metrics)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
             if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
@@ -199,6 +177,7 @@ def _train(
             saver.close()
             writer.close()
             preemption.close()
+            profiler.close()
             return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
             write_samples(sampler(state.ema_params), t, workdir, done, writer)
@@ -212,8 +191,9 @@ def _train(
     saver.close()
     write_samples(sampler(state.ema_params), t, workdir, final, writer)
     writer.close()
-    shapes = f" for {len(clip_shapes)} distinct clip shapes" if clip_shapes else ""
-    log.info("train step compiled %d time(s)%s", step_fn._cache_size(), shapes)
+    profiler.close()
+    seen = meter.summary()
+    log.info("train step compiled %d time(s)%s", step_fn._cache_size(), f" for {seen}" if seen else "")
     return metrics
 
 

@@ -4,7 +4,8 @@ import jax
 import pytest
 from flax import nnx
 
-from sora_jax.autoencoder import build_autoencoder, tiny_config
+from sora_jax.autoencoder.config import tiny_config
+from sora_jax.autoencoder.model import build_autoencoder
 
 
 def _trained_looking(vae):

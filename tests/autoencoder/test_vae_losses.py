@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.autoencoder import (
-    AutoencoderConfig,
-    DiagonalGaussian,
-    adversarial_weight,
-    autoencoder_section,
+from sora_jax.autoencoder.config import AutoencoderConfig, autoencoder_section, tiny_config
+from sora_jax.autoencoder.discriminator import (
     build_discriminator,
     discriminator_hinge_loss,
     generator_hinge_loss,
+)
+from sora_jax.autoencoder.losses import (
+    adversarial_weight,
     kl_loss,
     make_autoencoder_loss,
     make_discriminator_loss,
     reconstruction_loss,
-    tiny_config,
 )
+from sora_jax.autoencoder.model import DiagonalGaussian
 from sora_jax.config import ConfigError
 
 

@@ -3,8 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from sora_jax.autoencoder import psnr, ssim
-from sora_jax.autoencoder.metrics import SSIM_K1, SSIM_K2, gaussian_window
+from sora_jax.autoencoder.metrics import SSIM_K1, SSIM_K2, gaussian_window, psnr, ssim
 
 
 def test_psnr_of_identical_videos_is_infinite():

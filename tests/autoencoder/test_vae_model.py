@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.autoencoder import (
-    AutoencoderConfig,
-    build_autoencoder,
-    decode_chunked,
-    encode_chunked,
-    tiny_config,
-)
+from sora_jax.autoencoder.config import AutoencoderConfig, tiny_config
+from sora_jax.autoencoder.model import build_autoencoder
+from sora_jax.autoencoder.streaming import decode_chunked, encode_chunked
 
 
 def _abstract_shapes(config, frames, side):

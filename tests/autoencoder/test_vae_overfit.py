@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax import nnx
 
-from sora_jax.autoencoder import make_autoencoder_loss, psnr
+from sora_jax.autoencoder.losses import make_autoencoder_loss
+from sora_jax.autoencoder.metrics import psnr
 
 
 def _clips(frames=3, side=8):

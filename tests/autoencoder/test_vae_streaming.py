@@ -2,8 +2,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.autoencoder import decode_chunked, decode_tiled, encode_chunked, encode_tiled, safe_margin
-from sora_jax.autoencoder.streaming import blend_weights, tile_starts
+from sora_jax.autoencoder.streaming import (
+    blend_weights,
+    decode_chunked,
+    decode_tiled,
+    encode_chunked,
+    encode_tiled,
+    safe_margin,
+    tile_starts,
+)
 
 # Chunks compute the same sums as the whole video, on differently shaped arrays: XLA may order
 # the float32 additions differently, nothing more (measured differences ~1e-6 on values of ~1).
@@ -81,3 +88,18 @@ def test_tiled_encode_and_decode_equal_the_whole_frame(micro_vae):
     # Without the margin, values that saw a tile's zero padding are blended in: an approximation.
     approximate = decode_tiled(micro_vae, whole.mean, tile, overlap, 0)
     assert np.abs(np.asarray(approximate - decoded)).max() > 1e-3
+
+
+def test_a_trained_autoencoder_encodes_large_frames_in_exact_tiles(micro_vae):
+    """``sora-jax encode --tile`` sets ``TrainedAutoencoder.tile``: frames larger than a tile are
+    encoded tile by tile with the exact margin, and equal the whole-frame encoding."""
+    from sora_jax.autoencoder.trained import TrainedAutoencoder
+
+    whole = TrainedAutoencoder(micro_vae, micro_vae.config, "micro", 0)
+    frames = np.asarray((_video(3, height=160, width=112, seed=4)[0] + 1.0) * 127.5, np.uint8)
+    tiled = TrainedAutoencoder(micro_vae, micro_vae.config, "micro", 0, tile=108)
+    assert tiled.tiling() == (54, 26)
+    np.testing.assert_allclose(tiled.encode(frames), whole.encode(frames), **CHUNK_TOLERANCE)
+    too_small = TrainedAutoencoder(micro_vae, micro_vae.config, "micro", 0, tile=64)
+    with pytest.raises(ValueError, match="at least 108"):
+        too_small.tiling()

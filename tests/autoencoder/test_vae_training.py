@@ -3,12 +3,21 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.autoencoder.training import clip_batches, held_out_clips, make_autoencoder_step
+from sora_jax.autoencoder.training import (
+    autoencoder_optimizer,
+    clip_batches,
+    fit_clip,
+    held_out_clips,
+    make_autoencoder_step,
+    world_clips,
+)
 from sora_jax.config import load_config
 from sora_jax.parallel.mesh import make_mesh
+from sora_jax.train.optimizer import make_optimizer
 from sora_jax.train.state import create_train_state
 from tests.cli import sora_jax
 
@@ -19,7 +28,7 @@ def _state_and_step(overrides=()):
     config = load_config(TEST, ["mesh.ici_data=1", *overrides])
     mesh = make_mesh(config, jax.devices()[:1])
     graphdef, state, _ = create_train_state(config, mesh)
-    return config, state, jax.jit(make_autoencoder_step(graphdef, config))
+    return config, state, jax.jit(make_autoencoder_step(graphdef, config, autoencoder_optimizer(config)))
 
 
 def test_the_step_learns_to_reconstruct_a_batch():
@@ -62,6 +71,62 @@ def test_the_clip_stream_splits_rows_between_processes_and_resumes():
     # Held-out clips come from eval.seed and differ from training clips.
     held = held_out_clips(config, 2)
     assert held.shape == (2, 5, 16, 16, 3) and not np.array_equal(held, first[:2])
+
+
+def test_the_discriminator_has_its_own_clipping_and_weight_decay():
+    config = load_config(
+        TEST,
+        ["autoencoder.disc_weight=0.5", "autoencoder.disc_grad_clip=1.0", "autoencoder.disc_weight_decay=0.5",
+         "optim.grad_clip=1.0", "optim.weight_decay=0.0", "optim.warmup_steps=0"],
+    )  # fmt: skip
+    params = {"autoencoder": {"w": jnp.ones((2, 2))}, "discriminator": {"w": jnp.ones((2, 2))}}
+    grads = {"autoencoder": {"w": jnp.full((2, 2), 0.01)}, "discriminator": {"w": jnp.full((2, 2), 1e3)}}
+    optimizer = autoencoder_optimizer(config)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    # The autoencoder's step is what its own optimizer makes of its own gradient: the
+    # discriminator's huge gradient does not shrink it through a shared global norm.
+    alone = make_optimizer(config)
+    expected, _ = alone.update(grads["autoencoder"], alone.init(params["autoencoder"]), params["autoencoder"])
+    np.testing.assert_allclose(updates["autoencoder"]["w"], expected["w"], rtol=1e-6)
+    # The discriminator's matrices decay (zero gradient: only the decay moves them).
+    zero = jax.tree.map(jnp.zeros_like, grads)
+    updates, _ = optimizer.update(zero, optimizer.init(params), params)
+    assert float(updates["discriminator"]["w"][0, 0]) < 0 and float(updates["autoencoder"]["w"][0, 0]) == 0
+
+
+def test_an_autoencoder_trains_on_a_clip_store_of_videos(tmp_path):
+    from sora_jax.data import world
+    from sora_jax.data.clip_store import ClipStore
+    from sora_jax.data.prepare import prepare
+    from sora_jax.data.video_io import write_video
+
+    videos = tmp_path / "videos"
+    for index, (frames, height, width) in enumerate([(12, 40, 56), (3, 24, 20), (20, 32, 32)]):
+        clip = world.make_clip(1, index, frames=frames, height=height, width=width, fps=8.0)
+        write_video(videos / f"clip{index}.mp4", clip.frames, 8.0)
+        (videos / f"clip{index}.txt").write_text(clip.caption)
+    store = tmp_path / "store"
+    report = prepare(videos, store, max_seconds=4.0, fps=8.0, max_area=64 * 64, workers=1)
+    assert report.clips_written == 3
+
+    config, state, step = _state_and_step([f"data.store={store}"])
+    batch = next(clip_batches(config))["videos"]
+    assert batch.shape == (8, 5, 16, 16, 3) and -1.0 <= batch.min() and batch.max() <= 1.0
+    # Each row is a piece of a stored clip, chosen and fitted by the generator of its row index.
+    opened = ClipStore.open(store)
+    rng = np.random.default_rng((config.seed, 0))
+    rng.random()  # The draw that chose the store over the world (it always does at store_weight 1).
+    piece = fit_clip(opened.read(int(rng.integers(len(opened)))), (5, 16, 16), rng)
+    np.testing.assert_array_equal(batch[0], piece.astype(np.float32) / 127.5 - 1.0)
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped_nonfinite"]) == 0
+    # A store mixed with the world: some rows are physics-world clips.
+    mixed, _, _ = _state_and_step([f"data.store={store}", "data.store_weight=0.5"])
+    world_rows = [
+        i for i, row in enumerate(next(clip_batches(mixed))["videos"])
+        if np.array_equal(row, world_clips(mixed.seed, i, 1, (5, 16, 16))[0])
+    ]  # fmt: skip
+    assert 0 < len(world_rows) < 8
 
 
 def _losses(workdir):

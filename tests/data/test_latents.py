@@ -12,8 +12,7 @@ import pytest
 from sora_jax.autoencoder.trained import TrainedAutoencoder
 from sora_jax.config import load_config
 from sora_jax.data import world
-from sora_jax.data.clip_store import ClipStore
-from sora_jax.data.encode import STATS_KEY
+from sora_jax.data.clip_store import STATS_KEY, ClipStore
 from sora_jax.data.pipeline import check_store
 from sora_jax.data.sources import LatentStoreSource
 from sora_jax.data.video_io import read_video
@@ -158,21 +157,17 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
     # Image-to-video: the given latent frame is the image's own, and the causal decoder makes frame 0
     # from latent frame 0 alone, so frame 0 is the autoencoder's reconstruction of the image. (Checked
     # on the generator's output: mp4 and gif files are lossy.)
-    from sora_jax.eval.evaluate import local_config
     from sora_jax.eval.generate import make_generator
     from sora_jax.eval.inputs import ClipLayout
-    from sora_jax.parallel.mesh import make_mesh
-    from sora_jax.train import checkpoint
-    from sora_jax.train.state import abstract_train_state, model_graphdef
+    from sora_jax.train.trained_run import TrainedRun
 
-    config = local_config(workdir)
-    manager = checkpoint.manager(workdir, read_only=True)
-    params = checkpoint.restore_params(manager, abstract_train_state(config, make_mesh(config)).ema_params)
-    generate = make_generator(
-        model_graphdef(config), config, frames=3, height=8, width=8, steps=2, guidance=2.0, method="euler"
-    )
+    with TrainedRun(workdir) as trained:
+        config, params = trained.config, trained.params()
+        generate = make_generator(
+            trained.graphdef, config, frames=3, height=8, width=8, steps=2, guidance=2.0, method="euler"
+        )
     image = world.make_clip(5, 0, frames=1, height=16, width=16, fps=6.0).frames
-    condition = ClipLayout(3, 8, 8, 8, 1, generate.decoder).condition([("start", image)])
+    condition = ClipLayout(3, 8, 8, 8, 1, generate.space).condition([("start", image)])
     assert condition.groups.tolist() == [True, False, False]
     video = generate(params, "a ball", 0, condition=condition)
     vae = TrainedAutoencoder.load(run)
@@ -207,3 +202,31 @@ def test_autoencoder_features_for_fvd_are_latent_statistics(made):
     latents = vae.encode(clips[1])
     assert features.shape == (3, 16)
     np.testing.assert_allclose(features[1, :8], latents.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_latent_run_decodes_with_the_autoencoder_step_that_encoded_its_store(made, tmp_path):
+    """The autoencoder run trains on after encoding: samples must still decode with the weights that
+    made the latents (the step the store records), not the run's newest checkpoint."""
+    import shutil
+
+    from sora_jax.autoencoder.latent_space import LatentSpace
+
+    run, _, store = made
+    moved_on = tmp_path / run.name  # Same run name, so the store's record still names it.
+    shutil.copytree(run, moved_on)
+    result = sora_jax(
+        "train", "--config", "experiments/vae_world.py:test", "--workdir", str(moved_on),
+        "--config.train.steps=6",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert TrainedAutoencoder.load(moved_on).step == 6
+
+    config = _latent_config(made, f"model.autoencoder={moved_on}")
+    space = LatentSpace.of_run(config)
+    assert space.autoencoder.step == ClipStore.open(store).extra["autoencoder"]["step"] == 4
+    latents = ClipStore.open(store).read(0).astype(np.float32)
+    normalised = (latents - space.mean) / space.std
+    expected = TrainedAutoencoder.load(moved_on, 4).decode(latents)
+    np.testing.assert_array_equal(space.to_pixels(normalised), expected)
+    newest = TrainedAutoencoder.load(moved_on).decode(latents)
+    assert np.abs(newest.astype(int) - expected.astype(int)).max() > 0  # The step matters.

@@ -14,9 +14,10 @@ from PIL import Image
 from sora_jax.cli import main
 from sora_jax.data import world
 from sora_jax.data.video_io import read_video, write_video
-from sora_jax.eval.evaluate import WorldEvaluation, local_config
+from sora_jax.eval.world_eval import WorldEvaluation
 from sora_jax.eval.world_score import SCORES
 from sora_jax.train.state import model_graphdef
+from sora_jax.train.trained_run import local_config
 from tests.cli import sora_jax
 
 SIZE = ["--height", "16", "--width", "16"]
@@ -112,6 +113,7 @@ def test_evaluate_world_scores_each_task_against_the_held_out_scenes(run, capsys
         for score in (*SCORES, "overall"):
             value = result[f"world/{task}/{score}"]
             assert np.isnan(value) or 0.0 <= value <= 1.0, (task, score, value)
+        assert result[f"world/{task}/fvd"] > 0  # Generated videos against the held-out clips.
     assert 0.0 <= result["world/overall"] <= 1.0 and np.isfinite(result["val_loss"])
     saved = json.loads((root / "run" / "eval" / f"step_{result['step']}.json").read_text())
     assert saved["world/overall"] == result["world/overall"]

@@ -10,11 +10,11 @@ import pytest
 
 from experiments.world_tiny import get_config
 from sora_jax.data.pipeline import batch_stream
-from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
+from sora_jax.diffusion.train_step import make_loss_fn
+from sora_jax.parallel.global_batch import BatchLayout, batch_shardings, packed_axes
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.sharding import axis_rules
 from sora_jax.train.state import create_train_state
-from sora_jax.train.step import make_loss_fn
 
 
 def small_config(mesh_shape, attention="xla", sequence_parallel="all_to_all"):
@@ -43,10 +43,11 @@ def loss_and_grads(config):
     mesh = make_mesh(config)
     with jax.set_mesh(mesh):
         graphdef, state, shardings = create_train_state(config, mesh)
-        batch = BatchLayout.of(config, mesh).to_global(host_batch())
+        batch = BatchLayout.of(config, mesh, packed_axes(config)).to_global(host_batch())
+        batch_in = batch_shardings(mesh, axis_rules(config), packed_axes(config))
         grad_fn = jax.jit(
             jax.value_and_grad(make_loss_fn(graphdef, config), has_aux=True),
-            in_shardings=(shardings.params, batch_shardings(mesh, axis_rules(config)), None),
+            in_shardings=(shardings.params, batch_in, None),
         )
         (loss, _), grads = grad_fn(state.params, batch, jax.random.key(3))
         return float(loss), jax.device_get(grads)

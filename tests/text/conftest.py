@@ -36,7 +36,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm(minilm_dir):
-    from sora_jax.text import load_text_encoder
+    from sora_jax.text.encoder import load_text_encoder
 
     return load_text_encoder(minilm_dir)
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sora_jax.text import load_text_encoder, mean_pool
+from sora_jax.text.encoder import load_text_encoder, mean_pool
 
 
 def logical_names(params: nnx.State) -> dict[tuple, tuple]:

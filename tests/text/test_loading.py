@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from sora_jax.text import CheckpointError, load_text_encoder
+from sora_jax.text.encoder import load_text_encoder
+from sora_jax.text.hf_loading import CheckpointError
 from sora_jax.text.tiny import write_tiny_bert, write_tiny_t5
 
 CAPTIONS = ["a red ball rolls across the field", "two birds"]

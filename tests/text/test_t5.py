@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.text import load_text_encoder
+from sora_jax.text.encoder import load_text_encoder
 from sora_jax.text.t5 import relative_position_bucket
 from sora_jax.text.tiny import tiny_t5_config, tiny_t5_weights, write_tiny_t5
 

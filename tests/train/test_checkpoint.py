@@ -7,10 +7,11 @@ from jax.sharding import Mesh
 
 from experiments.world_tiny import get_config
 from sora_jax.data.pipeline import batch_stream
+from sora_jax.diffusion.train_step import make_train_step
 from sora_jax.parallel.sharding import MESH_AXES
 from sora_jax.train import checkpoint
+from sora_jax.train.optimizer import make_optimizer
 from sora_jax.train.state import abstract_train_state, create_train_state
-from sora_jax.train.step import make_train_step
 
 
 def _mesh(shape, devices):
@@ -46,7 +47,7 @@ def test_a_non_finite_step_skips_its_update_and_is_counted():
     config = get_config("test")
     mesh = _mesh((1, 1, 1, 1), jax.devices()[:1])
     graphdef, state, _ = create_train_state(config, mesh)
-    step = jax.jit(make_train_step(graphdef, config))
+    step = jax.jit(make_train_step(graphdef, config, make_optimizer(config)))
     batch = next(batch_stream(config, 8))
     good, metrics = step(state, batch)
     assert int(metrics["skipped_nonfinite"]) == 0
@@ -64,7 +65,7 @@ def test_background_save_keeps_its_snapshot_when_the_next_step_donates_the_state
     config = get_config("test")
     mesh = _mesh((1, 2, 1, 1), jax.devices()[:2])
     graphdef, state, _ = create_train_state(config, mesh)
-    step = jax.jit(make_train_step(graphdef, config), donate_argnums=(0,))
+    step = jax.jit(make_train_step(graphdef, config, make_optimizer(config)), donate_argnums=(0,))
     stream = batch_stream(config, 8)
     state, _ = step(state, next(stream))
     expected = jax.tree.map(np.asarray, state)

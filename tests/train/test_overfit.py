@@ -1,12 +1,12 @@
 import jax
 import numpy as np
+from flax import nnx
 
 from experiments.world_tiny import get_config
 from sora_jax.data.pipeline import batch_stream
+from sora_jax.diffusion.train_step import make_loss_fn
 from sora_jax.model.dit import build_model
 from sora_jax.train.optimizer import make_optimizer
-from sora_jax.train.state import split_model
-from sora_jax.train.step import make_loss_fn
 
 
 def test_overfitting_one_clip_drives_its_loss_down_by_90_percent():
@@ -24,7 +24,7 @@ def test_overfitting_one_clip_drives_its_loss_down_by_90_percent():
     config.optim.lr = 3e-3
     config.optim.warmup_steps = 20
     batch = jax.tree.map(jax.numpy.asarray, next(batch_stream(config, 1)))
-    graphdef, params = split_model(build_model(config, 0))
+    graphdef, params = nnx.split(build_model(config, 0), nnx.Param)
     loss_fn = make_loss_fn(graphdef, config)
     optimizer = make_optimizer(config)
     key = jax.random.key(7)

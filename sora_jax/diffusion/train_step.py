@@ -1,0 +1,51 @@
+"""The DiT's train step: the rectified-flow loss of a packed batch, its gradients and the update.
+
+Noise and timesteps are drawn inside the step from ``fold_in(seed, step)`` (see
+:mod:`sora_jax.train.step`), per clip and, under conditioning, per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from sora_jax.diffusion.flow import flow_loss, velocity_predictor
+from sora_jax.train.state import TrainState
+from sora_jax.train.step import make_update, step_key
+
+Batch = dict[str, jax.Array]
+
+
+def make_loss_fn(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
+) -> Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict]]:
+    """``loss(params, batch, key) -> (loss, aux)`` for the model described by ``graphdef``."""
+
+    def loss_fn(params: nnx.State, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
+        model = nnx.merge(graphdef, params)
+        return flow_loss(velocity_predictor(model, batch, config.diffusion), batch, key, config)
+
+    return loss_fn
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step; the trainer jits it with shardings and donates the state."""
+    loss_fn = make_loss_fn(graphdef, config)
+    update = make_update(config, optimizer)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = step_key(config.seed, state.step)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        new_state, metrics = update(state, loss, grads)
+        metrics["clips"] = jnp.sum(batch["clip_grid"][..., 0] > 0)
+        metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0)
+        return new_state, metrics
+
+    return train_step

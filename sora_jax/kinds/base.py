@@ -1,0 +1,184 @@
+"""The interface between a kind of run and the commands that train, compile, evaluate and sample it.
+
+A kind is bound to one config. The trainer asks it for the model's parameters (:meth:`RunKind.init`),
+the optimizer, the un-jitted train step, the batch it consumes (each field's logical axes and one
+row's shape) and the stream of those batches; ``evaluate`` and the trainer for its sampler and
+evaluator; ``sora-jax aot`` for its abstract batch and FLOPs; ``data-stats`` for a description of
+its batches; ``sample`` for a video made from a prompt. The DiT (:mod:`sora_jax.kinds.video_dit`)
+and the video autoencoder (:mod:`sora_jax.kinds.autoencoder`) implement it.
+
+Contracts every kind keeps:
+
+- ``init(seed)`` builds the model without placing it (it is traced inside the trainer's jitted
+  initialiser): parameters carry logical axis names as metadata, which the config's rules map to
+  the mesh. The same seed gives the same parameters.
+- The train step is a pure function ``(TrainState, batch) -> (TrainState, metrics)`` of global
+  arrays; randomness comes from ``fold_in(config.seed, state.step)``, so a resumed run continues
+  bit for bit. Its metrics include ``loss`` and the :func:`~sora_jax.train.step.make_update` ones.
+- The batch stream yields this process's rows of every global batch as numpy arrays, in a fixed
+  order set by the seed, and is a grain iterator whose position is checkpointed with the state.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from sora_jax.errors import ConfigError
+
+Batch = dict[str, Any]
+# (TrainState, batch) -> (TrainState, metrics); see sora_jax.train.state.TrainState.
+TrainStep = Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]]
+Sampler = Callable[[Any], list[np.ndarray]]  # EMA parameters -> uint8 videos [T, H, W, 3]
+Scorer = Callable[[Any], dict[str, float]]  # EMA parameters -> named scores
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRequest:
+    """What ``sora-jax sample`` asks of a trained run: a video for ``prompt``, optionally around given
+    images or videos (paths). None means the run's own setting."""
+
+    prompt: str
+    seed: int = 0
+    step: int | None = None  # The checkpoint (default: the latest).
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    cond_guidance: float | None = None
+    image: str | None = None
+    video: str | None = None
+    extend: str = "forward"
+    interpolate: tuple[str, str] | None = None
+    connect: tuple[str, str] | None = None
+    edit: str | None = None
+    given_frames: int | None = None
+    strength: float = 0.6
+
+
+class Meter:
+    """Throughput figures of the training loop: fed every host batch, asked at each log step.
+
+    This default counts clips (the ``clips`` metric every train step reports).
+    """
+
+    def see(self, host_batch: Batch) -> None:
+        """Note what one host batch held (called for every step)."""
+
+    def figures(self, metrics: dict[str, float], seconds: float) -> dict[str, float]:
+        """Figures to log beside ``metrics`` (one step's), given ``seconds`` a step."""
+        return {"clips_per_s": metrics.get("clips", 0.0) / seconds}
+
+    def summary(self) -> str:
+        """A phrase for the end-of-run log line, or ''."""
+        return ""
+
+
+class RunKind(abc.ABC):
+    """What a run trains; see the module docstring for the contracts."""
+
+    def __init__(self, config: ml_collections.ConfigDict) -> None:
+        self.config = config
+
+    @classmethod
+    def validate(cls, config: ml_collections.ConfigDict) -> None:
+        """Checks of the config sections this kind reads, run before anything compiles.
+
+        Raises:
+            ConfigError: naming the key that cannot work.
+        """
+        return  # The shared sections are checked by sora_jax.config.validate.
+
+    # --- the model and its training ---------------------------------------------------------------
+    @abc.abstractmethod
+    def init(self, seed: int) -> tuple[Any, Any]:
+        """``(graphdef, params)``: the model's structure and its parameters from ``seed`` (pytrees of
+        ``nnx.GraphDef`` and ``nnx.State``; several networks may be dicts of them)."""
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """The optimizer over ``params`` (default: the config's ``optim`` section for all of them)."""
+        from sora_jax.train.optimizer import make_optimizer
+
+        return make_optimizer(self.config)
+
+    @abc.abstractmethod
+    def train_step(self, graphdef: Any) -> TrainStep:
+        """The un-jitted train step; the trainer jits it with shardings and donates the state."""
+
+    # --- the batch it consumes --------------------------------------------------------------------
+    @abc.abstractmethod
+    def batch_axes(self) -> dict[str, tuple[str | None, ...]]:
+        """Logical axis names of each batch field (the first is the row axis, ``batch``)."""
+
+    @abc.abstractmethod
+    def batch_row(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shape and dtype of one row of each batch field (leading axis 1)."""
+
+    @abc.abstractmethod
+    def batches(self, first_row: int, num_rows: int) -> Iterator[Batch]:
+        """Rows ``first_row .. first_row + num_rows - 1`` of every global batch, step after step:
+        a checkpointable grain iterator of numpy arrays."""
+
+    def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
+        """Figures of global batches drawn in ``seconds`` for ``sora-jax data-stats`` (default:
+        rows a second and bytes a row)."""
+        rows = sum(len(next(iter(b.values()))) for b in batches)
+        row_bytes = sum(a.nbytes for b in batches for a in b.values()) / rows
+        return {"rows_per_s": rows / seconds, "bytes_per_row": row_bytes}
+
+    # --- what it makes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sampler(self, graphdef: Any) -> Sampler:
+        """The videos written beside checkpoints (``train.sample_*``), from EMA parameters."""
+
+    @abc.abstractmethod
+    def evaluator(self, graphdef: Any, world: bool = False) -> Scorer:
+        """Held-out scores of EMA parameters; with ``world``, also physics-world scores of generated
+        videos (ConfigError where the kind does not generate them)."""
+
+    def generate(self, run: Any, request: SampleRequest) -> np.ndarray:
+        """A uint8 video ``[T, H, W, 3]`` for ``request`` from a trained run of this kind
+        (a :class:`~sora_jax.train.trained_run.TrainedRun`)."""
+        raise ConfigError(f"a {self.config.task!r} run does not generate videos from a prompt")
+
+    # --- throughput -------------------------------------------------------------------------------
+    def meter(self) -> Meter:
+        return Meter()
+
+    def work_per_step(self) -> tuple[int, str]:
+        """How much one global batch holds, and in what unit (reported by ``aot``)."""
+        return self.config.data.batch_size, "rows"
+
+    def flops_per_step(self) -> float | None:
+        """Analytic model FLOPs of one train step over the whole batch, or None if not counted."""
+        return None
+
+    def with_depth(self, depth: int) -> ml_collections.ConfigDict | None:
+        """The config with ``depth`` unrolled repeated blocks, for ``aot``'s step-time estimate
+        (a per-block cost is the difference of depth 1 and 2); None: the model has no such stack."""
+        return None
+
+    def uncosted_flops_per_step(self) -> float:
+        """FLOPs of kernels that XLA's cost analysis does not see (custom kernels), all chips."""
+        return 0.0
+
+    def abstract_batch(self, mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch's shapes, dtypes and shardings (``data.batch_size`` rows)."""
+        from sora_jax.parallel.global_batch import batch_shardings
+        from sora_jax.parallel.sharding import axis_rules
+
+        shardings = batch_shardings(mesh, axis_rules(self.config), self.batch_axes())
+        rows = self.config.data.batch_size
+        return {
+            name: jax.ShapeDtypeStruct((rows, *row.shape[1:]), row.dtype, sharding=shardings[name])
+            for name, row in self.batch_row().items()
+        }
