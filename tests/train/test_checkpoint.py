@@ -132,3 +132,26 @@ def test_checkpoints_of_the_earlier_one_item_per_part_layout_still_restore(tmp_p
         np.testing.assert_array_equal(np.asarray(want), np.asarray(got))
     for want, got in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ema), strict=True):
         np.testing.assert_array_equal(np.asarray(want), np.asarray(got))
+
+
+def test_a_checkpoint_in_the_earlier_layout_of_one_item_per_part_still_restores(tmp_path):
+    """Runs written before the state became one item keep resuming and sampling."""
+    config = get_config("test")
+    mesh = _mesh((1, 1, 1, 1), jax.devices()[:1])
+    _, state, _ = create_train_state(config, mesh)
+    stream = batch_stream(config, 8)
+    next(stream)
+    mgr = checkpoint.manager(tmp_path, config)
+    parts = {name: ocp.args.StandardSave(checkpoint._pure(getattr(state, name))) for name in checkpoint.PARTS}
+    position = grain.checkpoint.CheckpointSave(stream)
+    mgr.save(3, args=ocp.args.Composite(**parts, **{checkpoint.DATA: position}), force=True)
+    mgr.wait_until_finished()
+    assert not (tmp_path / "checkpoints" / "3" / checkpoint.STATE).exists()
+
+    restored = checkpoint.restore(mgr, abstract_train_state(config, mesh), batch_stream(config, 8))
+    assert int(restored.step) == 3
+    for before, after in zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+    ema = checkpoint.restore_params(mgr, abstract_train_state(config, mesh).ema_params, 3)
+    for before, after in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ema), strict=True):
+        np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
