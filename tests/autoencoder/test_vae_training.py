@@ -165,3 +165,5 @@ def test_train_resume_and_evaluate_an_autoencoder_from_the_cli(tmp_path):
     from sora_jax.cli import main
 
     assert main(["evaluate", "--workdir", str(run), "--world"]) == 2  # Nothing generated to score.
+    sample = sora_jax("sample", "--workdir", str(run), "--prompt", "a ball", "--out", str(tmp_path / "x.mp4"))
+    assert sample.returncode == 2 and "does not generate videos from a prompt" in sample.stderr, sample.stderr
