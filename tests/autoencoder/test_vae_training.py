@@ -118,7 +118,7 @@ def test_an_autoencoder_trains_on_a_clip_store_of_videos(tmp_path):
     rng.random()  # The draw that chose the store over the world (it always does at store_weight 1).
     piece = fit_clip(opened.read(int(rng.integers(len(opened)))), (5, 16, 16), rng)
     np.testing.assert_array_equal(batch[0], piece.astype(np.float32) / 127.5 - 1.0)
-    state, metrics = step(state, batch)
+    state, metrics = step(state, {"videos": batch})
     assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped_nonfinite"]) == 0
     # A store mixed with the world: some rows are physics-world clips.
     mixed, _, _ = _state_and_step([f"data.store={store}", "data.store_weight=0.5"])

@@ -79,7 +79,7 @@ class ToyKind(RunKind):
 
     def evaluator(self, graphdef: nnx.GraphDef, world: bool = False) -> Scorer:
         def score(params: nnx.State) -> dict[str, float]:
-            weights = np.asarray(nnx.merge(graphdef, params).kernel.value)
+            weights = np.asarray(nnx.merge(graphdef, params).kernel[...])
             return {"map_error": float(np.abs(weights - TRUE_MAP).max())}
 
         return score
