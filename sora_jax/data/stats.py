@@ -17,14 +17,15 @@ from sora_jax.kinds.registry import run_kind
 def pipeline_stats(config: ml_collections.ConfigDict, batches: int = 20) -> dict[str, float]:
     """Pull ``batches`` global batches through the configured pipeline and describe them.
 
-    Timing starts after the first batch, so that worker start-up is not counted. Returns the
+    Timing starts after the first batch, so that worker start-up is not counted: the kind describes
+    all ``batches + 1`` batches and counts rates over the ``batches`` timed ones. Returns the
     kind's figures (see the module docstring), ``batches`` and ``workers``.
     """
     kind = run_kind(config)
     stream = kind.batches(0, config.data.batch_size)
-    next(stream)
+    first = next(stream)
     start = time.perf_counter()
-    seen = [next(stream) for _ in range(batches)]
+    seen = [first] + [next(stream) for _ in range(batches)]
     seconds = time.perf_counter() - start
     close = getattr(stream, "close", None)
     if close is not None:

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax.eval.fvd import RandomVideoFeatures, frechet_video_distance
+from sora_jax.eval.fvd import RandomVideoFeatures, feature_statistics, frechet_distance
 from sora_jax.eval.generate import make_generator
 from sora_jax.eval.inputs import ClipLayout
 
@@ -51,6 +51,7 @@ class WorldEvaluation:
         # FVD against the held-out clips themselves, under fixed random features (no downloaded
         # network): comparable between checkpoints and runs of the same clip shape and count only.
         self.features = RandomVideoFeatures()
+        self._real_statistics: tuple[np.ndarray, np.ndarray] | None = None  # Of the held-out clips.
 
     def given_frames(self, task: str) -> int:
         """How many of a clip's first frames ``task`` gives the generator (0 for text_to_video)."""
@@ -69,7 +70,6 @@ class WorldEvaluation:
         from sora_jax.eval.world_score import mean_scores, world_scores
 
         result: dict[str, float] = {}
-        real = np.stack([clip.frames for clip in self.clips])
         for task in self.tasks:
             rows, videos = [], []
             for index, (clip, facts) in enumerate(zip(self.clips, self.facts, strict=True)):
@@ -78,10 +78,16 @@ class WorldEvaluation:
                 rows.append(world_scores(videos[-1], facts))
             result |= {f"world/{task}/{name}": value for name, value in mean_scores(rows).items()}
             if len(videos) >= 2:  # A covariance needs two videos a set.
-                fvd = frechet_video_distance(real, np.stack(videos), self.features)
-                result[f"world/{task}/fvd"] = fvd
+                result[f"world/{task}/fvd"] = self._fvd(np.stack(videos))
         result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.tasks]))
         return result
+
+    def _fvd(self, videos: np.ndarray) -> float:
+        """FVD of ``videos`` to the held-out clips, whose feature statistics are computed once."""
+        if self._real_statistics is None:
+            real = np.stack([clip.frames for clip in self.clips])
+            self._real_statistics = feature_statistics(self.features(real))
+        return frechet_distance(*self._real_statistics, *feature_statistics(self.features(videos)))
 
     def references(self) -> dict[str, dict[str, float]]:
         """The same clips' reference scores (the world's own videos, another scene, noise, ...):

@@ -68,10 +68,11 @@ class AutoencoderKind(RunKind):
         return clip_batches(self.config, first_row, num_rows)
 
     def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
-        """``clips_per_s`` drawn, the clip shape, and the pixels' mean and standard deviation."""
+        """``clips_per_s`` drawn (of ``batches[1:]``, in ``seconds``), the clip's pixels, and the
+        pixels' mean and standard deviation."""
         videos = np.concatenate([b["videos"] for b in batches])
         return {
-            "clips_per_s": len(videos) / seconds,
+            "clips_per_s": sum(len(b["videos"]) for b in batches[1:]) / seconds,
             "clip_pixels": math.prod(videos.shape[1:4]),
             "pixel_mean": float(videos.mean()),
             "pixel_std": float(videos.std()),

@@ -129,11 +129,12 @@ class RunKind(abc.ABC):
         a checkpointable grain iterator of numpy arrays."""
 
     def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
-        """Figures of global batches drawn in ``seconds`` for ``sora-jax data-stats`` (default:
-        rows a second and bytes a row)."""
-        rows = sum(len(next(iter(b.values()))) for b in batches)
-        row_bytes = sum(a.nbytes for b in batches for a in b.values()) / rows
-        return {"rows_per_s": rows / seconds, "bytes_per_row": row_bytes}
+        """Figures of global batches for ``sora-jax data-stats``: ``batches[0]`` was drawn before
+        the clock started, ``batches[1:]`` in ``seconds`` (rates count those). Default: rows a
+        second and bytes a row."""
+        rows = [len(next(iter(b.values()))) for b in batches]
+        row_bytes = sum(a.nbytes for b in batches for a in b.values()) / sum(rows)
+        return {"rows_per_s": sum(rows[1:]) / seconds, "bytes_per_row": row_bytes}
 
     # --- what it makes ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -89,7 +89,7 @@ class VideoDiTKind(RunKind):
     def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
         """Packing efficiency (non-padding token fraction), ``clips_per_row`` (mean),
         ``distinct_shapes`` (clip (frames, height, width) in pixels), ``images`` (fraction of
-        one-frame clips) and ``tokens_per_s`` (non-padding tokens a second over ``seconds``)."""
+        one-frame clips) and ``tokens_per_s`` (non-padding tokens of ``batches[1:]`` over ``seconds``)."""
         _, ph, pw = self.config.model.patch_size
         tokens = np.array([(b["segment_ids"] > 0).sum() for b in batches])
         frames = np.concatenate([b["clip_frames"].reshape(-1) for b in batches])
@@ -103,7 +103,7 @@ class VideoDiTKind(RunKind):
             "clips_per_row": float(used.sum() / sum(b["segment_ids"].shape[0] for b in batches)),
             "distinct_shapes": len(shapes),
             "images": float((frames[used] == 1).mean()),
-            "tokens_per_s": float(tokens.sum() / seconds),
+            "tokens_per_s": float(tokens[1:].sum() / seconds),
         }
 
     def sampler(self, graphdef: nnx.GraphDef) -> Sampler:
