@@ -135,15 +135,29 @@ has_dcn_override() {
     return 1
 }
 
-# check_train_args ARG...: the arguments after -- go to `sora-jax train`; --config must be among them and
-# --workdir must not (the launcher sets it).
+# check_train_args ROOT ARG...: the arguments after -- go to `sora-jax train`; --config must be among them,
+# naming an experiment file that exists under ROOT (the checkout the run starts from: a relative path is
+# read there) so that a typo fails here rather than on every host; --workdir must not (the launcher sets it).
 check_train_args() {
-    local arg has_config=0
+    local root=$1 arg config="" config_next=0
+    shift
     for arg in "$@"; do
+        if ((config_next)); then
+            config=$arg config_next=0
+            continue
+        fi
         case $arg in
-            --config | --config=*) has_config=1 ;;
+            --config) config_next=1 ;;
+            --config=*) config=${arg#--config=} ;;
             --workdir | --workdir=*) die "give --workdir before '--' (the launcher passes it to every process)" ;;
         esac
     done
-    ((has_config)) || die "the arguments after '--' go to 'sora-jax train' and must include --config experiments/NAME.py"
+    if ((config_next)) || [[ -z $config && " $* " == *" --config="* ]]; then
+        die "--config needs a value: experiments/NAME.py[:VARIANT]"
+    fi
+    [[ -n $config ]] || die "the arguments after '--' go to 'sora-jax train' and must include --config experiments/NAME.py"
+    local file=${config%%:*}
+    [[ $file == /* ]] || file=$root/$file
+    [[ -f $file ]] ||
+        die "--config $config: no experiment file ${config%%:*} in $(cd "$root" 2>/dev/null && pwd || echo "$root") (the checkout the run starts from)"
 }

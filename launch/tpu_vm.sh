@@ -309,7 +309,7 @@ do_train() {
     [[ $WORKDIR == gs://?* ]] ||
         die "--workdir '$WORKDIR' must be a gs:// path: every VM of the pod reads and writes the same run"
     [[ $WORKDIR =~ ^gs://[A-Za-z0-9._/-]+$ ]] || die "--workdir '$WORKDIR' has characters a bucket path does not"
-    check_train_args "${TRAIN_ARGS[@]}"
+    check_train_args . "${TRAIN_ARGS[@]}" # setup copies this checkout (its default --repo) to the VMs.
     local -a args=("${TRAIN_ARGS[@]}" --workdir "$WORKDIR")
     if ((MULTISLICE)) && ! has_dcn_override "${TRAIN_ARGS[@]}"; then
         args+=("--config.mesh.dcn_data=$NUM_SLICES") # Data parallelism across slices, over DCN.

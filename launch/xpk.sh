@@ -178,7 +178,9 @@ do_create() {
     if [[ -n $DOCKER_IMAGE && -n $BASE_IMAGE$REPO$REF ]]; then
         die "--docker-image runs an image as is; it excludes --base-image, --repo and --ref"
     fi
-    check_train_args "${TRAIN_ARGS[@]}"
+    # The experiment is looked up in the checkout that becomes the image (with --docker-image, in this
+    # one, which stands for the image's).
+    check_train_args "${REPO:-.}" "${TRAIN_ARGS[@]}"
 
     local -a train=("${TRAIN_ARGS[@]}" --workdir "$WORKDIR")
     if ((NUM_SLICES > 1)) && ! has_dcn_override "${TRAIN_ARGS[@]}"; then

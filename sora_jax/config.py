@@ -12,6 +12,9 @@ import ast
 import difflib
 import importlib.util
 import json
+import os
+import traceback
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -223,22 +226,152 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Build the config named by ``spec`` (``path/to/experiment.py[:arg]``), apply overrides, validate.
 
     ``overrides`` are ``key.path=value`` strings (the ``--config.`` prefix already removed).
+
+    Raises:
+        ConfigError: in one line, naming the file: a missing file, an experiment that does not
+            import (``file:line`` and the error), a variant ``arg`` the file does not define (with
+            those it does), a ``get_config`` that raises or returns anything but a config built by
+            :func:`base_config`, a bad override or value. The experiment's own exception is the
+            error's ``__cause__``; with ``SORA_JAX_TRACEBACK=1`` in the environment it propagates
+            as it is instead, with its traceback.
     """
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location(f"_sora_jax_experiment_{file.stem}", file)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file not found: {path}{_close_experiments(file)}")
+    variant = arg or None
+    try:
+        module = _import_experiment(file)
+    except ConfigError as error:  # Meant for the user already.
+        raise ConfigError(f"{path}: {error}") from error
+    except Exception as error:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        raise _experiment_error(path, file, "importing it", variant, error) from error
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
         raise ConfigError(f"{path} defines no get_config(arg)")
-    config = module.get_config(arg or None)
+    try:
+        config = get_config(variant)
+    except ConfigError as error:
+        raise ConfigError(f"{spec}: {error}") from error
+    except Exception as error:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        raise _experiment_error(path, file, f"get_config({variant!r})", variant, error) from error
+    _check_built_from_base(path, variant, config)
     config.lock()
     apply_overrides(config, overrides)
     validate(config)
     return config
+
+
+# Set (to anything) to let an experiment file's own exception propagate, traceback and all.
+TRACEBACK_ENV = "SORA_JAX_TRACEBACK"
+
+
+def _close_experiments(file: Path) -> str:
+    """'; did you mean ...?' with the files beside ``file`` whose names are closest to its name."""
+    if not file.parent.is_dir():
+        return ""
+    names = sorted(p.name for p in file.parent.glob("*.py"))
+    close = difflib.get_close_matches(file.name, names, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(str(file.parent / name) for name in close)}?" if close else ""
+
+
+def _import_experiment(file: Path) -> types.ModuleType:
+    module_spec = importlib.util.spec_from_file_location(f"_sora_jax_experiment_{file.stem}", file)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def experiment_variants(source: str) -> list[str]:
+    """The variants an experiment file defines, read from its source without running it.
+
+    ``get_config(arg)`` picks a variant by comparing ``arg``, or a name assigned from it (``variant
+    = arg or "v5p-64"``), with string constants (``==``, ``in (...)``, ``match``/``case``): those
+    strings, in source order. Empty when the file names none or does not parse.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    functions = [
+        node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "get_config"
+    ]
+    if not functions or not functions[-1].args.args:
+        return []
+    function = functions[-1]
+    from_arg = {function.args.args[0].arg}
+
+    def reads_arg(node: ast.AST) -> bool:
+        return any(isinstance(name, ast.Name) and name.id in from_arg for name in ast.walk(node))
+
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and reads_arg(node.value):
+            from_arg |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    candidates: list[ast.expr] = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Compare) and all(isinstance(op, ast.Eq | ast.In) for op in node.ops):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(operand, ast.Name) and operand.id in from_arg for operand in operands):
+                for operand in operands:
+                    is_collection = isinstance(operand, ast.Tuple | ast.List | ast.Set)
+                    candidates += operand.elts if is_collection else [operand]
+        elif isinstance(node, ast.Match) and reads_arg(node.subject):
+            patterns = [p for case in node.cases for p in ast.walk(case.pattern)]
+            candidates += [p.value for p in patterns if isinstance(p, ast.MatchValue)]
+    strings = [c for c in candidates if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+    strings.sort(key=lambda c: (c.lineno, c.col_offset))
+    return list(dict.fromkeys(c.value for c in strings))
+
+
+def _experiment_error(
+    path: str, file: Path, doing: str, variant: str | None, error: Exception
+) -> ConfigError:
+    """One line for ``error``, raised while ``doing`` (importing ``file``, or its get_config)."""
+    if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == file.resolve():
+        return ConfigError(f"{path}:{error.lineno}: syntax error: {error.msg}")
+    raised = f"{type(error).__name__}: {error}"
+    variants = experiment_variants(file.read_text())
+    if variant is not None and variants and variant not in variants:
+        return ConfigError(
+            f"{path} has no variant {variant!r}; its variants: {', '.join(variants)} "
+            f"({doing} raised {raised})"
+        )
+    frames = traceback.extract_tb(error.__traceback__)
+    lines = [frame.lineno for frame in frames if Path(frame.filename).resolve() == file.resolve()]
+    where = f"{path}:{lines[-1]}" if lines else path
+    return ConfigError(f"{where}: {doing} raised {raised} ({TRACEBACK_ENV}=1 shows the traceback)")
+
+
+def _check_built_from_base(path: str, variant: str | None, config: object) -> None:
+    """Refuse what get_config returned unless it is :func:`base_config` with values changed: every
+    key of base_config must be there, and no other (a misspelt key would be silently unused)."""
+    call = f"{path}: get_config({variant!r})"
+    if not isinstance(config, ConfigDict):
+        what = "None (no `return`?)" if config is None else f"a {type(config).__name__}"
+        raise ConfigError(
+            f"{call} returned {what}; it must return an ml_collections.ConfigDict, the one "
+            "sora_jax.config.base_config() makes with the experiment's values set"
+        )
+    base = base_config()
+    known, given = _all_keys(base), _all_keys(config)
+    # Name whole sections when sections are missing: their keys would be a long list.
+    missing = [key for key in base if key not in config] or [key for key in known if key not in given]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(
+            f"{call} returned a config without {', '.join(missing[:3])}{more}; start it from "
+            "sora_jax.config.base_config()"
+        )
+    added = [key for key in given if key not in known]
+    if added:
+        close = difflib.get_close_matches(added[0], known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{call} sets {added[0]!r}, which is not a config key{hint}")
 
 
 # Keys added after runs were already written, with the value that reproduces those runs: a

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from sora_jax.config import ConfigError, config_from_json, config_to_json, load_config
+from sora_jax.cli import main
+from sora_jax.config import ConfigError, config_from_json, config_to_json, experiment_variants, load_config
 
 TINY = "experiments/world_tiny.py"
 
@@ -80,18 +81,116 @@ def test_autoencoder_runs_are_validated_too(override, key):
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path("experiments").glob("*.py")))
-def test_every_experiment_and_its_test_variant_validate(path):
+def test_every_experiment_and_each_of_its_variants_validate(path):
     config = load_config(path)
     assert config.train.steps > 0
-    if 'if arg == "test"' in Path(path).read_text():
+    variants = experiment_variants(Path(path).read_text())
+    for variant in variants:
+        load_config(f"{path}:{variant}")
+    if "test" in variants:
         assert load_config(path + ":test").train.steps < config.train.steps
 
 
-def test_missing_file_and_unknown_variant_are_clear():
-    with pytest.raises(ConfigError, match="config file not found"):
+def test_the_variants_of_an_experiment_are_read_from_its_get_config():
+    assert experiment_variants(Path(TINY).read_text()) == ["test"]
+    assert experiment_variants(Path("experiments/sora_1b.py").read_text()) == ["v5p-64", "v6e-64", "smoke"]
+    assert experiment_variants(Path("experiments/sora_8b.py").read_text()) == []  # It takes none.
+    source = """
+def get_config(spec=None):
+    size = (spec or "big").split(",")[0]
+    if size in ("big", "small"):
+        pass
+    match spec:
+        case "a" | "b":
+            pass
+    other = "not" == "a variant"
+"""
+    assert experiment_variants(source) == ["big", "small", "a", "b"]
+
+
+def test_missing_file_names_the_closest_experiments():
+    with pytest.raises(ConfigError, match="config file not found: experiments/world_tny.py; did you mean "):
+        load_config("experiments/world_tny.py")
+    with pytest.raises(ConfigError, match="config file not found: experiments/nope.py$"):
         load_config("experiments/nope.py")
-    with pytest.raises(ValueError, match="unknown world_tiny variant"):
-        load_config(TINY + ":huge")
+
+
+def test_an_unknown_variant_lists_the_variants_the_file_has():
+    with pytest.raises(ConfigError) as raised:
+        load_config(TINY + ":bogus")
+    message = str(raised.value)
+    assert message.startswith(f"{TINY} has no variant 'bogus'; its variants: test (")
+    assert "ValueError: unknown world_tiny variant 'bogus'" in message and "\n" not in message
+    assert isinstance(raised.value.__cause__, ValueError)  # The experiment's own error is kept.
+    with pytest.raises(
+        ConfigError, match="sora_1b.py has no variant 'v4'; its variants: v5p-64, v6e-64, smoke"
+    ):
+        load_config("experiments/sora_1b.py:v4")
+
+
+def experiment(tmp_path: Path, source: str) -> str:
+    path = tmp_path / "experiment.py"
+    path.write_text(source)
+    return str(path)
+
+
+BASE = "from sora_jax.config import base_config\n\n\n"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_config(arg=None):\n    c = (\n", r"experiment.py:2: syntax error: '\(' was never closed$"),
+        ("def get_config(arg=None)\n    pass\n", r"experiment.py:1: syntax error: expected ':'$"),
+        (
+            "from sora_jax.config import nope\n",
+            r"experiment.py:1: importing it raised ImportError: .* 'nope' .*SORA_JAX_TRACEBACK=1",
+        ),
+        ("x = 1\n", r"experiment.py defines no get_config\(arg\)$"),
+        (
+            BASE + "def get_config(arg=None):\n    c = base_config()\n    return c.to_dict()\n",
+            r"get_config\(None\) returned a dict; it must return an ml_collections.ConfigDict, .*base_config",
+        ),
+        (BASE + "def get_config(arg=None):\n    c = base_config()\n", r"get_config\(None\) returned None"),
+        (
+            BASE + "def get_config(arg=None):\n    c = base_config()\n    return c.model\n",
+            r"returned a config without checkpoint, conditioning, data and 8 more; start it from",
+        ),
+        (
+            BASE + "def get_config(arg=None):\n    c = base_config()\n    c.model.dept = 3\n    return c\n",
+            r"get_config\(None\) sets 'model.dept', which is not a config key; did you mean model.depth\?",
+        ),
+        (
+            BASE + "def get_config(arg=None):\n    c = base_config()\n    return c.model.widht\n",
+            r"experiment.py:6: get_config\(None\) raised AttributeError: .*widht.*SORA_JAX_TRACEBACK=1",
+        ),
+    ],
+)
+def test_a_broken_experiment_file_is_one_line_naming_it(tmp_path, source, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(experiment(tmp_path, source))
+    assert "\n" not in str(raised.value) and str(tmp_path / "experiment.py") in str(raised.value)
+
+
+def test_the_experiments_own_traceback_is_kept_and_shown_on_request(tmp_path, monkeypatch):
+    path = experiment(tmp_path, "def get_config(arg=None):\n    return {}[arg]\n")
+    with pytest.raises(
+        ConfigError, match=r"experiment.py:2: get_config\('x'\) raised KeyError: 'x'"
+    ) as raised:
+        load_config(path + ":x")
+    assert isinstance(raised.value.__cause__, KeyError)
+    monkeypatch.setenv("SORA_JAX_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        load_config(path + ":x")
+
+
+def test_cli_prints_a_broken_experiment_in_one_line(tmp_path, capsys):
+    path = experiment(tmp_path, "def get_config(arg=None):\n    return {}\n")
+    assert main(["data-stats", "--config", path]) == 2
+    assert capsys.readouterr().err == f"sora-jax data-stats: {path}: get_config(None) returned a dict; " + (
+        "it must return an ml_collections.ConfigDict, the one sora_jax.config.base_config() makes with the "
+        "experiment's values set\n"
+    )
 
 
 def test_resolved_config_round_trips_through_json():

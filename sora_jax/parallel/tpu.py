@@ -33,6 +33,8 @@ import re
 
 import jax
 
+from sora_jax.errors import ConfigError
+
 GiB = 1024**3
 
 
@@ -176,12 +178,24 @@ def parse_accelerator(name: str) -> TpuSlice:
     )
 
 
+# What libtpu is told of this machine when it loads only to describe slices (JAX runs on other
+# platforms): one host, alone. Without it libtpu looks for this machine's TPU system, finds neither these
+# variables nor a Cloud TPU metadata server, and logs errors that mean nothing here ("E0000 ...
+# unexpected worker hostname 'WARNING: could not determine TPU worker hostnames ...'"). They do not
+# change the slices described, which get_topology_desc names in full. libtpu reads them once, when it
+# loads; a value already in the environment is kept.
+COMPILE_ONLY_HOST = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1"}
+
+
 def topology_devices(accelerator: str, num_slices: int = 1) -> list[jax.Device]:
     """Compile-only devices of ``num_slices`` slices of ``accelerator``, one device per chip.
 
     Needs ``libtpu`` installed but no TPU. The devices carry ``coords``, ``process_index`` and (for
     ``num_slices > 1``) ``slice_index``, so ``jax.experimental.mesh_utils.create_device_mesh`` and
     ``create_hybrid_device_mesh`` lay them out as on the real pod. Use them only to lower and compile.
+    Raises ``ConfigError`` when libtpu cannot describe the slice (most often: it is not installed).
+    Where JAX may not use TPUs (``JAX_PLATFORMS`` without ``tpu``), libtpu is told that this machine
+    is a single host without TPUs (:data:`COMPILE_ONLY_HOST`), which keeps its logs quiet.
     """
     from jax.experimental import topologies
 
@@ -191,6 +205,9 @@ def topology_devices(accelerator: str, num_slices: int = 1) -> list[jax.Device]:
     # libtpu takes a machine-wide lock file when it loads, so a second process that compiles for TPU
     # (a test run beside an aot run) would fail; compile-only use touches no chip, so share it.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if "tpu" not in (jax.config.jax_platforms or "tpu").split(","):
+        for name, value in COMPILE_ONLY_HOST.items():
+            os.environ.setdefault(name, value)
     try:
         topology = topologies.get_topology_desc(
             platform="tpu",
@@ -200,9 +217,11 @@ def topology_devices(accelerator: str, num_slices: int = 1) -> list[jax.Device]:
             num_slices=num_slices,
         )
     except RuntimeError as err:  # jax's backend errors (no libtpu, unknown topology) derive from it
-        raise RuntimeError(
-            f"cannot describe TPU topology {tpu.topology_name} for {tpu.accelerator} (is libtpu installed? "
-            f"pip install 'sora_jax[test]'): {err}"
+        # Mostly a missing libtpu: something to install, not a bug, hence one line (the cause kept).
+        reason = str(err).splitlines()[0].rstrip(".") if str(err) else type(err).__name__
+        raise ConfigError(
+            f"cannot describe TPU topology {tpu.topology_name} for {tpu.accelerator}: {reason}. "
+            'Describing TPU slices without a TPU needs libtpu: pip install -e ".[tpu]" in the checkout'
         ) from err
     devices = list(topology.devices)
     if len(devices) != tpu.chips * num_slices:

@@ -23,6 +23,7 @@ train``: mesh, shardings, donation, remat, attention kernel) for the slice's dev
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import time
@@ -36,6 +37,8 @@ from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.tpu import TpuSlice, parse_accelerator, topology_devices
 from sora_jax.train.state import abstract_train_state, count_params, model_graphdef
 from sora_jax.train.trainer import jit_train_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -100,6 +103,24 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list) -> jax.
         return step.lower(abstract, kind.abstract_batch(mesh)).compile()
 
 
+def _slice_name(tpu: TpuSlice, devices: list) -> str:
+    slices = len(devices) // tpu.chips
+    return f"{tpu.accelerator} x {slices} slices" if slices > 1 else tpu.accelerator
+
+
+def _compile_logged(
+    config: ml_collections.ConfigDict, devices: list, tpu: TpuSlice, what: str
+) -> tuple[jax.stages.Compiled, float]:
+    """:func:`compile_train_step` between two log lines (a compile for a pod can take minutes); the
+    compiled step and the seconds it took."""
+    log.info("compiling %s for %s (%d chips) ...", what, _slice_name(tpu, devices), len(devices))
+    started = time.perf_counter()
+    compiled = compile_train_step(config, devices)
+    seconds = time.perf_counter() - started
+    log.info("compiled %s in %.1f s", what, seconds)
+    return compiled, seconds
+
+
 def estimated_step_seconds(
     config: ml_collections.ConfigDict, devices: list, tpu: TpuSlice
 ) -> tuple[float, str] | tuple[None, None]:
@@ -118,10 +139,14 @@ def estimated_step_seconds(
     depth, or when the kind has no stack of blocks.
     """
     kind = run_kind(config)
-    probes = [kind.with_depth(depth) for depth in (1, 2)]
+    depths = (1, 2)
+    probes = [kind.with_depth(depth) for depth in depths]
     if any(probe is None for probe in probes):
         return None, None
-    costs = [compile_train_step(probe, devices).cost_analysis() for probe in probes]
+    costs = []
+    for depth, probe in zip(depths, probes, strict=True):
+        what = f"the step-time probe with {depth} unrolled block{'s' * (depth > 1)}"
+        costs.append(_compile_logged(probe, devices, tpu, what)[0].cost_analysis())
     return step_seconds_from_costs(config, costs, len(devices), tpu)
 
 
@@ -189,10 +214,16 @@ def aot_report(
         with config.unlocked():
             config.mesh.dcn_data = num_slices
     tpu = parse_accelerator(accelerator)
-    devices = topology_devices(accelerator, num_slices)
     started = time.perf_counter()
+    devices = topology_devices(accelerator, num_slices)
+    log.info(
+        "libtpu described %s: %d chips (%.1f s)",
+        _slice_name(tpu, devices),
+        len(devices),
+        time.perf_counter() - started,
+    )
     try:
-        compiled = compile_train_step(config, devices)
+        compiled, compile_seconds = _compile_logged(config, devices, tpu, "the train step")
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
             raise
@@ -201,7 +232,6 @@ def aot_report(
         raise ConfigError(
             f"the train step does not fit on {tpu.accelerator}{amount}. Try {_not_fitting_advice(config)}"
         ) from None
-    compile_seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     per_chip = {
         "arguments": memory.argument_size_in_bytes,

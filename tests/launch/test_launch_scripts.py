@@ -25,6 +25,7 @@ TPU_VM = "launch/tpu_vm.sh"
 XPK = "launch/xpk.sh"
 SLURM = "launch/slurm.sbatch"
 SLICE = ["--name", "sora-1b", "--zone", "us-east5-a"]
+TINY = "experiments/world_tiny.py"
 STUBBED = ("gcloud", "xpk", "srun", "git", "tar", "mkdir", "rm")
 
 # What each generation's LIBTPU_INIT_ARGS holds (launch/xla_flags.sh), as name=value words.
@@ -222,7 +223,11 @@ def test_help_documents_the_options(env, script, args, words):
             ],
             "excludes --base-image, --repo and --ref",
         ),
-        (SLURM, ["--workdir", "/shared/r", "--", "--config", "c.py"], "no SLURM allocation"),
+        (
+            SLURM,
+            ["--workdir", "/shared/r", "--", "--config", "experiments/sora_1b.py"],
+            "no SLURM allocation",
+        ),
         (SLURM, ["--workdir", "runs/r", "--", "--config", "c.py"], "absolute path on a shared filesystem"),
     ],
 )
@@ -233,6 +238,44 @@ def test_bad_arguments_fail_with_a_message_naming_the_problem(env, script, args,
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"{Path(script).name}: error: ")
     assert result.stdout == ""
+
+
+TRAIN_ON = {  # Each launcher's way to start a training run, up to the arguments for `sora-jax train`.
+    TPU_VM: ["train", *SLICE, "--accelerator", "v5p-64", "--workdir", "gs://b/r"],
+    XPK: ["create", "--cluster", "c", "--workload", "w", "--accelerator", "v6e-64", "--workdir", "gs://b/r"],
+    SLURM: ["--workdir", "/shared/r"],
+}
+
+
+@pytest.mark.parametrize("script", [TPU_VM, XPK, SLURM])
+@pytest.mark.parametrize(
+    "train_args, message",
+    [
+        (
+            ["--config", "experiments/nope.py"],
+            f"--config experiments/nope.py: no experiment file experiments/nope.py in {REPO} ",
+        ),
+        (
+            ["--config=experiments/nope.py:smoke"],
+            "--config experiments/nope.py:smoke: no experiment file experiments/nope.py in",
+        ),
+        (["--config.seed=1", "--config"], "--config needs a value"),
+        (["--config="], "--config needs a value"),
+    ],
+)
+def test_a_config_that_is_not_in_the_checkout_is_refused_before_anything_runs(
+    env, script, train_args, message
+):
+    """The experiment file is looked for where the run starts (the checkout the hosts run), dry run or not:
+    a typo fails here, in one line, rather than on every host of a slice once it is up."""
+    for dry_run in (["--dry-run"], []):
+        result = launch(env, script, *TRAIN_ON[script], *dry_run, "--", *train_args, **SLURM_ENV)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith(f"{Path(script).name}: error: {message}")
+        assert result.stderr.count("\n") == 1
+    # The variant part is not a file name; a file that is there passes (here, as far as the dry run goes).
+    there = launch(env, script, *TRAIN_ON[script], "--dry-run", "--", "--config", f"{TINY}:test", **SLURM_ENV)
+    assert there.returncode == 0, there.stderr
 
 
 # --- tpu_vm.sh ------------------------------------------------------------------------------------
@@ -371,7 +414,7 @@ def test_multislice_train_adds_dcn_data_parallelism_and_the_dcn_flags(env):
 def test_train_takes_the_users_libtpu_args_and_run_name(env):
     args = [*SLICE, "--accelerator", "v6e-64", "--workdir", "gs://b/r", "--run", "try-2"]
     [ssh] = plan(
-        env, TPU_VM, "train", *args, "--libtpu-args", "--xla_foo=1", "--dry-run", "--", "--config", "c.py"
+        env, TPU_VM, "train", *args, "--libtpu-args", "--xla_foo=1", "--dry-run", "--", "--config", TINY
     )
     remote = option(ssh, "--command")
     assert libtpu_flags(remote) == {"--xla_foo=1"}

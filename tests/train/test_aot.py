@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from sora_jax.config import load_config
 from sora_jax.parallel.mesh import make_mesh
-from sora_jax.parallel.tpu import parse_accelerator, topology_devices
+from sora_jax.parallel.tpu import COMPILE_ONLY_HOST, parse_accelerator, topology_devices
 from sora_jax.train.aot import compile_train_step, estimated_step_seconds, step_seconds_from_costs
 from sora_jax.train.metrics import model_flops_per_token
 from sora_jax.train.state import abstract_train_state
@@ -19,12 +20,17 @@ from sora_jax.train.state import abstract_train_state
 SMOKE = "experiments/sora_1b.py:smoke"
 
 
+def fresh_environment() -> dict[str, str]:
+    """This environment as a user's shell has it: without what describing a slice here added to it."""
+    return {name: value for name, value in os.environ.items() if name not in COMPILE_ONLY_HOST}
+
+
 def sora_jax(*args):
     return subprocess.run(
         [sys.executable, "-m", "sora_jax.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**fresh_environment(), "JAX_PLATFORMS": "cpu"},
         timeout=900,
     )
 
@@ -35,6 +41,20 @@ def test_aot_of_a_small_splash_preset_reports_memory_flops_and_mfu(tmp_path):
     result = sora_jax("aot", "--config", SMOKE, "--topology", "v5p-8", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fits" in result.stdout and "MFU" in result.stdout
+    # stderr: what is being compiled, for which slice, and how long each took; no libtpu noise.
+    assert_no_libtpu_noise(result.stderr)
+    progress = [line.split(" INFO ", 1)[1] for line in result.stderr.splitlines() if " INFO " in line]
+    assert progress[0].startswith("libtpu described v5p-8: 4 chips (")
+    compiles = [line for line in progress if line.startswith("compil")]
+    steps = [
+        "the train step",
+        "the step-time probe with 1 unrolled block",
+        "the step-time probe with 2 unrolled blocks",
+    ]
+    for what in steps:
+        assert f"compiling {what} for v5p-8 (4 chips) ..." in compiles, compiles
+        assert any(re.fullmatch(rf"compiled {what} in \d+\.\d s", line) for line in compiles), compiles
+    assert len(compiles) == 6
     report = json.loads(out.read_text())
     config = load_config(SMOKE)
     assert report["fits"] and report["chips"] == 4
@@ -57,6 +77,45 @@ def test_aot_of_a_small_splash_preset_reports_memory_flops_and_mfu(tmp_path):
     )
     assert 0 < report["estimated_mfu"] < 1 and report["estimated_step_seconds"] > 0
     assert report["estimate_method"] == "xla-roofline"
+
+
+# What libtpu logs when it looks for the TPU system of a machine that has none.
+LIBTPU_NOISE = ("E0000", "unexpected worker hostname", "could not determine TPU", "Logging before InitGoogle")
+
+
+def assert_no_libtpu_noise(stderr: str) -> None:
+    noise = [line for line in stderr.splitlines() if any(mark in line for mark in LIBTPU_NOISE)]
+    assert not noise, noise
+
+
+def test_describing_a_slice_without_a_tpu_logs_nothing():
+    """libtpu loads (in a fresh process: it reads its environment once) and describes the slice
+    quietly, as ``sora-jax aot`` needs it to."""
+    script = "from sora_jax.parallel.tpu import topology_devices; print(len(topology_devices('v5p-8')))"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**fresh_environment(), "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0 and result.stdout == "4\n", result.stderr
+    assert_no_libtpu_noise(result.stderr)
+
+
+def test_without_libtpu_aot_says_what_to_install_in_one_line():
+    """An environment where ``import libtpu`` fails, as where it is not installed."""
+    script = (
+        "import sys; sys.modules['libtpu'] = None; from sora_jax.cli import main; "
+        f"sys.exit(main(['aot', '--config', '{SMOKE}', '--topology', 'v5p-8']))"
+    )
+    env = {name: value for name, value in fresh_environment().items() if name != "TPU_LIBRARY_PATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"}
+    )
+    assert result.returncode == 2
+    [error] = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert error.startswith("sora-jax aot: cannot describe TPU topology v5p:2x2x1 for v5p-8: ")
+    assert error.endswith('needs libtpu: pip install -e ".[tpu]" in the checkout')
 
 
 @pytest.mark.slow
