@@ -25,9 +25,9 @@ the clips lie in ``data/``; ``clip_store.json`` names their width, dtype and enc
 ``"captions"``.
 
 ``"extra"`` is JSON metadata about the store as a whole, free for its writer to fill (see
-:attr:`ClipStore.extra`); the keys the library itself writes and reads are :data:`AUTOENCODER_KEY`
-and :data:`STATS_KEY`. An encoded latent store holds both (the statistics once its encode has
-finished); a pixel store holds neither.
+:attr:`ClipStore.extra`); the keys the library itself writes and reads are :data:`AUTOENCODER_KEY`,
+:data:`STATS_KEY` and :data:`PREPARE_KEY`. An encoded latent store holds the first two (the
+statistics once its encode has finished); a pixel store made by ``prepare`` holds the third.
 
 Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
 "offset"}`` (plus ``"caption_offset"`` and ``"caption_tokens"`` in a store with caption
@@ -76,6 +76,10 @@ AUTOENCODER_KEY = "autoencoder"
 # clips spread through the store. Written last, when an encode finishes, so its absence means an
 # unfinished encode. Training normalises latents with them and sampling undoes it.
 STATS_KEY = "latent_stats"
+# The settings that shaped a prepared pixel store's clips: ``{"max_seconds", "fps", "max_area"}``
+# (``fps`` null: every source frame kept), as ``sora_jax.data.prepare`` took them. A later prepare
+# into the store must use the same ones, or the store would hold clips of two kinds.
+PREPARE_KEY = "prepare"
 
 # A key's generation when it does not exist: a write conditioned on it only creates.
 _NO_VALUE = b"\x02"

@@ -7,11 +7,13 @@ a reason, its process is replaced, and every other file goes on.
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -42,9 +44,25 @@ _READY = "ready"  # A worker's first message: it started and can run tasks.
 _STARTUP_GRACE_S = 120.0  # How long a worker may take to start before its task's clock runs.
 
 
+_PR_SET_PDEATHSIG = 1  # From <sys/prctl.h>.
+
+
+def _die_with_parent() -> None:
+    """Has the kernel kill this process when its parent dies (Linux), so a killed run leaves no
+    decoder working on for up to its timeout; elsewhere the closed pipe ends it after its task."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
 def _worker_main(conn: multiprocessing.connection.Connection) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what to do and stops us.
+    # Ctrl-C reaches the whole process group, and a container stop may send SIGTERM to every
+    # process: the parent decides what to do (commit, then stop us).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     conn.send(_READY)
     while True:
         try:
@@ -73,7 +91,8 @@ class IsolatedPool:
     and cannot kill a hung one; here a dead worker fails only its own task ("worker_crash"), a
     task over ``timeout`` seconds has its worker killed ("timeout"), and either is replaced.
     Workers are spawned, not forked: the parent may hold threads (tensorstore, JAX) that a fork
-    would copy in a broken state.
+    would copy in a broken state. They ignore SIGINT and SIGTERM (the parent stops them) and, on
+    Linux, die with the thread that started them, so a killed parent leaves no decoder behind.
     """
 
     def __init__(self, size: int, timeout: float | None) -> None:
@@ -88,14 +107,17 @@ class IsolatedPool:
         child.close()  # Only the worker holds its end: its death then reads as EOF here.
         return _Worker(process, parent)
 
-    def run(self, tasks: Iterable[Task]) -> Iterator[tuple[Any, bool, Any]]:
+    def run(self, tasks: Iterable[Task], tick: float | None = None) -> Iterator[tuple[Any, bool, Any] | None]:
         """Runs ``(key, fn, args)`` tasks; yields ``(key, ok, result or (reason, detail))``.
 
         Results come in completion order. Tasks are pulled from ``tasks`` only as workers
-        free up, and the next is not started until the caller has taken the last result.
+        free up, and the next is not started until the caller has taken the last result. With
+        ``tick`` (seconds), ``None`` is also yielded whenever that long passes without a result,
+        so the caller can do timed work (commit, notice a signal) while a long task runs.
         """
         pending = collections.deque[Task]()
         todo = iter(tasks)
+        last_yield = time.monotonic()
         while True:
             for i, worker in enumerate(self._workers):
                 if worker.key is not None:
@@ -116,11 +138,19 @@ class IsolatedPool:
                 if pending:
                     continue
                 return
-            wait = min(w.deadline for _, w in busy) - time.monotonic()
+            now = time.monotonic()
+            wait = min(w.deadline for _, w in busy) - now
+            if tick is not None:
+                wait = min(wait, last_yield + tick - now)
             waitables = [w.conn for _, w in busy] + [w.process.sentinel for _, w in busy]
             ready = set(
                 multiprocessing.connection.wait(waitables, None if math.isinf(wait) else max(wait, 0))
             )
+            if ready:
+                last_yield = time.monotonic()
+            elif tick is not None and time.monotonic() - last_yield >= tick:
+                last_yield = time.monotonic()
+                yield None
             for i, worker in busy:
                 key = worker.key
                 if worker.conn in ready:

@@ -1,33 +1,21 @@
 """Ingest: videos and images with captions into a :class:`~sora_jax.data.clip_store.ClipStore`.
 
-Input is either a folder, searched recursively for ``.mp4 .avi .mov .mkv .webm .gif`` videos and
-``.png .jpg .jpeg .bmp .webp`` images (hidden files and folders skipped) each captioned by a
-sidecar ``.txt`` with the same stem, or a CSV in the Open-Sora layout: columns ``path,text``
-plus optional ``num_frames,height,width,fps``, paths relative to the CSV's folder. Only ``fps``
-is used from the optional columns, and only when the file itself reports no frame rate; sizes
-and lengths are probed from the files, which are what actually gets decoded.
+One run of ``sora-jax prepare``, top to bottom: check the arguments and the output; find the
+sources (a folder, a single video or image file, or an Open-Sora CSV, each captioned; see
+:mod:`sora_jax.data.source_list`); refuse a store made with other settings; decode the sources
+not yet done into clips (frame rate, duration and size as :mod:`sora_jax.data.clip_shaping`
+says); append each to the store whole; write a report. Clip ids are ``"<source>#<k>"``.
 
-Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``, ids ``"<source>#<k>"`` where
-``<source>`` is the path relative to the folder (or as written in the CSV):
+With ``text_encoder`` (a Hugging Face-format BERT or T5 directory), each source's caption is
+encoded once, here, and every clip of it stores the hidden states of the caption's real tokens
+(at most ``caption_tokens``) as a float16 caption embedding, so training reads them instead of
+running the encoder. Captions that were changed to be stored (cut at ``MAX_CAPTION_CHARS``, or
+not UTF-8) are counted in the report and named in a warning.
 
-* Frame rate: frames are sampled every ``1/fps`` s from the first frame, each sample taking
-  the frame on screen at that time (the last frame with timestamp <= sample time). Sources at or
-  below ``fps`` keep their own rate instead: repeating frames to reach ``fps`` would only teach
-  the model to stutter. ``fps=None`` keeps every frame. The clip's record says its real rate.
-* Duration: clips hold at most ``floor(max_seconds * rate)`` frames. A leftover tail shorter
-  than half a clip is merged with the clip before it and the two are split evenly, so every
-  clip of a long video has between half and all of the maximum length.
-* Size: scaled by ``s = min(1, sqrt(max_area / (h * w)))`` keeping the aspect ratio, then
-  center-cropped to ``H = floor(h * s)`` and ``W = floor(w * s)`` rounded down to multiples
-  of 8 (so ``H * W <= max_area``; the crop loses at most 7 rows/columns, where stretching to
-  the rounded size would distort small frames by up to 8/H). Scaling uses FFmpeg's swscale
-  area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
-  sampled frames; frames are never upscaled.
-* Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
-* Captions: with ``text_encoder`` (a Hugging Face-format BERT or T5 directory), each source's
-  caption is encoded once, here, and every clip of it stores the hidden states of the caption's
-  real tokens (at most ``caption_tokens``) as a float16 caption embedding, so training reads
-  them instead of running the encoder.
+The settings that shape clips (``max_seconds``, ``fps``, ``max_area``) are kept in the store
+(``extra[PREPARE_KEY]``, see :mod:`sora_jax.data.clip_store`); a later run into the same store
+with others, or another text encoder or token limit, is refused: the store would hold clips of
+two kinds. ``min_side`` and ``max_input_pixels`` only choose sources and may change between runs.
 
 Bad input never stops a run: each source that cannot be used is skipped and listed with a
 reason (see ``REASONS``). Decoding runs in ``workers`` spawned processes, one file per process
@@ -35,42 +23,46 @@ at a time, so a decoder crash (even a segfault) or hang in one file fails only t
 dead or stuck process is replaced. Workers write decoded clips to a local scratch folder and the
 parent process alone appends them to the store, each source's clips and its done mark in one
 atomic group, so a source is either completely in the store (and skipped by later runs) or not
-at all. Failed sources are retried by later runs. A report is written to
-``<output>/prepare_report.json``.
+at all. The index is committed after the first source, then every 3 s while sources come in,
+and when the run is stopped by SIGINT or SIGTERM (within half a second it commits the sources
+already stored and exits, leaving those still decoding to the next run; a second signal stops it
+at once), so a killed run (even by SIGKILL) loses only the last few seconds of work. Failed
+sources are retried by later runs. A report is written to ``<output>/prepare_report.json``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from sora_jax.data.clip_store import ClipStore
-from sora_jax.data.isolated_pool import IsolatedPool, TaskFailure, call_task
-from sora_jax.data.video_io import IMAGE_SUFFIXES, DecodedFrame, VideoDecodeError, open_video, probe_video
+from sora_jax.data.clip_shaping import ClipSettings, decode_source
+from sora_jax.data.clip_store import METADATA_KEY, PREPARE_KEY, ClipStore
+from sora_jax.data.isolated_pool import IsolatedPool, call_task
+from sora_jax.data.run_control import StopOnSignal, logs_above_progress, new_scratch, progress_bar
+from sora_jax.data.source_list import CAPTION_CHANGES, Source, clean_caption, find_sources
+from sora_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
-MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 REPORT_KEY = "prepare_report.json"
-
 REASONS = {
     "missing_caption": "no sidecar .txt / empty CSV text, and no caption_default",
     "missing_file": "a CSV row names a file that does not exist",
     "duplicate": "a CSV row repeats an earlier row's path",
     "empty_file": "zero bytes",
-    "unreadable": "the file cannot be opened (permissions, I/O error)",
+    "unreadable": "the file (or its sidecar .txt) cannot be opened (permissions, I/O error)",
     "decode_error": "FFmpeg cannot demux or decode it (corrupt, truncated, no video stream)",
     "no_frames": "opens but yields no decodable frame",
     "unknown_fps": "fps=None and the file reports no frame rate",
@@ -82,19 +74,28 @@ REASONS = {
     "internal_error": "an unexpected exception while decoding",
 }
 
-_FLUSH_SECONDS = 30.0  # Work an interruption can lose is bounded by this, plus one file.
-_FLUSH_SOURCES = 256
+# Work a SIGKILL can lose: the sources ingested in the last this many seconds, plus those in hand.
+_COMMIT_SECONDS = 3.0
+_COMMIT_SOURCES = 256  # Also commit after this many, so one commit stays a small write.
+_TICK_SECONDS = 0.5  # How often a run waiting on decoders looks at the clock and at signals.
+# Every commit is an index segment that each open of the store reads: merge them into one object
+# when a run has written this many, and at the end of a run when there are more than a few.
+_COMPACT_RUNNING = 512
 _COMPACT_SEGMENTS = 32
+# Entries a clip store holds at its root (anything else means the folder is something else).
+_STORE_NAMES = {METADATA_KEY, REPORT_KEY, "data", "captions", "index"}
 
 
 @dataclasses.dataclass
 class PrepareReport:
     """What a :func:`prepare` run did. Counts are for this run only.
 
-    ``inputs_seen``: media files found (folder) or CSV rows. ``sources_done``: sources ingested
+    ``inputs_seen``: media files found (folder, single file) or CSV rows. ``sources_done``: sources ingested
     by this run. ``skipped_done``: sources already done by an earlier run. ``failures``:
     ``{reason: count}``; ``failed``: ``{"path", "reason", "detail"}`` per skipped source, sorted
-    by path, ``path`` relative to the input folder (or as in the CSV).
+    by path, ``path`` relative to the input folder (or as in the CSV). ``caption_changes``:
+    ``{change: count}`` (see ``CAPTION_CHANGES``) over the sources ingested by this run;
+    ``captions_changed``: ``{"path", "change", "detail"}`` for each, sorted by path.
     """
 
     input: str
@@ -106,6 +107,8 @@ class PrepareReport:
     frames_written: int = 0
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
     failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    caption_changes: dict[str, int] = dataclasses.field(default_factory=dict)
+    captions_changed: list[dict[str, str]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0
 
     def fail(self, path: str, reason: str, detail: str) -> None:
@@ -113,34 +116,17 @@ class PrepareReport:
         self.failed.append({"path": path, "reason": reason, "detail": detail})
         log.info("skipped %s: %s (%s)", path, reason, detail)
 
+    def caption_changed(self, path: str, change: str, detail: str) -> None:
+        self.caption_changes[change] = self.caption_changes.get(change, 0) + 1
+        self.captions_changed.append({"path": path, "change": change, "detail": detail})
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
 
 
-class SkipSource(TaskFailure):
-    """A source that cannot be used; args are ``(reason, detail)`` so it pickles intact."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    max_seconds: float
-    fps: float | None
-    max_area: int
-    min_side: int
-    max_input_pixels: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    key: str  # Relative path: the source's name in the store and in clip ids.
-    path: str  # Where to read it.
-    caption: str | None
-    fps_hint: float  # From a CSV's fps column; 0.0 if none.
-
-
 def prepare(
-    input: str,
-    output: str,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
     *,
     max_seconds: float = 4.0,
     fps: float | None = 8.0,
@@ -152,100 +138,98 @@ def prepare(
     file_timeout: float | None = 1800.0,
     text_encoder: str | os.PathLike | None = None,
     caption_tokens: int = 64,
+    progress: bool = True,
 ) -> PrepareReport:
     """Decodes the videos/images under ``input`` into uint8 clips in the store at ``output``.
 
-    ``input``: a folder or an Open-Sora CSV (see the module docstring); ``output``: a clip
-    store path or URL, created if absent (an existing one must hold uint8, C=3 clips).
-    ``max_seconds``: longest clip (s). ``fps``: target frames/s (None keeps every frame).
-    ``max_area``: most pixels per output frame. ``min_side``: smallest usable source side (px).
-    ``max_input_pixels``: largest usable source frame (px), a guard against decompression
-    bombs. ``workers``: decoding processes (0 decodes in this process: no crash isolation, for
-    debugging). ``caption_default``: caption for sources without one (None skips them).
-    ``file_timeout``: seconds one file may take to decode before its process is killed (None:
-    no limit; ignored with ``workers=0``). ``text_encoder``: a frozen encoder's directory, to
-    store caption embeddings of at most ``caption_tokens`` tokens (a store prepared with one
-    must be resumed with the same one).
+    ``input``: a folder, a video or image file, or an Open-Sora CSV (see
+    :mod:`sora_jax.data.source_list`);
+    ``output``: a clip store path or URL, created if absent (an existing one must hold uint8,
+    C=3 clips made with the same clip settings and text encoder). ``max_seconds``: longest clip
+    (s). ``fps``: target frames/s (None keeps every frame). ``max_area``: most pixels per output
+    frame. ``min_side``: smallest usable source side (px). ``max_input_pixels``: largest usable
+    source frame (px), a guard against decompression bombs. ``workers``: decoding processes (0
+    decodes in this process: no crash isolation, for debugging). ``caption_default``: caption for
+    sources without one (None skips them). ``file_timeout``: seconds one file may take to decode
+    before its process is killed (None: no limit; ignored with ``workers=0``). ``text_encoder``:
+    a frozen encoder's directory, to store caption embeddings of at most ``caption_tokens``
+    tokens. ``progress``: a progress line on stderr (sources done of those to do, clips written),
+    redrawn every 0.5 s on a terminal and every 30 s into a file.
 
     Sources already marked done in the store are skipped, so an interrupted run resumes where
-    it stopped. Raises ValueError for bad arguments or a CSV without a ``path`` column and
-    FileNotFoundError for a missing ``input``; per-source problems are only reported.
+    it stopped. Every mistake in the arguments, the input (a missing path, a CSV that cannot be
+    read as one) or the output (a file, a read-only place, a folder that is not a clip store, a
+    store of other settings) raises :class:`ConfigError` before anything is decoded or written;
+    per-source problems are only reported. SIGINT raises KeyboardInterrupt and SIGTERM
+    SystemExit(143), after committing every source decoded so far (only when called from the
+    main thread; elsewhere signals keep their handlers).
     """
-    if not (max_seconds > 0 and math.isfinite(max_seconds)):
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be positive or None, got {fps}")
-    if max_area < 64:
-        raise ValueError(f"max_area must be >= 64 (one 8x8 frame), got {max_area}")
-    if min_side < 1 or max_input_pixels < 1:
-        raise ValueError(f"min_side and max_input_pixels must be >= 1, got {min_side}, {max_input_pixels}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if file_timeout is not None and not file_timeout > 0:
-        raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
-    if caption_tokens < 1:
-        raise ValueError(f"caption_tokens must be >= 1, got {caption_tokens}")
+    output = os.fspath(output)
+    settings = ClipSettings(
+        float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
+    )
+    _check_arguments(settings, workers, file_timeout, caption_tokens, caption_default)
+    started = time.monotonic()
+    _check_output(output)
+    report = PrepareReport(input=os.fspath(input), output=output)
+    found = find_sources(Path(input))
+    report.inputs_seen = found.inputs_seen
+    for key, reason, detail in found.rejected:
+        report.fail(key, reason, detail)
+    existing = _open_existing(output)
+    if existing is not None:
+        _check_resumable(existing, output, settings, text_encoder, caption_tokens)
     embedder = None
     if text_encoder is not None:  # JAX loads only where captions are embedded, never in decoders.
         from sora_jax.text.embedder import CaptionEmbedder
 
-        embedder = CaptionEmbedder(text_encoder, caption_tokens)
-    started = time.monotonic()
-    settings = _Settings(
-        float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
-    )
-    report = PrepareReport(input=os.fspath(input), output=os.fspath(output))
+        try:
+            embedder = CaptionEmbedder(text_encoder, caption_tokens)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"text encoder {os.fspath(text_encoder)!r}: {error}") from None
+    store = _open_store(output, existing, settings, embedder)
 
-    sources, report.inputs_seen = _discover(Path(input), report)
-    captions = {}
-    if embedder is not None:
-        captions = {"caption_dim": embedder.dim, "caption_encoder": embedder.description}
-    store = ClipStore.create(output, dtype="uint8", channels=3, exist_ok=True, **captions)
     done = store.sources_done()
     partial = {r.source for r in store.records} - done
-    todo: list[_Source] = []
-    for source in sources:
+    todo: list[Source] = []
+    for source in found.sources:
         if source.key in done:
             report.skipped_done += 1
         elif source.key in partial:
             report.fail(source.key, "partial_in_store", "clips present without a done mark; not re-adding")
+        elif source.problem is not None:
+            report.fail(source.key, *source.problem)
         elif source.caption is None and caption_default is None:
             report.fail(source.key, "missing_caption", "no caption file or text")
+        elif source.caption is None:
+            caption, changes = clean_caption(caption_default)
+            todo.append(dataclasses.replace(source, caption=caption, caption_changes=tuple(changes)))
         else:
-            todo.append(dataclasses.replace(source, caption=source.caption or caption_default))
+            todo.append(source)
 
-    scratch = tempfile.mkdtemp(prefix="sora_prepare_")
-    pool = None
+    stop = StopOnSignal()
+    bar = progress_bar(len(todo), progress)
+    stop.install()
     try:
-        pool = IsolatedPool(workers, file_timeout) if workers > 0 and todo else None
-        tasks = (
-            (i, _decode_source, (s.path, os.path.join(scratch, str(i)), settings, s.fps_hint))
-            for i, s in enumerate(todo)
-        )
-        results = pool.run(tasks) if pool else ((i, *call_task(fn, args)) for i, fn, args in tasks)
-        last_flush, unflushed = time.monotonic(), 0
-        for i, ok, value in results:
-            source = todo[i]
-            try:
-                if ok:
-                    _ingest(store, source, *value, report, embedder)
-                    unflushed += 1
-                else:
-                    report.fail(source.key, *value)
-            finally:
-                shutil.rmtree(os.path.join(scratch, str(i)), ignore_errors=True)
-            if unflushed >= _FLUSH_SOURCES or time.monotonic() - last_flush > _FLUSH_SECONDS:
-                store.flush()
-                last_flush, unflushed = time.monotonic(), 0
-        store.compact(min_segments=_COMPACT_SEGMENTS)
+        with logs_above_progress(progress):
+            _ingest_all(store, todo, settings, workers, file_timeout, report, embedder, bar, stop)
     finally:
-        if pool:
-            pool.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-        # Staged entries are whole sources (atomic groups), so committing them is always safe.
-        store.flush()
+        bar.close()
+        try:
+            # Staged entries are whole sources (atomic groups), so committing them is always safe.
+            store.flush()
+        finally:
+            stop.uninstall()
+    if stop.signum is not None:
+        log.warning(
+            "prepare stopped by %s after %d sources; run it again to resume",
+            signal.Signals(stop.signum).name,
+            report.sources_done,
+        )
+        raise KeyboardInterrupt if stop.signum == signal.SIGINT else SystemExit(128 + stop.signum)
 
     report.failed.sort(key=lambda f: (f["path"], f["reason"]))
+    report.captions_changed.sort(key=lambda c: (c["path"], c["change"]))
     report.elapsed_s = round(time.monotonic() - started, 3)
     store.kvstore.write(REPORT_KEY, report.to_json()).result()
     log.info(
@@ -258,12 +242,77 @@ def prepare(
         report.frames_written,
         report.failures,
     )
+    for change, count in report.caption_changes.items():
+        first = next(c for c in report.captions_changed if c["change"] == change)
+        log.warning(
+            "%d caption%s stored changed (%s), first %s (%s); all are listed in %s",
+            count,
+            "s" if count > 1 else "",
+            CAPTION_CHANGES[change],
+            first["path"],
+            first["detail"],
+            REPORT_KEY,
+        )
     return report
+
+
+def _ingest_all(
+    store: ClipStore,
+    todo: list[Source],
+    settings: ClipSettings,
+    workers: int,
+    file_timeout: float | None,
+    report: PrepareReport,
+    embedder: Any,
+    bar: tqdm,
+    stop: StopOnSignal,
+) -> None:
+    """Decodes ``todo`` and appends each source whole, committing as the module docstring says."""
+    scratch = new_scratch()
+    pool = None
+    try:
+        pool = IsolatedPool(workers, file_timeout) if workers > 0 and todo else None
+        tasks = (
+            (i, decode_source, (s.path, os.path.join(scratch, str(i)), settings, s.fps_hint))
+            for i, s in enumerate(todo)
+        )
+        if pool:
+            results = pool.run(tasks, tick=_TICK_SECONDS)
+        else:
+            results = ((i, *call_task(fn, args)) for i, fn, args in tasks)
+        staged, last_commit = 0, -math.inf  # The first source commits at once.
+        for result in results:
+            if result is not None:  # None: a tick while decoders work.
+                i, ok, value = result
+                source = todo[i]
+                try:
+                    if ok:
+                        _ingest(store, source, *value, report, embedder)
+                        staged += 1
+                    else:
+                        report.fail(source.key, *value)
+                finally:
+                    shutil.rmtree(os.path.join(scratch, str(i)), ignore_errors=True)
+                failed = sum(report.failures.values())
+                bar.set_postfix_str(f"{report.clips_written} clips, {failed} skipped", refresh=False)
+                bar.update(1)
+            now = time.monotonic()
+            if staged and (now - last_commit >= _COMMIT_SECONDS or staged >= _COMMIT_SOURCES):
+                store.flush()
+                store.compact(min_segments=_COMPACT_RUNNING)
+                staged, last_commit = 0, now
+            if stop.signum is not None:
+                return
+        store.compact(min_segments=_COMPACT_SEGMENTS)
+    finally:
+        if pool:
+            pool.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _ingest(
     store: ClipStore,
-    source: _Source,
+    source: Source,
     fps: float,
     clips: list[tuple[str, float]],
     report: PrepareReport,
@@ -290,235 +339,168 @@ def _ingest(
     report.sources_done += 1
     report.clips_written += len(clips)
     report.frames_written += frames_written
+    for change, detail in source.caption_changes:
+        report.caption_changed(source.key, change, detail)
 
 
-# -- discovery ------------------------------------------------------------------------------
+# -- checks before any work ------------------------------------------------------------------
 
 
-def _discover(input: Path, report: PrepareReport) -> tuple[list[_Source], int]:
-    """Sources in ``input`` (a folder or a CSV), plus how many inputs were seen."""
-    if input.is_file() and input.suffix.lower() == ".csv":
-        return _from_csv(input, report)
-    if input.is_dir():
-        return _from_folder(input)
-    if not input.exists():
-        raise FileNotFoundError(f"input {os.fspath(input)!r} does not exist")
-    raise ValueError(f"input must be a folder or a .csv file, got {os.fspath(input)!r}")
-
-
-def _from_folder(root: Path) -> tuple[list[_Source], int]:
-    sources = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        # Dot-files include partial writes (write_video's temporaries) and OS metadata.
-        if path.suffix.lower() not in MEDIA_SUFFIXES or any(p.startswith(".") for p in rel.parts):
-            continue
-        if not path.is_file():
-            continue
-        caption = _read_caption(path.with_suffix(".txt"))
-        sources.append(_Source(rel.as_posix(), os.fspath(path), caption, 0.0))
-    return sources, len(sources)
-
-
-def _from_csv(csv_path: Path, report: PrepareReport) -> tuple[list[_Source], int]:
-    sources: list[_Source] = []
-    keys: set[str] = set()
-    seen = 0
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ValueError(f"{os.fspath(csv_path)!r} has no 'path' column (columns: {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            seen += 1
-            raw = (row.get("path") or "").strip()
-            if not raw:
-                report.fail(f"{csv_path.name}:{line}", "missing_file", "empty path")
-                continue
-            absolute = os.path.isabs(raw)
-            key = Path(os.path.normpath(raw)).as_posix()
-            path = Path(raw) if absolute else csv_path.parent / raw
-            if key in keys:
-                report.fail(key, "duplicate", f"repeated at {csv_path.name} line {line}")
-                continue
-            keys.add(key)
-            if not path.is_file():
-                report.fail(key, "missing_file", f"{os.fspath(path)} not found")
-                continue
-            caption = (row.get("text") or "").strip() or None
-            sources.append(_Source(key, os.fspath(path), caption, _parse_float(row.get("fps"))))
-    return sources, seen
-
-
-def _read_caption(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip() or None
-    except OSError:
-        return None
-
-
-def _parse_float(text: str | None) -> float:
-    try:
-        value = float(text) if text else 0.0
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) and value > 0 else 0.0
-
-
-# -- decoding (runs in worker processes) ----------------------------------------------------
-
-
-def _target_size(height: int, width: int, max_area: int) -> tuple[int, int, int, int] | None:
-    """``(resize_h, resize_w, crop_h, crop_w)`` for a source frame, or None if under 8 px."""
-    scale = min(1.0, math.sqrt(max_area / (height * width)))
-    # The epsilon keeps exact products (512 * 0.5) from flooring one short through rounding.
-    crop_h = int(height * scale + 1e-9) // 8 * 8
-    crop_w = int(width * scale + 1e-9) // 8 * 8
-    if crop_h < 8 or crop_w < 8:
-        return None
-    return max(crop_h, round(height * scale)), max(crop_w, round(width * scale)), crop_h, crop_w
-
-
-class _ClipSpool:
-    """Cuts a stream of ``(time, frame)`` into clips saved as ``.npy`` files in ``directory``.
-
-    Holds at most two clips in memory: the last full clip is kept back until the stream ends so
-    a short tail can be merged with it and split evenly.
-    """
-
-    def __init__(self, directory: str, clip_len: int) -> None:
-        self.directory = directory
-        self.clip_len = clip_len
-        self.current: list[tuple[float, np.ndarray]] = []
-        self.held: list[tuple[float, np.ndarray]] | None = None
-        self.written: list[tuple[str, float]] = []
-        os.makedirs(directory, exist_ok=True)
-
-    def add(self, t: float, frame: np.ndarray) -> None:
-        self.current.append((t, frame))
-        if len(self.current) == self.clip_len:
-            if self.held is not None:
-                self._write(self.held)
-            self.held, self.current = self.current, []
-
-    def finish(self) -> list[tuple[str, float]]:
-        """Writes what is left; returns ``(file, start seconds)`` per clip in order."""
-        held, tail = self.held, self.current
-        if held is not None and tail and 2 * len(tail) < self.clip_len:
-            both = held + tail
-            half = (len(both) + 1) // 2
-            groups = [both[:half], both[half:]]
-        else:
-            groups = [g for g in (held, tail) if g]
-        for group in groups:
-            self._write(group)
-        self.held, self.current = None, []
-        return self.written
-
-    def _write(self, frames: list[tuple[float, np.ndarray]]) -> None:
-        file = os.path.join(self.directory, f"{len(self.written):06d}.npy")
-        np.save(file, np.stack([f for _, f in frames]))
-        self.written.append((file, frames[0][0]))
-
-
-def _decode_source(
-    path: str, spool: str, settings: _Settings, fps_hint: float
-) -> tuple[float, list[tuple[str, float]]]:
-    """Decodes, resamples, resizes and cuts one source into ``.npy`` clips under ``spool``.
-
-    Returns ``(fps, [(file, start_seconds), ...])``; ``fps`` is the clips' frame rate (0.0
-    for an image). Raises SkipSource for anything that makes the source unusable.
-    """
-    try:
-        size = os.stat(path).st_size
-        with open(path, "rb") as f:
-            f.read(1)
-    except FileNotFoundError as e:
-        raise SkipSource("missing_file", str(e)) from None
-    except OSError as e:
-        raise SkipSource("unreadable", str(e)) from None
-    if size == 0:
-        raise SkipSource("empty_file", "0 bytes")
-    try:
-        info = probe_video(path)
-    except VideoDecodeError as e:
-        raise SkipSource("decode_error", e.reason) from None
-    _check_pixels(info.height, info.width, settings)
-    target = _target_size(info.height, info.width, settings.max_area)
-    if target is None:
-        raise SkipSource(
-            "too_small", f"{info.width}x{info.height} is under 8 px at max_area {settings.max_area}"
+def _check_arguments(
+    settings: ClipSettings,
+    workers: int,
+    file_timeout: float | None,
+    caption_tokens: int,
+    caption_default: str | None,
+) -> None:
+    if not (settings.max_seconds > 0 and math.isfinite(settings.max_seconds)):
+        raise ConfigError(f"max_seconds must be a positive number of seconds, got {settings.max_seconds}")
+    if settings.fps is not None and not (settings.fps > 0 and math.isfinite(settings.fps)):
+        raise ConfigError(f"fps must be positive or None (keep every frame), got {settings.fps}")
+    if settings.max_area < 64:
+        raise ConfigError(f"max_area must be >= 64 (one 8x8 frame), got {settings.max_area}")
+    if settings.min_side < 1 or settings.max_input_pixels < 1:
+        raise ConfigError(
+            "min_side and max_input_pixels must be >= 1, "
+            f"got {settings.min_side}, {settings.max_input_pixels}"
         )
-    resize_h, resize_w, crop_h, crop_w = target
-    y0, x0 = (resize_h - crop_h) // 2, (resize_w - crop_w) // 2
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    if file_timeout is not None and not file_timeout > 0:
+        raise ConfigError(f"file_timeout must be positive or None, got {file_timeout}")
+    if caption_tokens < 1:
+        raise ConfigError(f"caption_tokens must be >= 1, got {caption_tokens}")
+    if caption_default is not None and not caption_default.strip():
+        raise ConfigError("caption_default is empty: give a caption, or None to skip uncaptioned sources")
 
-    def convert(frame: DecodedFrame) -> np.ndarray:
-        # Checked per frame: headers can lie, and streams can change size midway.
-        _check_pixels(frame.height, frame.width, settings)
-        rgb = frame.to_rgb(resize_h, resize_w)
-        return np.ascontiguousarray(rgb[y0 : y0 + crop_h, x0 : x0 + crop_w])
 
-    still = info.is_still
-    source_fps = info.fps or fps_hint
-    if still:
-        out_fps, step = 0.0, None
-    elif settings.fps is None or (source_fps and source_fps <= settings.fps * (1 + 1e-3)):
-        if not source_fps:
-            raise SkipSource("unknown_fps", "fps=None and the file reports no frame rate")
-        out_fps, step = source_fps, None  # Keep every frame.
+def _check_output(output: str) -> None:
+    """Refuses a local ``output`` that is a file, read-only, or a folder holding something else."""
+    if "://" in output:
+        return  # A bucket: tensorstore reports what is wrong when the store is opened.
+    path = Path(output).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output {output!r} is a file; a clip store is a folder: give a new --output")
+    nearest = path  # The store's folder, or the nearest folder above that exists (it goes there).
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ConfigError(f"output {output!r} cannot be created: {os.fspath(nearest)!r} is a file")
+    if nearest != path:
+        writable = [nearest]
     else:
-        out_fps, step = settings.fps, 1.0 / settings.fps
-    clip_len = 1 if still else max(1, math.floor(settings.max_seconds * out_fps + 1e-6))
-    clips = _ClipSpool(spool, clip_len)
+        names = {name for name in os.listdir(path) if not name.startswith(".")}
+        if METADATA_KEY not in names and names - _STORE_NAMES:
+            raise ConfigError(
+                f"output {output!r} is a folder of other files, not a clip store: "
+                "give a new or empty --output"
+            )
+        writable = [path] + [path / name for name in ("index", "data", "captions") if (path / name).is_dir()]
+    for folder in writable:
+        refused = _cannot_write_in(folder)
+        if refused:
+            raise ConfigError(
+                f"output {output!r} is not writable ({os.fspath(folder)!r}: {refused}): "
+                "give a --output you can write to"
+            )
 
-    eps = 1e-6  # Seconds: float sample times vs exact rational timestamps.
-    t0 = prev = None
-    last_t = -math.inf
-    j = 0  # Next sample is at t0 + j * step; a product, so no drift over long videos.
-    cache: tuple[DecodedFrame, np.ndarray] | None = None
 
-    def sample(frame: DecodedFrame) -> np.ndarray:
-        nonlocal cache
-        if cache is None or cache[0] is not frame:  # A frame held over several samples.
-            cache = (frame, convert(frame))
-        return cache[1]
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why this process cannot create entries in ``folder``, or None if it can.
 
+    Tried with an empty hidden folder, made and removed at once, rather than asked of
+    ``os.access``: root passes every permission bit, yet cannot write into a read-only mount or a
+    kernel file system such as /sys.
+    """
     try:
-        # open_video rather than iter_frames: iter_frames converts every frame to full-size RGB,
-        # whereas only the sampled ones are needed, and to_rgb converts and shrinks in one pass.
-        with open_video(path) as video:
-            for frame in video.frames():
-                t = frame.time
-                if t <= last_t:  # Out-of-order or repeated timestamps in broken streams.
-                    continue
-                last_t = t
-                if still:
-                    clips.add(0.0, convert(frame))
-                    break
-                if step is None:
-                    clips.add(t, convert(frame))
-                    continue
-                if t0 is None:
-                    t0 = t
-                while t0 + j * step < t - eps:  # Samples before this frame show the previous one.
-                    clips.add(t0 + j * step, sample(prev))
-                    j += 1
-                prev = frame
-    except VideoDecodeError as e:
-        raise SkipSource("decode_error", e.reason) from None
-    if prev is not None:
-        # The last frame stays on screen for one source frame interval.
-        end = last_t + (1.0 / source_fps if source_fps else step)
-        while t0 + j * step < end - eps:
-            clips.add(t0 + j * step, sample(prev))
-            j += 1
-    written = clips.finish()
-    if not written:
-        raise SkipSource("no_frames", "no decodable video frames")
-    return out_fps, written
+        os.rmdir(tempfile.mkdtemp(prefix=".sora_prepare_probe_", dir=folder))
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
 
 
-def _check_pixels(height: int, width: int, settings: _Settings) -> None:
-    if height * width > settings.max_input_pixels:
-        raise SkipSource("too_large", f"{width}x{height} > max_input_pixels {settings.max_input_pixels}")
-    if min(height, width) < settings.min_side:
-        raise SkipSource("too_small", f"{width}x{height} has a side < min_side {settings.min_side}")
+def _open_existing(output: str) -> ClipStore | None:
+    try:
+        return ClipStore.open(output)
+    except FileNotFoundError:
+        return None
+    except ValueError as error:  # Not a clip store, or a version this code cannot extend.
+        raise ConfigError(f"output {output!r}: {error}") from None
+
+
+def _check_resumable(
+    store: ClipStore,
+    output: str,
+    settings: ClipSettings,
+    text_encoder: str | os.PathLike | None,
+    caption_tokens: int,
+) -> None:
+    """Refuses to add to ``store`` clips or caption embeddings unlike those it holds."""
+    if store.dtype != np.uint8 or store.channels != 3:
+        raise ConfigError(
+            f"output {output!r} holds {store.dtype.name} clips with C={store.channels}, not pixels: "
+            "give a new --output"
+        )
+    clip_changes, caption_changes = [], []
+    stored = store.extra.get(PREPARE_KEY)
+    if stored is None and len(store):
+        log.warning("%s does not say which settings made its clips; assuming these", output)
+    elif stored is not None and len(store):  # An empty store takes the settings of this run.
+        asked = settings.shaping()
+        for key in asked:
+            if stored.get(key) != asked[key]:
+                clip_changes.append(f"{_flag(key)} {_shown(stored.get(key))} -> {_shown(asked[key])}")
+    held_encoder = store.caption_encoder.get("name") if store.caption_dim else None
+    asked_encoder = Path(text_encoder).resolve().name if text_encoder is not None else None
+    held_tokens = store.caption_encoder.get("max_tokens")
+    if held_encoder != asked_encoder:
+        caption_changes.append(f"--text-encoder {held_encoder or 'none'} -> {asked_encoder or 'none'}")
+    elif asked_encoder is not None and held_tokens != caption_tokens:
+        caption_changes.append(f"--caption-tokens {held_tokens} -> {caption_tokens}")
+    if clip_changes or caption_changes:
+        held = [
+            kind
+            for kind, changes in (("clips", clip_changes), ("caption embeddings", caption_changes))
+            if changes
+        ]
+        raise ConfigError(
+            f"output {output!r} holds {' and '.join(held)} made with other settings "
+            f"(stored -> asked: {', '.join(clip_changes + caption_changes)}): rerun with the stored "
+            "ones to resume it, or give a new --output"
+        )
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A setting as the command line takes it (``--fps 0`` keeps every frame)."""
+    if value is None:
+        return "0"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _open_store(output: str, existing: ClipStore | None, settings: ClipSettings, embedder: Any) -> ClipStore:
+    """``existing`` (its settings set if it holds no clip yet) or a new store at ``output``."""
+    if existing is None:
+        captions = {}
+        if embedder is not None:
+            captions = {"caption_dim": embedder.dim, "caption_encoder": embedder.description}
+        try:
+            return ClipStore.create(
+                output, dtype="uint8", channels=3, extra={PREPARE_KEY: settings.shaping()}, **captions
+            )
+        except FileExistsError as error:  # Half-created, or created by another process meanwhile.
+            raise ConfigError(str(error)) from None
+    wanted = {"dim": embedder.dim, "encoder": embedder.description} if embedder else {"dim": 0, "encoder": {}}
+    held = {"dim": existing.caption_dim, "encoder": existing.caption_encoder}
+    if wanted != held:  # Same directory name, another model.
+        raise ConfigError(
+            f"output {output!r} holds caption embeddings {held}, not {wanted}: "
+            "give a new --output to change the text encoder"
+        )
+    if not len(existing) and existing.extra.get(PREPARE_KEY) != settings.shaping():
+        existing.extra[PREPARE_KEY] = settings.shaping()
+        existing.flush()
+    return existing

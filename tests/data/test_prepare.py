@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sora_jax.data import prepare as prepare_module
+from sora_jax.data.clip_shaping import target_size
 from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.isolated_pool import IsolatedPool
 from sora_jax.data.prepare import prepare
@@ -199,13 +199,13 @@ def test_csv_input(tmp_path):
 
 def test_target_size_bounds_area_and_rounds_to_8():
     for h, w in [(720, 1280), (1080, 1920), (30, 40), (256, 256), (17, 1000), (4000, 50), (100, 100)]:
-        resize_h, resize_w, crop_h, crop_w = prepare_module._target_size(h, w, 256 * 256)
+        resize_h, resize_w, crop_h, crop_w = target_size(h, w, 256 * 256)
         assert crop_h % 8 == 0 and crop_w % 8 == 0 and crop_h * crop_w <= 256 * 256
         assert crop_h <= resize_h <= h and crop_w <= resize_w <= w
         assert resize_h - crop_h < 8 and resize_w - crop_w < 8  # A crop, not a distortion.
         assert abs(resize_h / resize_w - h / w) < 0.05 * h / w
-    assert prepare_module._target_size(720, 1280, 256 * 256)[2:] == (192, 336)
-    assert prepare_module._target_size(7, 100, 256 * 256) is None
+    assert target_size(720, 1280, 256 * 256)[2:] == (192, 336)
+    assert target_size(7, 100, 256 * 256) is None
 
 
 def test_pool_pins_crashes_and_hangs_on_their_task():

@@ -1,0 +1,215 @@
+"""How ``sora-jax prepare`` turns one video or image file into clips of the store's shape.
+
+Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``:
+
+* Frame rate: frames are sampled every ``1/fps`` s from the first frame, each sample taking
+  the frame on screen at that time (the last frame with timestamp <= sample time). Sources at or
+  below ``fps`` keep their own rate instead: repeating frames to reach ``fps`` would only teach
+  the model to stutter. ``fps=None`` keeps every frame. The clip's record says its real rate.
+* Duration: clips hold at most ``floor(max_seconds * rate)`` frames. A leftover tail shorter
+  than half a clip is merged with the clip before it and the two are split evenly, so every
+  clip of a long video has between half and all of the maximum length.
+* Size: scaled by ``s = min(1, sqrt(max_area / (h * w)))`` keeping the aspect ratio, then
+  center-cropped to ``H = floor(h * s)`` and ``W = floor(w * s)`` rounded down to multiples
+  of 8 (so ``H * W <= max_area``; the crop loses at most 7 rows/columns, where stretching to
+  the rounded size would distort small frames by up to 8/H). Scaling uses FFmpeg's swscale
+  area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
+  sampled frames; frames are never upscaled.
+* Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
+
+:func:`decode_source` runs in a decoding process (see :mod:`sora_jax.data.isolated_pool`), so it
+imports no more than decoding needs, writes its clips as ``.npy`` files for the parent to store,
+and fails a source by raising :class:`SkipSource`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from sora_jax.data.isolated_pool import TaskFailure
+from sora_jax.data.video_io import DecodedFrame, VideoDecodeError, open_video, probe_video
+
+
+class SkipSource(TaskFailure):
+    """A source that cannot be used; args are ``(reason, detail)`` so it pickles intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSettings:
+    """What clips are cut to (``max_seconds`` s, ``fps`` frames/s or None to keep every frame,
+    ``max_area`` pixels a frame) and which sources are usable (a side of at least ``min_side``
+    px, at most ``max_input_pixels`` px a frame)."""
+
+    max_seconds: float
+    fps: float | None
+    max_area: int
+    min_side: int
+    max_input_pixels: int
+
+    def shaping(self) -> dict[str, Any]:
+        """The settings a store's clips depend on, as kept under ``PREPARE_KEY``."""
+        return {"max_seconds": self.max_seconds, "fps": self.fps, "max_area": self.max_area}
+
+
+def target_size(height: int, width: int, max_area: int) -> tuple[int, int, int, int] | None:
+    """``(resize_h, resize_w, crop_h, crop_w)`` for a source frame, or None if under 8 px."""
+    scale = min(1.0, math.sqrt(max_area / (height * width)))
+    # The epsilon keeps exact products (512 * 0.5) from flooring one short through rounding.
+    crop_h = int(height * scale + 1e-9) // 8 * 8
+    crop_w = int(width * scale + 1e-9) // 8 * 8
+    if crop_h < 8 or crop_w < 8:
+        return None
+    return max(crop_h, round(height * scale)), max(crop_w, round(width * scale)), crop_h, crop_w
+
+
+class _ClipSpool:
+    """Cuts a stream of ``(time, frame)`` into clips saved as ``.npy`` files in ``directory``.
+
+    Holds at most two clips in memory: the last full clip is kept back until the stream ends so
+    a short tail can be merged with it and split evenly.
+    """
+
+    def __init__(self, directory: str, clip_len: int) -> None:
+        self.directory = directory
+        self.clip_len = clip_len
+        self.current: list[tuple[float, np.ndarray]] = []
+        self.held: list[tuple[float, np.ndarray]] | None = None
+        self.written: list[tuple[str, float]] = []
+        # Not makedirs: a worker left running by a killed run must not recreate scratch that a
+        # later run removed.
+        os.mkdir(directory)
+
+    def add(self, t: float, frame: np.ndarray) -> None:
+        self.current.append((t, frame))
+        if len(self.current) == self.clip_len:
+            if self.held is not None:
+                self._write(self.held)
+            self.held, self.current = self.current, []
+
+    def finish(self) -> list[tuple[str, float]]:
+        """Writes what is left; returns ``(file, start seconds)`` per clip in order."""
+        held, tail = self.held, self.current
+        if held is not None and tail and 2 * len(tail) < self.clip_len:
+            both = held + tail
+            half = (len(both) + 1) // 2
+            groups = [both[:half], both[half:]]
+        else:
+            groups = [g for g in (held, tail) if g]
+        for group in groups:
+            self._write(group)
+        self.held, self.current = None, []
+        return self.written
+
+    def _write(self, frames: list[tuple[float, np.ndarray]]) -> None:
+        file = os.path.join(self.directory, f"{len(self.written):06d}.npy")
+        np.save(file, np.stack([f for _, f in frames]))
+        self.written.append((file, frames[0][0]))
+
+
+def decode_source(
+    path: str, spool: str, settings: ClipSettings, fps_hint: float
+) -> tuple[float, list[tuple[str, float]]]:
+    """Decodes, resamples, resizes and cuts one source into ``.npy`` clips under ``spool``.
+
+    Returns ``(fps, [(file, start_seconds), ...])``; ``fps`` is the clips' frame rate (0.0
+    for an image). Raises SkipSource for anything that makes the source unusable.
+    """
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError as e:
+        raise SkipSource("missing_file", str(e)) from None
+    except OSError as e:
+        raise SkipSource("unreadable", str(e)) from None
+    if size == 0:
+        raise SkipSource("empty_file", "0 bytes")
+    try:
+        info = probe_video(path)
+    except VideoDecodeError as e:
+        raise SkipSource("decode_error", e.reason) from None
+    _check_pixels(info.height, info.width, settings)
+    target = target_size(info.height, info.width, settings.max_area)
+    if target is None:
+        raise SkipSource(
+            "too_small", f"{info.width}x{info.height} is under 8 px at max_area {settings.max_area}"
+        )
+    resize_h, resize_w, crop_h, crop_w = target
+    y0, x0 = (resize_h - crop_h) // 2, (resize_w - crop_w) // 2
+
+    def convert(frame: DecodedFrame) -> np.ndarray:
+        # Checked per frame: headers can lie, and streams can change size midway.
+        _check_pixels(frame.height, frame.width, settings)
+        rgb = frame.to_rgb(resize_h, resize_w)
+        return np.ascontiguousarray(rgb[y0 : y0 + crop_h, x0 : x0 + crop_w])
+
+    still = info.is_still
+    source_fps = info.fps or fps_hint
+    if still:
+        out_fps, step = 0.0, None
+    elif settings.fps is None or (source_fps and source_fps <= settings.fps * (1 + 1e-3)):
+        if not source_fps:
+            raise SkipSource("unknown_fps", "fps=None and the file reports no frame rate")
+        out_fps, step = source_fps, None  # Keep every frame.
+    else:
+        out_fps, step = settings.fps, 1.0 / settings.fps
+    clip_len = 1 if still else max(1, math.floor(settings.max_seconds * out_fps + 1e-6))
+    clips = _ClipSpool(spool, clip_len)
+
+    eps = 1e-6  # Seconds: float sample times vs exact rational timestamps.
+    t0 = prev = None
+    last_t = -math.inf
+    j = 0  # Next sample is at t0 + j * step; a product, so no drift over long videos.
+    cache: tuple[DecodedFrame, np.ndarray] | None = None
+
+    def sample(frame: DecodedFrame) -> np.ndarray:
+        nonlocal cache
+        if cache is None or cache[0] is not frame:  # A frame held over several samples.
+            cache = (frame, convert(frame))
+        return cache[1]
+
+    try:
+        # open_video rather than iter_frames: iter_frames converts every frame to full-size RGB,
+        # whereas only the sampled ones are needed, and to_rgb converts and shrinks in one pass.
+        with open_video(path) as video:
+            for frame in video.frames():
+                t = frame.time
+                if t <= last_t:  # Out-of-order or repeated timestamps in broken streams.
+                    continue
+                last_t = t
+                if still:
+                    clips.add(0.0, convert(frame))
+                    break
+                if step is None:
+                    clips.add(t, convert(frame))
+                    continue
+                if t0 is None:
+                    t0 = t
+                while t0 + j * step < t - eps:  # Samples before this frame show the previous one.
+                    clips.add(t0 + j * step, sample(prev))
+                    j += 1
+                prev = frame
+    except VideoDecodeError as e:
+        raise SkipSource("decode_error", e.reason) from None
+    if prev is not None:
+        # The last frame stays on screen for one source frame interval.
+        end = last_t + (1.0 / source_fps if source_fps else step)
+        while t0 + j * step < end - eps:
+            clips.add(t0 + j * step, sample(prev))
+            j += 1
+    written = clips.finish()
+    if not written:
+        raise SkipSource("no_frames", "no decodable video frames")
+    return out_fps, written
+
+
+def _check_pixels(height: int, width: int, settings: ClipSettings) -> None:
+    if height * width > settings.max_input_pixels:
+        raise SkipSource("too_large", f"{width}x{height} > max_input_pixels {settings.max_input_pixels}")
+    if min(height, width) < settings.min_side:
+        raise SkipSource("too_small", f"{width}x{height} has a side < min_side {settings.min_side}")
