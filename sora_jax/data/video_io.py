@@ -15,13 +15,15 @@ Writing supports three containers, chosen by the path's suffix:
 
 Reading accepts anything FFmpeg demuxes and decodes, including still images (one frame), and
 returns the first video stream. Orientation metadata (phone "rotate" side data) is not applied.
-:func:`read_video` decodes a whole clip and :func:`iter_frames` streams RGB frames;
+:func:`read_video` decodes a whole clip (or its first frames), :func:`read_video_end` only a clip's
+last frames, and :func:`iter_frames` streams RGB frames;
 :func:`open_video` streams decoded frames that are converted to RGB (and shrunk) only when asked,
 so ingest, which keeps few frames of long or large videos, converts only those.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -234,17 +236,31 @@ def _fps(container: InputContainer, stream: VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
-def _decode(container: InputContainer, stream: VideoStream, start: float) -> Iterator[tuple]:
+def _decoded(container: InputContainer, stream: VideoStream) -> Iterator[tuple[float, av.VideoFrame]]:
+    # Every frame the decoder gives from the container's position on, with its time in seconds.
     t0, tb = stream.start_time or 0, stream.time_base
-    if start > 0:
-        try:
-            # Lands on the keyframe at or before ``start``; frames before it are skipped below.
-            container.seek(t0 + int(start / tb), stream=stream)
-        except av.FFmpegError:
-            pass  # Unseekable input: decode from the beginning and skip.
     fps = _fps(container, stream)
     for i, frame in enumerate(container.decode(stream)):
         t = float((frame.pts - t0) * tb) if frame.pts is not None else i / (fps or 1.0)
+        yield t, frame
+
+
+def _seek(container: InputContainer, stream: VideoStream, start: float) -> bool:
+    # To the keyframe at or before ``start`` seconds; False (position unchanged) if the input
+    # cannot seek.
+    try:
+        container.seek((stream.start_time or 0) + int(start / stream.time_base), stream=stream)
+    except av.FFmpegError:
+        return False
+    return True
+
+
+def _decode(container: InputContainer, stream: VideoStream, start: float) -> Iterator[tuple]:
+    if start > 0:
+        # Lands on the keyframe at or before ``start``; frames before it are skipped below. An
+        # unseekable input is decoded from the beginning and skipped the same way.
+        _seek(container, stream, start)
+    for t, frame in _decoded(container, stream):
         if t >= start - 1e-6:  # Tolerance for float seconds vs exact rational pts.
             yield t, frame
 
@@ -398,6 +414,45 @@ def read_video(path: StrPath, *, max_frames: int | None = None) -> tuple[np.ndar
     if not frames:
         raise VideoDecodeError(path, "no decodable video frames")
     return np.stack(frames), fps
+
+
+def read_video_end(path: StrPath, count: int) -> tuple[np.ndarray, float]:
+    """Decodes the last ``count`` frames of ``path`` (all if it has fewer) to ``(frames, fps)``.
+
+    ``frames`` is uint8 ``[T, H, W, 3]`` RGB, ``T <= count``: the frames :func:`read_video` would
+    end with, at the size of the first one returned; ``fps`` as :func:`read_video` gives it. Only
+    the end is decoded: it seeks to the keyframe before where the last ``count`` frames begin (by
+    the stream's duration and frame rate) and decodes to the end. If that gives fewer than
+    ``count`` frames (headers that misstate the duration, an unseekable file), it starts further
+    back, up to the whole file. At most ``count`` decoded frames are held at once, however long
+    the video.
+
+    Raises VideoDecodeError for an unreadable or corrupt file or zero decodable frames,
+    FileNotFoundError if ``path`` does not exist, and ValueError if ``count < 1``.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    with _open_video(path) as (container, stream):
+        duration, fps = _info(container, stream).duration, _fps(container, stream)
+    # Seconds before the end where the wanted frames begin, with one frame to spare for rounding.
+    lead = (count + 1) / fps if fps > 0 and duration > 0 else math.inf
+    while True:
+        start = duration - lead
+        with _open_video(path) as (container, stream):
+            if start > 0 and not _seek(container, stream, start):
+                start = 0.0  # An unseekable input: decoded from its beginning.
+            kept: collections.deque[av.VideoFrame] = collections.deque(maxlen=count)
+            kept.extend(frame for _, frame in _decoded(container, stream))
+        if len(kept) == count or start <= 0:
+            break
+        lead *= 4  # The seek landed after the wanted frames began: start further back.
+    if not kept:
+        raise VideoDecodeError(path, "no decodable video frames")
+    size = {"height": kept[0].height, "width": kept[0].width}
+    try:
+        return np.stack([frame.to_ndarray(format="rgb24", **size) for frame in kept]), fps
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, e.strerror or str(e)) from e
 
 
 def probe_video(path: StrPath) -> VideoInfo:

@@ -2,9 +2,16 @@
 generator conditions on (:class:`~sora_jax.eval.generate.Condition`) or edits
 (:class:`~sora_jax.eval.generate.Edit`).
 
-Frames are resized to the video's height and width (PIL box filter; the aspect ratio is not kept).
-Everything ends in model units: pixels in [-1, 1], or in a latent run the autoencoder's normalised
-latents of the given frames. What is given is whole temporal groups:
+Frames are fitted to the video's height and width keeping their aspect ratio: scaled to cover it
+(PIL box filter), then centre-cropped. Only the frames used are decoded: a video's first ones, or
+its last ones after a seek near its end. Everything ends in model units: pixels in [-1, 1], or in
+a latent run the autoencoder's normalised latents of the given frames.
+
+What is given is whole temporal groups, because that is what a token holds and what training gave
+(:mod:`sora_jax.diffusion.conditioning` marks given tokens, ``pt`` frames each): a token cannot be
+given for one of its frames and generated for the others. So an image (``--image``, each end of
+``--interpolate``) is held still over its whole group, ``pt`` frames of a pixel run; in a latent
+run ``pt`` latent frames, ``1 + ft (pt - 1)`` video frames, just the image when ``pt`` is 1:
 
 * pixels (``pt`` frames a group): a piece that does not fill its last (or, at the end of the clip,
   first) group is completed by repeating its edge frame, a still moment;
@@ -19,15 +26,19 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sora_jax.autoencoder.latent_space import PixelSpace, VideoSpace
-from sora_jax.data.video_io import IMAGE_SUFFIXES, read_video
+from sora_jax.data.video_io import IMAGE_SUFFIXES, read_video, read_video_end
 from sora_jax.eval.generate import Condition, Edit
 
 
-def read_frames(path: str | Path, height: int, width: int, max_frames: int | None = None) -> np.ndarray:
-    """uint8 ``[T, height, width, 3]`` of an image (T = 1) or a video file (its first ``max_frames``).
+def read_frames(
+    path: str | Path, height: int, width: int, max_frames: int | None = None, *, from_end: bool = False
+) -> np.ndarray:
+    """uint8 ``[T, height, width, 3]`` of an image (T = 1) or a video file: its first ``max_frames``
+    (all when None), or with ``from_end`` its last ``max_frames``, decoded alone (the rest of a long
+    video is never held in memory). Frames are scaled to cover ``height x width`` and centre-cropped.
 
     Raises:
         ValueError: the file cannot be read as an image or video.
@@ -35,16 +46,26 @@ def read_frames(path: str | Path, height: int, width: int, max_frames: int | Non
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    if from_end and max_frames is None:
+        raise ValueError("from_end reads a video's last max_frames: give max_frames")
     try:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             frames = np.asarray(Image.open(path).convert("RGB"))[None]
+        elif from_end:
+            frames, _ = read_video_end(path, max_frames)
         else:
             frames, _ = read_video(path, max_frames=max_frames)
     except Exception as error:  # noqa: BLE001 - any decoder failure is a bad input file.
         raise ValueError(f"{path} cannot be read as an image or video: {error}") from error
     if not len(frames):
         raise ValueError(f"{path} holds no frames")
-    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BOX)) for f in frames])
+    return np.stack([fit_frame(frame, height, width) for frame in frames])
+
+
+def fit_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> ``[height, width, 3]``: scaled to cover that size with its aspect ratio
+    kept, then the centre cut out (squashing would make a round ball an egg the model never saw)."""
+    return np.asarray(ImageOps.fit(Image.fromarray(frame), (width, height), Image.BOX))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -40,10 +42,23 @@ Sampler = Callable[[Any], list[np.ndarray]]  # EMA parameters -> uint8 videos [T
 Scorer = Callable[[Any], dict[str, float]]  # EMA parameters -> named scores
 
 
+# Seeds a request may give: jax.random.key keeps 32 bits (a larger seed would repeat a smaller one).
+MAX_SEED = 2**32 - 1
+EDIT_STRENGTH = 0.6  # An edit's strength when none is given: the input's layout kept, its details redone.
+SAMPLERS = ("euler", "heun")
+EXTENSIONS = ("forward", "backward")
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleRequest:
     """What ``sora-jax sample`` asks of a trained run: a video for ``prompt``, optionally around given
-    images or videos (paths). None means the run's own setting."""
+    images or videos (paths). None means the run's own setting (for ``extend``: forward; for
+    ``strength``: :data:`EDIT_STRENGTH`). At most one of ``image``, ``video``, ``interpolate``,
+    ``connect`` and ``edit`` is given; ``extend`` goes with ``video``, ``given_frames`` with
+    ``video`` or ``connect``, ``strength`` with ``edit``, ``cond_guidance`` with given frames.
+
+    :meth:`validate` checks all of that without the run; a kind's ``generate`` checks what needs
+    the run's config (sizes against its patches) before it loads parameters."""
 
     prompt: str
     seed: int = 0
@@ -57,12 +72,90 @@ class SampleRequest:
     cond_guidance: float | None = None
     image: str | None = None
     video: str | None = None
-    extend: str = "forward"
+    extend: str | None = None
     interpolate: tuple[str, str] | None = None
     connect: tuple[str, str] | None = None
     edit: str | None = None
     given_frames: int | None = None
-    strength: float = 0.6
+    strength: float | None = None
+
+    def given_files(self) -> list[tuple[str, str]]:
+        """``(flag, path)`` of every image and video the request gives, in flag order."""
+        files = []
+        for flag, given in self._modes():
+            paths = given if isinstance(given, tuple | list) else [given] if given is not None else []
+            files += [(flag, path) for path in paths]
+        return files
+
+    def validate(self) -> None:
+        """Checks what a request can get wrong whatever run it asks: counts, finite numbers, each
+        mode's inputs, and that the given files exist, so that nothing is loaded or generated for a
+        request that cannot work. Messages name the ``sora-jax sample`` flag and what it takes.
+
+        Raises:
+            ConfigError: the first flag that cannot work.
+        """
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed {self.seed}: must be an integer in 0 .. {MAX_SEED}")
+        if self.step is not None and self.step < 0:
+            raise ConfigError(f"--step {self.step}: must be a checkpoint's step, >= 0")
+        shape = {"--frames": self.frames, "--height": self.height, "--width": self.width}
+        if None in shape.values() and any(v is not None for v in shape.values()):
+            raise ConfigError("give all of --frames, --height and --width, or none (the run's sample shape)")
+        for flag, value in shape.items():
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} {value}: must be >= 1")
+        # Zero steps would integrate nothing: the video would be the starting noise.
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps {self.steps}: must be >= 1 (leave it out for the run's own)")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler {self.sampler!r}: must be one of {', '.join(SAMPLERS)}")
+        for flag, scale in (("--guidance", self.guidance), ("--cond-guidance", self.cond_guidance)):
+            # A NaN or infinite scale makes every velocity NaN: an all-black video.
+            if scale is not None and not math.isfinite(scale):
+                raise ConfigError(f"{flag} {scale}: must be a finite number (1 disables it)")
+        self._check_modes()
+        for flag, path in self.given_files():
+            if not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
+
+    def _modes(self) -> list[tuple[str, str | tuple[str, str] | None]]:
+        return [
+            ("--image", self.image),
+            ("--video", self.video),
+            ("--interpolate", self.interpolate),
+            ("--connect", self.connect),
+            ("--edit", self.edit),
+        ]
+
+    def _check_modes(self) -> None:
+        """One mode at most, with its inputs; a flag that only a mode reads is refused without it
+        rather than silently ignored."""
+        modes = [flag for flag, given in self._modes() if given is not None]
+        if len(modes) > 1:
+            raise ConfigError(f"{' and '.join(modes)}: give one of them at most")
+        for flag, pair in (("--interpolate", self.interpolate), ("--connect", self.connect)):
+            if pair is not None and len(pair) != 2:
+                raise ConfigError(f"{flag}: give two files, A B")
+        if self.extend is not None:
+            if self.extend not in EXTENSIONS:
+                raise ConfigError(f"--extend {self.extend!r}: must be one of {', '.join(EXTENSIONS)}")
+            if self.video is None:
+                raise ConfigError(f"--extend {self.extend} extends a video: give --video FILE")
+        if self.given_frames is not None:
+            if self.video is None and self.connect is None:
+                raise ConfigError("--given-frames counts frames of given videos: give --video or --connect")
+            if self.given_frames < 1:
+                raise ConfigError(f"--given-frames {self.given_frames}: must be >= 1")
+        if self.strength is not None:
+            if self.edit is None:
+                raise ConfigError("--strength is how much of a video --edit redoes: give --edit FILE")
+            if not (math.isfinite(self.strength) and 0.0 < self.strength <= 1.0):
+                raise ConfigError(f"--strength {self.strength}: must be a number in (0, 1]")
+        if self.cond_guidance is not None and not set(modes) - {"--edit"}:
+            raise ConfigError(
+                "--cond-guidance scales the given frames: give --image, --video, --interpolate or --connect"
+            )
 
 
 class Meter:
