@@ -79,7 +79,7 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
     data, patch = config.data, tuple(config.model.patch_size)
     if not data.store:
         return [WorldSource(config.seed, data, patch)], [1.0]
-    opened = ClipStore.open(data.store)
+    opened = open_store(data.store)
     check_store(config, opened)
     if opened.dtype != np.uint8:
         return [LatentStoreSource(opened, data, patch, config.model.channels)], [1.0]
@@ -87,6 +87,21 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
     if data.store_weight >= 1.0:
         return [store], [1.0]
     return [store, WorldSource(config.seed, data, patch)], [data.store_weight, 1 - data.store_weight]
+
+
+def open_store(path: str) -> ClipStore:
+    """The clip store ``data.store`` names.
+
+    Raises:
+        ConfigError: naming ``data.store``, when ``path`` holds no clip store or one without clips.
+    """
+    try:
+        store = ClipStore.open(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"config key 'data.store': {error}") from None
+    if not len(store):
+        raise ConfigError(f"config key 'data.store': the clip store at {path!r} holds no clips")
+    return store
 
 
 def check_store(config: ml_collections.ConfigDict, store: ClipStore) -> None:

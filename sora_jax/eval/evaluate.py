@@ -19,21 +19,28 @@ import time
 
 from sora_jax.data.video_io import write_video
 from sora_jax.train.metrics import MetricsWriter
+from sora_jax.train.resume import check_writable
 from sora_jax.train.trained_run import TrainedRun
 
 log = logging.getLogger("sora_jax")
 
 
 class Evaluator:
-    """Evaluates checkpoints of one workdir; compiled functions are reused across checkpoints."""
+    """Evaluates checkpoints of one workdir; compiled functions are reused across checkpoints.
+
+    A checkpoint's results are complete once its ``step_N.json`` exists, which is written last.
+
+    Raises (at construction):
+        ConfigError: ``workdir`` is not a training workdir, or ``DIR/eval`` cannot be written.
+    """
 
     def __init__(self, workdir: str | os.PathLike, world: bool = False) -> None:
         self.run = TrainedRun(workdir)
         self.workdir, self.config = self.run.workdir, self.run.config
+        self.out = self.workdir / "eval"
+        check_writable(self.out, "the results folder")  # Before anything is computed.
         self.score = self.run.kind.evaluator(self.run.graphdef, world=world)
         self.sample = self.run.kind.sampler(self.run.graphdef)
-        self.out = self.workdir / "eval"
-        self.out.mkdir(parents=True, exist_ok=True)
         # One line per checkpoint: a URL's metrics.jsonl is rewritten at each, not every 30 s.
         self.writer = MetricsWriter(self.out, upload_seconds=0.0)
 
@@ -43,8 +50,9 @@ class Evaluator:
     def evaluated(self, step: int) -> bool:
         return (self.out / f"step_{step}.json").exists()
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        params = self.run.params(step)
+    def evaluate(self, step: int | None = None) -> dict[str, float]:
+        """Score checkpoint ``step`` (default: the newest readable) and write its results."""
+        step, params = self.run.load(step)
         scores = self.score(params)
         result = {"step": step, **scores}
         for index, frames in enumerate(self.sample(params)):

@@ -13,14 +13,20 @@ marker (object stores have no rename).
 Training saves through :class:`BackgroundSaver`: the train loop pays only for an on-device copy of
 the state, and orbax's own blocking work (copying to host, per-array metadata, directory set-up,
 waiting for the previous save) runs on a saver thread while the next steps compute.
+
+A checkpoint damaged after it was finished (a truncated or emptied file) is not fatal: resuming
+(:func:`restore_newest`) falls back to the newest checkpoint that reads, and sets the damaged ones
+aside as ``checkpoints/N.damaged``, which orbax does not take for steps.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grain
 import jax
@@ -29,8 +35,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from sora_jax.errors import ConfigError
 from sora_jax.train.state import TrainState
+
+log = logging.getLogger("sora_jax")
+T = TypeVar("T")
 
 PARTS = ("params", "ema_params", "opt_state")  # The train state's checkpointed arrays.
 # One item for all parts: orbax's set-up and metadata work is per item, and a save every few steps
@@ -49,16 +60,44 @@ def manager(
     workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None, *, read_only: bool = False
 ) -> ocp.CheckpointManager:
     """The run's checkpoint manager; ``config.checkpoint`` sets saving (default: read and save
-    at the end only, synchronously)."""
+    at the end only, synchronously). ``read_only``: for sampling and evaluation, which never save
+    (and need not see orbax's notices that they will not)."""
     ck = config.checkpoint if config is not None else None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=ck.keep if ck else None,
-        keep_period=(ck.keep_period or None) if ck else None,
+        max_to_keep=ck.keep if ck and not read_only else None,
+        keep_period=(ck.keep_period or None) if ck and not read_only else None,
+        save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=bool(ck and ck.async_save),
         create=not read_only,
         read_only=read_only,
     )
+    if read_only:
+        _quiet_read_only_notice()
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=item_handlers())
+
+
+def _quiet_read_only_notice() -> None:
+    """Drop orbax's warning that a read-only manager is read-only, which would end the output of
+    every ``sample`` and ``evaluate``; orbax's other records pass."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _ReadOnlyNotice) for f in absl.filters):
+        absl.addFilter(_ReadOnlyNotice())
+
+
+class _ReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Given directory is read only=%s"
+
+
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps with a finished checkpoint in ``workdir``, oldest first (creates nothing)."""
+    if not checkpoint_dir(workdir).exists():
+        return []
+    mgr = manager(workdir, read_only=True)
+    try:
+        return sorted(mgr.all_steps())
+    finally:
+        mgr.close()
 
 
 def item_handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -191,6 +230,82 @@ def restore(
     parts = {name: _fill(getattr(abstract, name), restored[name]) for name in PARTS}
     scalar = lambda value: jax.device_put(jnp.asarray(value, jnp.int32), abstract.step.sharding)  # noqa: E731
     return TrainState(step=scalar(step), nonfinite_in_a_row=scalar(0), **parts)
+
+
+def restore_newest(
+    mgr: ocp.CheckpointManager, abstract: TrainState, data: grain.DatasetIterator
+) -> TrainState:
+    """:func:`restore` of the newest checkpoint that can be read.
+
+    Newer ones that cannot (a file truncated or emptied after the save) are each moved aside to
+    ``N.damaged`` with a warning, once an older one has restored: a train state that fits no
+    checkpoint moves none.
+
+    Raises:
+        ConfigError: no checkpoint restores; names the newest and why it failed.
+    """
+    steps = sorted(mgr.all_steps(), reverse=True)
+    step, state, damaged = newest_readable(steps, lambda s: restore(mgr, abstract, data, s), mgr.directory)
+    for bad, cause in damaged:
+        moved = set_aside(mgr, bad)
+        log.warning(
+            "checkpoint of step %d cannot be read (%s): moved to %s; resuming from step %d",
+            bad,
+            cause,
+            moved,
+            step,
+        )
+    return state
+
+
+def newest_readable(
+    steps: Sequence[int], load: Callable[[int], T], directory: str | os.PathLike
+) -> tuple[int, T, list[tuple[int, str]]]:
+    """``load`` the first of ``steps`` (newest first) that loads: ``(step, what it loaded, [(step,
+    why it failed)] of the newer ones)``.
+
+    Raises:
+        ConfigError: none loads (or there are no steps); names the newest and why it failed.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            return step, load(step), failed
+        except Exception as error:  # noqa: BLE001 - damage shows as any error of orbax, tensorstore or JSON.
+            failed.append((step, failure_cause(error)))
+    if not failed:
+        raise ConfigError(f"no checkpoint in {directory}")
+    (newest, cause), others = failed[0], len(failed) - 1
+    if not others:
+        raise ConfigError(f"the checkpoint of step {newest} in {directory} cannot be read: {cause}")
+    raise ConfigError(
+        f"no checkpoint in {directory} can be read: step {newest}: {cause} (and the {others} older fail too)"
+    )
+
+
+def failure_cause(error: BaseException) -> str:
+    """One short line saying why a checkpoint could not be read: the first line of the error it was
+    raised from, innermost first (orbax wraps tensorstore's precise one in messages that run to pages)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def set_aside(mgr: ocp.CheckpointManager, step: int) -> epath.Path:
+    """Move checkpoint ``step`` to ``N.damaged`` beside it (``N.damaged-2``, ... if taken): kept to
+    look at, no longer a step for orbax (whose step names are digits, or end in ``_`` and digits)."""
+    source = epath.Path(mgr.directory) / str(step)
+    target, number = source.with_name(f"{step}.damaged"), 2
+    while target.exists():
+        target, number = source.with_name(f"{step}.damaged-{number}"), number + 1
+    if jax.process_index() == 0:
+        source.rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    mgr.reload()
+    return target
 
 
 def restore_params(

@@ -1,8 +1,9 @@
 """Loading a trained run: its config, its kind and model definition, and EMA parameters at a step.
 
     run = TrainedRun("runs/world_tiny")          # its config.json, for the devices here
-    params = run.params()                        # EMA parameters of the latest checkpoint
+    params = run.params()                        # EMA parameters of the newest readable checkpoint
     params = run.params(500)                     # ... or of step 500
+    step, params = run.load()                    # ... and which step that was
     run.close()
 
 Every command that uses a trained run (``evaluate``, ``sample``, ``encode``, a latent run's
@@ -13,6 +14,7 @@ replaced by data parallelism over the devices here, so a run trained on a pod sa
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -27,6 +29,8 @@ from sora_jax.parallel.mesh import make_mesh
 from sora_jax.train import checkpoint
 from sora_jax.train.state import abstract_params, model_graphdef
 
+log = logging.getLogger("sora_jax")
+
 
 def local_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The run's config, with its mesh replaced by data parallelism over the devices here.
@@ -36,6 +40,8 @@ def local_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """
     config_file = epath.Path(workdir) / "config.json"
     if not config_file.is_file():
+        if not epath.Path(workdir).exists():
+            raise FileNotFoundError(f"{config_file} not found: {workdir} does not exist")
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
     config = config_from_json(config_file.read_text())
     with config.unlocked():
@@ -89,8 +95,26 @@ class TrainedRun:
         return chosen
 
     def params(self, step: int | None = None) -> Any:
-        """The EMA parameters of checkpoint ``step`` (default: the latest), on the devices here."""
-        return checkpoint.restore_params(self.manager, self._abstract, self.step(step))
+        """The EMA parameters of checkpoint ``step`` (default: the newest readable), on the devices
+        here; see :meth:`load`."""
+        return self.load(step)[1]
+
+    def load(self, step: int | None = None) -> tuple[int, Any]:
+        """``(step, EMA parameters)`` of checkpoint ``step``, or by default of the newest one that
+        can be read: a newer, damaged one is skipped with a warning (and left where it is).
+
+        Raises:
+            ConfigError: there is no checkpoint (of ``step``), or it (none) can be read.
+        """
+        steps = [self.step(step)] if step is not None else self.steps()[::-1]
+        chosen, params, damaged = checkpoint.newest_readable(
+            steps,
+            lambda s: checkpoint.restore_params(self.manager, self._abstract, s),
+            checkpoint.checkpoint_dir(self.workdir),
+        )
+        for bad, cause in damaged:
+            log.warning("checkpoint of step %d cannot be read (%s); using step %d", bad, cause, chosen)
+        return chosen, params
 
     def close(self) -> None:
         self.manager.close()

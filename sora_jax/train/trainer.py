@@ -3,6 +3,10 @@
 Sections: workdir and mesh -> input pipeline -> train state (fresh or restored) -> compiled step ->
 sampler -> loop (step, metrics, samples) -> final checkpoint. The same code runs on one CPU, fake
 CPU devices, or a TPU pod; only the mesh differs.
+
+Nothing is written into the workdir before the config is checked against the run it may already
+hold (:mod:`sora_jax.train.resume`) and the state is restored, so a start that fails leaves the
+workdir as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 
 from sora_jax.config import config_to_json
 from sora_jax.data.video_io import write_video
+from sora_jax.errors import ConfigError
 from sora_jax.kinds.base import RunKind
 from sora_jax.kinds.registry import run_kind
 from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
@@ -34,6 +39,7 @@ from sora_jax.parallel.sharding import axis_rules, describe_shardings
 from sora_jax.train import checkpoint
 from sora_jax.train.metrics import MetricsWriter
 from sora_jax.train.profile import StepProfiler
+from sora_jax.train.resume import check_workdir
 from sora_jax.train.state import (
     TrainState,
     abstract_train_state,
@@ -57,23 +63,39 @@ def jit_train_step(
     )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training once the state of ``step`` was saved."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"interrupted: saved step {step}; rerun the same command to resume")
+        self.step = step
+
+
 class PreemptionWatch:
-    """Turns SIGTERM (a preemption notice) into a request to save and stop at a step boundary.
+    """Turns SIGTERM (a preemption notice) or a first Ctrl-C (SIGINT) into a request to save and
+    stop at a step boundary; a second Ctrl-C ends the process at once, unsaved.
 
     With several processes they must agree on the step; JAX's preemption sync point does that
     (every process gets True at the same step once any process was notified). It hears SIGTERM
     through its own handler, installed by ``jax.distributed.initialize``, which a Python handler
-    would replace: so one is installed only for a single process.
+    would replace: so the handlers are installed only for a single process.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.interrupted = False  # By Ctrl-C rather than a preemption notice.
+        self._previous: dict[int, Any] = {}
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._notice)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._notice)
 
     def _notice(self, signum: int, frame: object) -> None:
         self.requested = True
+        if signum == signal.SIGINT:
+            self.interrupted = True
+            # A step can take long (the first one compiles): a second Ctrl-C must not wait for it.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            log.warning("interrupt: saving at the end of this step (Ctrl-C again stops at once, unsaved)")
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -81,25 +103,29 @@ class PreemptionWatch:
         return self.requested
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return final metrics.
+    """Train ``config`` in ``workdir`` (resuming from its newest readable checkpoint); return the
+    final metrics (none when the run was already at ``train.steps``).
 
     ``workdir`` is a local directory or a URL that every process reaches (``gs://bucket/run``).
+
+    Raises:
+        ConfigError: ``config`` cannot resume the run in ``workdir``, its ``data.store`` is missing
+            or empty, ``workdir`` is not writable, or no checkpoint restores; nothing was written.
+        TrainingInterrupted: Ctrl-C, after the state was saved.
     """
     # --- workdir and mesh ------------------------------------------------------------------------
     workdir = epath.Path(workdir)  # Unlike pathlib, keeps "gs://" whole.
-    is_writer = jax.process_index() == 0
-    if is_writer:
-        (workdir / "samples").mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_to_json(config))
+    check_workdir(config, workdir)
     mesh = make_mesh(config)
     log.info("mesh %s over %d devices in %d process(es)", dict(mesh.shape), mesh.size, jax.process_count())
     with jax.set_mesh(mesh):  # Model code constrains activations and splits attention on it.
-        return _train(config, workdir, mesh, is_writer)
+        return _train(config, workdir, mesh, is_writer=jax.process_index() == 0)
 
 
 def _train(
@@ -109,25 +135,45 @@ def _train(
     # --- what the run trains, and its input: this process's share of every batch ----------------
     kind = run_kind(config)  # config.task names it: the DiT, the autoencoder, ...
     layout = BatchLayout.of(config, mesh, kind.batch_axes())
-    batches = kind.batches(layout.first_row, layout.num_rows)
+    try:
+        batches = kind.batches(layout.first_row, layout.num_rows)
+    except ValueError as error:  # A data source that cannot feed this model (a store of latents, ...).
+        raise ConfigError(str(error)) from None
 
-    # --- train state (and input position): restored from the latest checkpoint, or fresh ------
+    # --- train state (and input position): restored from the newest readable checkpoint, or fresh
     ckpt = checkpoint.manager(workdir, config)
-    saver = checkpoint.BackgroundSaver(ckpt)
     if ckpt.latest_step() is None:
         graphdef, state, shardings = create_train_state(config, mesh)
     else:
         abstract = abstract_train_state(config, mesh)
-        state = checkpoint.restore(ckpt, abstract, batches)
+        try:
+            state = checkpoint.restore_newest(ckpt, abstract, batches)
+        except ConfigError:
+            ckpt.close()  # Orbax's background work ends before the error does.
+            raise
         graphdef, shardings = model_graphdef(config), jax.tree.map(lambda a: a.sharding, abstract)
-    start = int(state.step)
+    start, t = int(state.step), config.train
+    if start >= t.steps:
+        log.info(
+            "%s is already at step %d (train.steps=%d): nothing to train; "
+            "to train further, pass --config.train.steps=N with N > %d",
+            workdir,
+            start,
+            t.steps,
+            start,
+        )
+        ckpt.close()
+        return {}
+    if is_writer:  # Only now that the run can go on: a failed start leaves the workdir as it was.
+        (workdir / "samples").mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_to_json(config))
+    saver = checkpoint.BackgroundSaver(ckpt)
     log.info("parameters: %s; starting at step %d", f"{count_params(state.params):,}", start)
     for line in describe_shardings(state):
         log.info("%s", line)
 
     # --- compiled step: one program for the whole run -------------------------------------------
     step_fn = jit_train_step(graphdef, kind, mesh, shardings)
-    t = config.train
     sampler = kind.sampler(graphdef)
 
     # --- loop ------------------------------------------------------------------------------------
@@ -171,13 +217,17 @@ def _train(
             saver.save(done, state, batches)
             writer.flush()  # A bucket's metrics keep up with its checkpoints: no gap after a resume.
         if preemption.reached(done):
-            log.info("preemption notice: saving step %d and exiting", done)
+            if not preemption.interrupted:
+                log.info("preemption notice: saving step %d and exiting", done)
             if saver.latest_step != done:
                 saver.save(done, state, batches)
             saver.close()
             writer.close()
             preemption.close()
             profiler.close()
+            progress.close()
+            if preemption.interrupted:
+                raise TrainingInterrupted(done)
             return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
             write_samples(sampler(state.ema_params), t, workdir, done, writer)

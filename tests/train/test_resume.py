@@ -87,3 +87,40 @@ def test_sigterm_saves_at_the_next_step_and_exits_cleanly(tmp_path):
     process = _start(workdir)
     assert process.wait(600) == 0, process.stderr.read()[-3000:]
     assert [step for step, _ in _losses(workdir)] == list(range(1, STEPS + 1))
+
+
+def _lines_of(stream, until, timeout=300):
+    """Read ``stream`` line by line until a line contains ``until``; return what was read."""
+    read, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        read.append(line)
+        if until in line:
+            return read
+    raise AssertionError(f"no line with {until!r} in:\n{''.join(read)[-3000:]}")
+
+
+def test_ctrl_c_saves_at_the_next_step_and_a_second_one_stops_at_once(tmp_path):
+    workdir = tmp_path / "interrupted"
+    only_on_interrupt = "--config.checkpoint.every=0"  # So the checkpoint is the interrupt's own.
+    process = _start(workdir, only_on_interrupt)
+    _wait_for_step(process, workdir, 3)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(300) == 130, process.stderr.read()[-3000:]
+    stderr = process.stderr.read()
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
+    assert len(saved) == 1 and 3 <= saved[0] < STEPS and _logged_steps(workdir) == saved[0]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"sora-jax train: interrupted: saved step {saved[0]}; rerun the same command to resume"
+    )
+
+    process = _start(workdir, only_on_interrupt)
+    _wait_for_step(process, workdir, saved[0] + 1)
+    process.send_signal(signal.SIGINT)
+    _lines_of(process.stderr, "Ctrl-C again stops at once")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == -signal.SIGINT
+    assert [int(p.name) for p in (workdir / "checkpoints").iterdir()] == saved  # Nothing more saved.
