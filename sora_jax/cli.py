@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -56,32 +57,44 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--frames", type=int, default=None, help=f"frames {size}")
     sample.add_argument("--height", type=int, default=None, help=f"height {size}")
     sample.add_argument("--width", type=int, default=None, help=f"width {size}")
-    sample.add_argument("--fps", type=float, default=8.0)
+    sample.add_argument("--fps", type=float, default=8.0, help="frames/s of the files, up to 100")
     sample.add_argument("--out", required=True, help="FILE.mp4; a .gif is written beside it")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--steps", type=int, default=None, help="default: the run's config")
+    sample.add_argument("--seed", type=int, default=0, help="0 .. 2**32 - 1")
+    sample.add_argument("--steps", type=int, default=None, help=">= 1 (default: the run's config)")
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
     sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     modes = sample.add_argument_group(
-        "conditioning", "generate around given images or videos (resized to the video's size); one of"
+        "conditioning",
+        "generate around given images or videos (scaled to cover the video's size, centre-cropped); one of",
     )
     given = modes.add_mutually_exclusive_group()
-    given.add_argument("--image", metavar="FILE", help="animate an image: it is the first frame")
+    given.add_argument("--image", metavar="FILE", help="animate an image: held over the first temporal patch")
     given.add_argument("--video", metavar="FILE", help="extend a video, --extend forward or backward")
     given.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="images: first and last frame")
     given.add_argument("--connect", nargs=2, metavar=("A", "B"), help="videos: from the end of A into B")
     given.add_argument("--edit", metavar="FILE", help="video-to-video (SDEdit) of a video by the prompt")
-    modes.add_argument("--extend", choices=("forward", "backward"), default="forward")
+    modes.add_argument(
+        "--extend",
+        choices=("forward", "backward"),
+        default=None,
+        help="--video: which way (default: forward)",
+    )
     modes.add_argument(
         "--given-frames",
         type=int,
         default=None,
-        help="frames taken from each given video (default: half of --frames, a third with --connect)",
+        help="--video/--connect: frames taken from each given video (default: half of --frames, a third "
+        "with --connect)",
     )
-    modes.add_argument("--strength", type=float, default=0.6, help="--edit: how much is regenerated, (0, 1]")
     modes.add_argument(
-        "--cond-guidance", type=float, default=None, help="guidance of the given frames (default: config)"
+        "--strength", type=float, default=None, help="--edit: how much is regenerated, (0, 1] (default: 0.6)"
+    )
+    modes.add_argument(
+        "--cond-guidance",
+        type=float,
+        default=None,
+        help="guidance of the given frames, with --image/--video/--interpolate/--connect (default: config)",
     )
     evaluate = commands.add_parser("evaluate", help="validation loss and samples of checkpoints")
     evaluate.add_argument("--workdir", required=True)
@@ -123,9 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser(
         "prepare", help="decode a folder or CSV of captioned videos into a clip store"
     )
-    prepare.add_argument("--input", required=True, help="folder (sidecar .txt captions) or CSV")
+    prepare.add_argument(
+        "--input", required=True, help="folder or video file (sidecar .txt captions), or a CSV"
+    )
     prepare.add_argument("--output", required=True, help="clip store path or URL (e.g. gs://...)")
-    prepare.add_argument("--workers", type=int, default=2, help="decoding processes")
+    prepare.add_argument("--workers", type=int, default=2, help="decoding processes (at least 1)")
     prepare.add_argument("--max-seconds", type=float, default=4.0, help="longest clip")
     prepare.add_argument("--fps", type=float, default=8.0, help="target frame rate (0: keep)")
     prepare.add_argument("--max-area", type=int, default=256 * 256, help="most pixels a frame")
@@ -190,17 +205,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
         return 2
+    except PermissionError as error:  # A read-only workdir, output or input: the path says which.
+        print(f"sora-jax {args.command}: {error.filename}: permission denied", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in _USER_ERRNOS:
+            raise
+        print(f"sora-jax {args.command}: {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # train saves on its own first Ctrl-C; elsewhere there is nothing to keep.
+        print(f"sora-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# Mistakes in the paths a user gave (a read-only disk, a full one, a file where a folder belongs):
+# one line. Any other OSError is a bug or an outage and keeps its traceback.
+_USER_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from sora_jax.config import load_config
     from sora_jax.parallel import distributed
-    from sora_jax.train.trainer import train
+    from sora_jax.train.trainer import TrainingInterrupted, train
 
     config = load_config(args.config, overrides)  # Validated here, before anything compiles.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         train(config, args.workdir)
+    except TrainingInterrupted as interrupted:  # Ctrl-C, once the state was saved.
+        print(f"sora-jax train: {interrupted}", file=sys.stderr)
+        return 130
     except BaseException as error:  # noqa: BLE001 - any failure must stop the other processes too.
         distributed.exit_on_failure(error)
         raise
@@ -250,13 +284,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sora_jax.eval.evaluate import Evaluator
 
     evaluator = Evaluator(args.workdir, world=args.world)
-    step = evaluator.run.step(args.step)  # Raises ConfigError without that checkpoint.
+    evaluator.run.step(args.step)  # Raises ConfigError without a checkpoint (of that step).
     if args.follow:
         results = evaluator.follow(args.poll, args.timeout)
     elif args.all:
         results = [evaluator.evaluate(s) for s in evaluator.steps() if not evaluator.evaluated(s)]
+        if not results:
+            print(
+                f"sora-jax evaluate: nothing new to evaluate: every checkpoint of {args.workdir} "
+                f"(steps {', '.join(map(str, evaluator.steps()))}) has its results in {evaluator.out}",
+                file=sys.stderr,
+            )
     else:
-        results = [evaluator.evaluate(step)]
+        results = [evaluator.evaluate(args.step)]  # By default the newest checkpoint that reads.
     evaluator.close()
     for result in results:
         print(json.dumps(result))
@@ -267,6 +307,7 @@ def _sample(args: argparse.Namespace) -> int:
     from etils import epath
 
     from sora_jax.data.video_io import write_video
+    from sora_jax.eval.requests import validate_sample
     from sora_jax.kinds.base import SampleRequest
     from sora_jax.train.trained_run import TrainedRun
 
@@ -290,6 +331,7 @@ def _sample(args: argparse.Namespace) -> int:
         given_frames=args.given_frames,
         strength=args.strength,
     )
+    validate_sample(request, args.out, args.fps)  # Before the run is opened; the run checks the rest.
     with TrainedRun(args.workdir) as run:  # On the devices here, whatever mesh the run used.
         frames = run.kind.generate(run, request)
     out = epath.Path(args.out)  # May be a URL too.
@@ -300,8 +342,23 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    import math
+
     from sora_jax.data.prepare import prepare
 
+    # Checked here, before anything is read or written, and named by flag.
+    if not (args.max_seconds > 0 and math.isfinite(args.max_seconds)):
+        raise ConfigError(f"--max-seconds must be a positive number of seconds, got {args.max_seconds:g}")
+    if not (args.fps >= 0 and math.isfinite(args.fps)):
+        raise ConfigError(f"--fps must be positive, or 0 to keep each video's own rate; got {args.fps:g}")
+    for flag, value, least in (
+        ("--max-area", args.max_area, 64),  # One 8x8 frame.
+        ("--min-side", args.min_side, 1),
+        ("--workers", args.workers, 1),
+        ("--caption-tokens", args.caption_tokens, 1),
+    ):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
     report = prepare(
         args.input,
         args.output,
@@ -314,10 +371,11 @@ def _prepare(args: argparse.Namespace) -> int:
         text_encoder=args.text_encoder,
         caption_tokens=args.caption_tokens,
     )
+    changed = f"; captions changed: {report.caption_changes}" if report.caption_changes else ""
     print(
         f"{report.clips_written} clips ({report.frames_written} frames) from "
         f"{report.sources_done} sources; {report.skipped_done} already done; "
-        f"skipped {sum(report.failures.values())}: {report.failures}"
+        f"skipped {sum(report.failures.values())}: {report.failures}{changed}"
     )
     print(f"report: {args.output.rstrip('/')}/prepare_report.json")
     return 0

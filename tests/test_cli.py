@@ -1,7 +1,9 @@
 """The ``sora-jax`` commands end to end, as a user runs them (separate processes, 8 fake devices)."""
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +54,16 @@ def test_train_writes_config_metrics_tensorboard_samples_and_checkpoint(trained)
     assert frames.shape == (4, 16, 16, 3) and fps == pytest.approx(8.0)
     assert probe_video(workdir / "samples" / "step_000004_0.gif").num_frames == 4
     assert "mesh {'data': 8" in result.stderr  # Data parallel over the 8 fake devices.
+
+
+def test_the_readme_names_sample_files_as_training_writes_them(trained):
+    """README's ``samples/step_NNNNNN_I.mp4``: each N one digit of the step, I the prompt's index."""
+    workdir, _ = trained
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = re.search(r"`samples/(step_[A-Z_]+)\.mp4`", readme).group(1)
+    pattern = documented.replace("N", r"\d").replace("I", r"\d+")
+    names = [path.stem for path in (workdir / "samples").glob("*.mp4")]
+    assert names and all(re.fullmatch(pattern, name) for name in names), (documented, names)
 
 
 def test_train_resumes_from_the_latest_checkpoint(trained, tmp_path):
