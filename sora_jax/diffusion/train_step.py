@@ -23,11 +23,15 @@ Batch = dict[str, jax.Array]
 
 def make_loss_fn(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
-) -> Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict]]:
-    """``loss(params, batch, key) -> (loss, aux)`` for the model described by ``graphdef``."""
+) -> Callable[..., tuple[jax.Array, dict]]:
+    """``loss(params, batch, key, frozen=None) -> (loss, aux)`` for the model described by
+    ``graphdef``; ``frozen``: the parameters that do not train (a LoRA run's base), merged with
+    ``params`` into the model."""
 
-    def loss_fn(params: nnx.State, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
-        model = nnx.merge(graphdef, params)
+    def loss_fn(
+        params: nnx.State, batch: Batch, key: jax.Array, frozen: nnx.State | None = None
+    ) -> tuple[jax.Array, dict]:
+        model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
         return flow_loss(velocity_predictor(model, batch, config.diffusion), batch, key, config)
 
     return loss_fn
@@ -42,7 +46,8 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         key = step_key(config.seed, state.step)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)  # Gradients of the trained parameters only.
+        (loss, _), grads = grad_fn(state.params, batch, key, state.frozen)
         new_state, metrics = update(state, loss, grads)
         metrics["clips"] = jnp.sum(batch["clip_grid"][..., 0] > 0)
         metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0)

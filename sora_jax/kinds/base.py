@@ -197,6 +197,22 @@ class RunKind(abc.ABC):
         """``(graphdef, params)``: the model's structure and its parameters from ``seed`` (pytrees of
         ``nnx.GraphDef`` and ``nnx.State``; several networks may be dicts of them)."""
 
+    def load_params(self, abstract: Any) -> Any | None:
+        """The first trainable parameters of a fresh run from a pretrained checkpoint, each placed
+        as ``abstract`` (``init``'s parameters as ShapeDtypeStructs with shardings) says; None
+        (the default): they come from the seed."""
+        return None
+
+    def abstract_frozen(self) -> Any | None:
+        """Shapes, dtypes and logical axis names (an abstract ``nnx.State``) of parameters the run
+        uses but never trains, such as a pretrained base under LoRA; None (the default): none."""
+        return None
+
+    def load_frozen(self, abstract: Any) -> Any:
+        """The frozen parameters, placed as ``abstract`` (:meth:`abstract_frozen` with shardings)
+        says; loaded at every start, since checkpoints do not hold them."""
+        raise NotImplementedError(f"{type(self).__name__} declares frozen parameters but cannot load them")
+
     def optimizer(self) -> optax.GradientTransformation:
         """The optimizer over ``params`` (default: the config's ``optim`` section for all of them)."""
         from sora_jax.train.optimizer import make_optimizer

@@ -36,6 +36,9 @@ class TrainState:
     # Steps in a row whose loss or gradient was not finite (their updates were skipped). Not
     # checkpointed: a resumed run starts counting afresh.
     nonfinite_in_a_row: jax.Array
+    # Parameters the run uses but does not train (a pretrained base under LoRA, sora_jax.train.lora),
+    # or None. Never checkpointed: the kind loads them again at every start (RunKind.load_frozen).
+    frozen: Any = None
 
 
 def model_graphdef(config: ml_collections.ConfigDict) -> Any:
@@ -54,12 +57,14 @@ def state_shardings(abstract: Any, mesh: Mesh, rules: Rules) -> Any:
     )
 
 
-def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
+def _initializer(config: ml_collections.ConfigDict) -> Callable[..., TrainState]:
+    """``init(params=None)``: the first train state, around ``params`` (the seed's when None)."""
     kind = run_kind(config)
     optimizer = kind.optimizer()
 
-    def init() -> TrainState:
-        _, params = kind.init(config.seed)
+    def init(params: Any = None) -> TrainState:
+        if params is None:
+            _, params = kind.init(config.seed)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -72,32 +77,63 @@ def _initializer(config: ml_collections.ConfigDict) -> Callable[[], TrainState]:
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, mesh: Mesh
+    config: ml_collections.ConfigDict, mesh: Mesh, kind: Any = None
 ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """Initialise parameters, EMA and optimizer state from ``config.seed``, sharded on ``mesh``.
+    """Initialise parameters, EMA and optimizer state, sharded on ``mesh``: from ``config.seed``, or
+    from the pretrained checkpoint the run's kind loads (:meth:`RunKind.load_params`), and attach
+    the frozen parameters (:func:`attach_frozen`).
+
+    ``kind``: the run's kind, if the caller has it (it keeps what it loads); else one is made.
 
     Returns (graphdef, state, state_shardings).
     """
     init = _initializer(config)
     abstract = jax.eval_shape(init)
     shardings = state_shardings(abstract, mesh, axis_rules(config))
-    state = jax.jit(init, out_shardings=shardings)()
+    kind = kind or run_kind(config)
+    loaded = kind.load_params(placed(abstract.params, shardings.params))
+    if loaded is None:
+        state = jax.jit(init, out_shardings=shardings)()
+    else:  # Only moments are created: the parameters were placed where they belong as they loaded.
+        state = jax.jit(init, out_shardings=shardings, donate_argnums=(0,))(loaded)
+    state, shardings = attach_frozen(kind, state, shardings, mesh)
     return model_graphdef(config), state, shardings
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and shardings of the train state, without allocating it (for restore)."""
-    abstract = jax.eval_shape(_initializer(config))
-    shardings = state_shardings(abstract, mesh, axis_rules(config))
+def placed(abstract: Any, shardings: Any) -> Any:
+    """``abstract``'s shapes and dtypes as ShapeDtypeStructs carrying the matching ``shardings``."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def attach_frozen(
+    kind: Any, state: TrainState, shardings: TrainState, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
+    """``state`` and its shardings with the kind's frozen parameters (None for most kinds), loaded
+    already sharded by their logical names; called at every start, fresh or resumed."""
+    abstract = kind.abstract_frozen()
+    if abstract is None:
+        return state, shardings
+    frozen_shardings = state_shardings(abstract, mesh, axis_rules(kind.config))
+    frozen = kind.load_frozen(placed(abstract, frozen_shardings))
+    return state.replace(frozen=frozen), shardings.replace(frozen=frozen_shardings)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, frozen parameters included, without
+    allocating it (for restore, and for ``aot``'s compile)."""
+    abstract = jax.eval_shape(_initializer(config))
+    state = placed(abstract, state_shardings(abstract, mesh, axis_rules(config)))
+    frozen = run_kind(config).abstract_frozen()
+    if frozen is None:
+        return state
+    return state.replace(frozen=placed(frozen, state_shardings(frozen, mesh, axis_rules(config))))
 
 
 def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
     """Shapes, dtypes and shardings of the parameters alone (what an EMA restore fills), without
     building the optimizer state."""
     abstract = jax.eval_shape(lambda: run_kind(config).init(config.seed)[1])
-    shardings = state_shardings(abstract, mesh, axis_rules(config))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return placed(abstract, state_shardings(abstract, mesh, axis_rules(config)))
 
 
 def count_params(params: Any) -> int:

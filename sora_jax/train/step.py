@@ -52,6 +52,13 @@ def make_update(
             "param_norm": optax.tree.norm(params),
             "lr": schedule(state.step),
         }
-        return TrainState(state.step + 1, params, ema, opt_state, nonfinite_in_a_row), metrics
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            ema_params=ema,
+            opt_state=opt_state,
+            nonfinite_in_a_row=nonfinite_in_a_row,
+        )
+        return new_state, metrics
 
     return update

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,6 +42,7 @@ from sora_jax.train.resume import check_workdir
 from sora_jax.train.state import (
     TrainState,
     abstract_train_state,
+    attach_frozen,
     count_params,
     create_train_state,
     model_graphdef,
@@ -51,16 +51,42 @@ from sora_jax.train.state import (
 log = logging.getLogger("sora_jax")
 
 
-def jit_train_step(
-    graphdef: Any, kind: RunKind, mesh: Mesh, state_shardings: TrainState
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+def jit_train_step(graphdef: Any, kind: RunKind, mesh: Mesh, state_shardings: TrainState) -> JittedTrainStep:
     """``kind``'s train step jitted with explicit shardings: state in place (donated), batch over rows."""
-    return jax.jit(
-        kind.train_step(graphdef),
-        in_shardings=(state_shardings, batch_shardings(mesh, axis_rules(kind.config), kind.batch_axes())),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    batch = batch_shardings(mesh, axis_rules(kind.config), kind.batch_axes())
+    return JittedTrainStep(kind.train_step(graphdef), state_shardings, batch)
+
+
+class JittedTrainStep:
+    """``step(state, batch) -> (state, metrics)``, one compiled program for the run.
+
+    The state's trained parts are donated (updated in place); its frozen parameters
+    (``TrainState.frozen``, a LoRA run's base) are not: they are the same arrays after the step,
+    which the kind also holds for sampling.
+    """
+
+    def __init__(self, step: Any, state_shardings: TrainState, batch_shardings: dict) -> None:
+        def run(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
+            new, metrics = step(state.replace(frozen=frozen), batch)
+            return new.replace(frozen=None), metrics
+
+        trained = state_shardings.replace(frozen=None)
+        self._jitted = jax.jit(
+            run,
+            in_shardings=(trained, state_shardings.frozen, batch_shardings),
+            out_shardings=(trained, None),
+            donate_argnums=(0,),
+        )
+
+    def __call__(self, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        new, metrics = self._jitted(state.replace(frozen=None), state.frozen, batch)
+        return new.replace(frozen=state.frozen), metrics
+
+    def lower(self, state: TrainState, batch: dict) -> jax.stages.Lowered:
+        return self._jitted.lower(state.replace(frozen=None), state.frozen, batch)
+
+    def _cache_size(self) -> int:
+        return self._jitted._cache_size()
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -143,7 +169,7 @@ def _train(
     # --- train state (and input position): restored from the newest readable checkpoint, or fresh
     ckpt = checkpoint.manager(workdir, config)
     if ckpt.latest_step() is None:
-        graphdef, state, shardings = create_train_state(config, mesh)
+        graphdef, state, shardings = create_train_state(config, mesh, kind)
     else:
         abstract = abstract_train_state(config, mesh)
         try:
@@ -152,6 +178,7 @@ def _train(
             ckpt.close()  # Orbax's background work ends before the error does.
             raise
         graphdef, shardings = model_graphdef(config), jax.tree.map(lambda a: a.sharding, abstract)
+        state, shardings = attach_frozen(kind, state, shardings, mesh)
     start, t = int(state.step), config.train
     if start >= t.steps:
         log.info(
@@ -168,7 +195,8 @@ def _train(
         (workdir / "samples").mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_to_json(config))
     saver = checkpoint.BackgroundSaver(ckpt)
-    log.info("parameters: %s; starting at step %d", f"{count_params(state.params):,}", start)
+    frozen = f" trained, {count_params(state.frozen):,} frozen" if state.frozen is not None else ""
+    log.info("parameters: %s%s; starting at step %d", f"{count_params(state.params):,}", frozen, start)
     for line in describe_shardings(state):
         log.info("%s", line)
 
