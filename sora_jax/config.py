@@ -87,6 +87,34 @@ def base_config() -> ConfigDict:
     # drives adaLN (beside cross-attention to the caption's tokens), as SD3 and Flux do.
     m.text_pooled = True
 
+    # --- wan: what only the Wan 2.1 transformer has (task "wan", sora_jax/kinds/wan.py) ---------
+    # Its shared keys are model.* (dim, heads, depth, patch_size, channels, text_dim = the UMT5
+    # state width, attention, ...). A Wan run's model.autoencoder and model.text_encoder name
+    # the directories of its Wan VAE and UMT5 encoder (the pretrained directory's vae/ and
+    # text_encoder/ by default).
+    c.wan = w = ConfigDict()
+    # A diffusers-format Wan directory (model_index.json, transformer/, vae/, text_encoder/,
+    # tokenizer/) whose weights a run starts from; empty: random initialisation from the seed.
+    w.pretrained = ""
+    w.ffn_dim = 8960  # Feed-forward width.
+    w.freq_dim = 256  # Sinusoidal features of the timestep.
+    w.eps = 1e-6  # Epsilon of every layer and RMS norm.
+    w.cross_attn_norm = True  # A learned layer norm before cross-attention.
+    w.rope_max_seq_len = 1024  # Positions the rotary tables cover per axis.
+    # Wan's pipeline pads every caption's states with zero vectors to this many tokens and lets the
+    # transformer attend to all of them; packed rows keep only the caption's own tokens and stand
+    # for the padding exactly (see sora_jax/wan/transformer.py). 0: no padding.
+    w.text_pad_tokens = 512
+    w.flow_shift = 3.0  # Sampling schedule's shift: Wan uses 3.0 at 480p, 5.0 at 720p.
+
+    # --- lora: low-rank adapters on a frozen pretrained model (rank 0: train every parameter) ----
+    c.lora = lo = ConfigDict()
+    lo.rank = 0
+    lo.alpha = 0.0  # Adapters are scaled by alpha / rank; 0 means alpha = rank (scale 1).
+    # Kernels that get adapters: a parameter whose path (dotted, e.g.
+    # "blocks.self_attention.query.kernel") contains one of these strings.
+    lo.targets = ("attention.query", "attention.key", "attention.value", "attention.out")
+
     # --- data: what a packed batch holds ---------------------------------------------------------
     c.data = d = ConfigDict()
     d.store = ""  # A clip store made by `sora-jax prepare` (path or URL); empty: physics world only.
