@@ -53,7 +53,7 @@ class PixelSpace:
 class LatentSpace:
     """A latent DiT's space: the autoencoder's latents, normalised per channel by ``mean`` and ``std``."""
 
-    autoencoder: TrainedAutoencoder
+    autoencoder: TrainedAutoencoder  # Or a pretrained WanAutoencoder: the same interface.
     mean: np.ndarray  # [C] float32
     std: np.ndarray  # [C] float32
 
@@ -76,7 +76,7 @@ class LatentSpace:
                 f"config key 'data.store': {config.data.store} has no finished latent encoding "
                 "(rerun sora-jax encode to complete it)"
             )
-        autoencoder = TrainedAutoencoder.load(config.model.autoencoder, made_by.get("step"))
+        autoencoder = load_autoencoder(config.model.autoencoder, made_by.get("step"))
         return cls(autoencoder, np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32))
 
     @property
@@ -107,6 +107,16 @@ class LatentSpace:
 
 
 VideoSpace = PixelSpace | LatentSpace
+
+
+def load_autoencoder(path: str, step: int | None = None) -> TrainedAutoencoder:
+    """The autoencoder at ``path``: a diffusers Wan directory's pretrained VAE, or the EMA weights of
+    checkpoint ``step`` of a sora_jax autoencoder run."""
+    from sora_jax.wan.autoencoder import WanAutoencoder, is_wan_directory
+
+    if is_wan_directory(path):
+        return WanAutoencoder.load(path)
+    return TrainedAutoencoder.load(path, step)
 
 
 def model_space(config: ml_collections.ConfigDict) -> VideoSpace:

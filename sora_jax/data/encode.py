@@ -104,7 +104,8 @@ def encode_into_store(
     flush_every: int = 32,
     stats_clips: int = 256,
 ) -> EncodeReport:
-    """Encodes ``clips`` with ``autoencoder`` (a :class:`~sora_jax.autoencoder.trained.TrainedAutoencoder`)
+    """Encodes ``clips`` with ``autoencoder`` (a :class:`~sora_jax.autoencoder.trained.TrainedAutoencoder`,
+    or a pretrained :class:`~sora_jax.wan.autoencoder.WanAutoencoder`, which brings its latent statistics)
     into the latent store at ``output`` (created, or resumed when it exists), then writes its
     latent statistics.
 
@@ -158,7 +159,9 @@ def encode_into_store(
     store.flush()
     if not len(store):
         raise ValueError(f"no clip could be encoded into {output}: {report.skipped}")
-    store.extra[STATS_KEY] = latent_stats(store, stats_clips)
+    # A pretrained VAE's model expects its own normalisation (Wan's); a run's autoencoder gets the store's.
+    fixed = getattr(autoencoder, "latent_stats", None)
+    store.extra[STATS_KEY] = fixed() if fixed is not None else latent_stats(store, stats_clips)
     store.compact()
     log.info("latent stats: %s", json.dumps(store.extra[STATS_KEY]))
     return report

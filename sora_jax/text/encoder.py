@@ -22,12 +22,11 @@ from tokenizers import Tokenizer
 
 from sora_jax.text.bert import BertConfig, BertEncoder, bert_weights
 from sora_jax.text.hf_loading import (
-    TOKENIZER_FILE,
     Checkpoint,
     load_params,
     model_directory,
     read_config,
-    required_file,
+    tokenizer_file,
 )
 from sora_jax.text.t5 import T5Config, T5Encoder, t5_weights
 
@@ -112,14 +111,16 @@ def load_text_encoder(path: str | Path, dtype: jnp.dtype = jnp.float32) -> Froze
     """Load a BERT-family or T5-family encoder from a local Hugging Face-format directory.
 
     ``path`` holds ``config.json`` (``model_type`` bert, t5, mt5 or umt5), ``tokenizer.json`` and
-    safetensors weights (``model.safetensors`` or shards with ``model.safetensors.index.json``).
+    safetensors weights (``model.safetensors`` or shards with ``model.safetensors.index.json``); or
+    it is a diffusers pipeline directory (a Wan model: ``text_encoder/`` beside ``tokenizer/``),
+    see :func:`~sora_jax.text.hf_loading.model_directory`.
     Parameters are stored and computed in ``dtype`` (norm statistics and softmax in float32).
     Raises FileNotFoundError for a missing directory or file, ValueError for an unsupported
     ``model_type`` or setting, and CheckpointError (a ValueError) for a missing or misshapen weight.
     """
     directory = model_directory(path)
     hf_config, model_type = _architecture(directory)
-    tokenizer_file = required_file(directory, TOKENIZER_FILE, "tokenizer")
+    tokenizer_path = tokenizer_file(directory)
     config_class, module_class, weight_map = ARCHITECTURES[model_type]
     config = config_class.from_hf(hf_config)
     checkpoint = Checkpoint(directory)
@@ -129,7 +130,7 @@ def load_text_encoder(path: str | Path, dtype: jnp.dtype = jnp.float32) -> Froze
     with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(no_mesh):
         abstract = nnx.eval_shape(lambda: module_class(config, nnx.Rngs(0), dtype=dtype))
         model = load_params(abstract, weight_map(config), checkpoint)
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
     padding = tokenizer.padding or {}
     pad_token_id = padding.get("pad_id", config.pad_token_id)
     return FrozenTextEncoder(model, tokenizer, model_type, pad_token_id)

@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+PIPELINE_INDEX = "model_index.json"  # A diffusers pipeline directory: one folder per component.
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
 
@@ -33,13 +34,28 @@ class CheckpointError(ValueError):
 
 
 def model_directory(path: str | Path) -> Path:
-    """``path`` as a directory that exists, or FileNotFoundError naming it."""
+    """``path`` as a directory that exists, or FileNotFoundError naming it.
+
+    A diffusers pipeline directory (``model_index.json``, e.g. a Wan model) stands for its
+    ``text_encoder/`` folder, whose tokenizer is the sibling ``tokenizer/`` (:func:`tokenizer_file`).
+    """
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(
             f"text encoder directory {str(directory)!r} does not exist or is not a directory"
         )
+    if (directory / PIPELINE_INDEX).is_file() and not (directory / CONFIG_FILE).is_file():
+        return model_directory(directory / "text_encoder")
     return directory
+
+
+def tokenizer_file(directory: Path) -> Path:
+    """``tokenizer.json`` beside the weights (transformers' layout) or in the sibling
+    ``tokenizer/`` folder (a diffusers pipeline's ``text_encoder/``)."""
+    sibling = directory.parent / "tokenizer" / TOKENIZER_FILE
+    if not (directory / TOKENIZER_FILE).is_file() and sibling.is_file():
+        return sibling
+    return required_file(directory, TOKENIZER_FILE, "tokenizer")
 
 
 def required_file(directory: Path, name: str, what: str) -> Path:
