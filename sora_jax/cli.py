@@ -158,7 +158,9 @@ def _parser() -> argparse.ArgumentParser:
         help="cache latents: encode a pixel store (or physics-world clips) with a trained autoencoder",
         epilog="Rerunning resumes: clips already in --output are skipped.",
     )
-    encode.add_argument("--autoencoder", required=True, help="workdir of an autoencoder run")
+    encode.add_argument(
+        "--autoencoder", required=True, help="workdir of an autoencoder run, or a diffusers Wan directory"
+    )
     encode.add_argument("--step", type=int, default=None, help="its checkpoint (default: latest)")
     encode.add_argument("--output", required=True, help="latent clip store path or URL")
     source = encode.add_mutually_exclusive_group(required=True)
@@ -178,6 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument(
         "--tile", type=int, default=None, help="encode larger frames in tiles of this many pixels a side"
     )
+
+    export = commands.add_parser(
+        "export", help="write a fine-tuned Wan run as a diffusers directory (LoRA merged)"
+    )
+    export.add_argument("--workdir", required=True, help="the Wan run")
+    export.add_argument("--out", required=True, help="the diffusers directory to write")
+    export.add_argument("--step", type=int, default=None, help="checkpoint (default: the newest readable)")
+    export.add_argument("--dtype", default="float32", help="float32 | bfloat16")
     return parser
 
 
@@ -201,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "encode":
             return _encode(args)
+        if args.command == "export":
+            return _export(args)
         return _prepare(args) if args.command == "prepare" else _sample(args)
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
@@ -310,6 +322,7 @@ def _sample(args: argparse.Namespace) -> int:
     from sora_jax.eval.requests import validate_sample
     from sora_jax.kinds.base import SampleRequest
     from sora_jax.train.trained_run import TrainedRun
+    from sora_jax.wan.sample_command import is_pipeline_directory
 
     request = SampleRequest(
         prompt=args.prompt,
@@ -331,9 +344,16 @@ def _sample(args: argparse.Namespace) -> int:
         given_frames=args.given_frames,
         strength=args.strength,
     )
-    validate_sample(request, args.out, args.fps)  # Before the run is opened; the run checks the rest.
-    with TrainedRun(args.workdir) as run:  # On the devices here, whatever mesh the run used.
-        frames = run.kind.generate(run, request)
+    if is_pipeline_directory(args.workdir):  # A diffusers Wan directory, not a training run.
+        from sora_jax.wan.sample_command import pipeline_request, sample_pipeline
+
+        request = pipeline_request(request)  # Refuses the flags it cannot use; Wan's defaults.
+        validate_sample(request, args.out, args.fps)
+        frames = sample_pipeline(args.workdir, request)  # Checks the size before loading weights.
+    else:
+        validate_sample(request, args.out, args.fps)  # Before the run is opened; the run checks the rest.
+        with TrainedRun(args.workdir) as run:  # On the devices here, whatever mesh the run used.
+            frames = run.kind.generate(run, request)
     out = epath.Path(args.out)  # May be a URL too.
     write_video(out, frames, args.fps)
     write_video(out.with_suffix(".gif"), frames, args.fps)
@@ -381,12 +401,20 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sora_jax.wan.export import export_run
+
+    out = export_run(args.workdir, args.out, args.step, args.dtype)
+    print(f"wrote {out} (diffusers format, {args.dtype})")
+    return 0
+
+
 def _encode(args: argparse.Namespace) -> int:
-    from sora_jax.autoencoder.trained import TrainedAutoencoder
+    from sora_jax.autoencoder.latent_space import load_autoencoder
     from sora_jax.data.clip_store import ClipStore
     from sora_jax.data.encode import encode_into_store, store_clips, world_clips
 
-    autoencoder = TrainedAutoencoder.load(args.autoencoder, args.step)
+    autoencoder = load_autoencoder(args.autoencoder, args.step)
     autoencoder.chunk_frames, autoencoder.tile = args.chunk_frames, args.tile
     if args.tile is not None:
         try:

@@ -24,6 +24,7 @@ from sora_jax.kinds.base import RunKind
 BUILT_IN = {
     "dit": "sora_jax.kinds.video_dit:VideoDiTKind",
     "autoencoder": "sora_jax.kinds.autoencoder:AutoencoderKind",
+    "wan": "sora_jax.kinds.wan:WanKind",
 }
 _registered: dict[str, type[RunKind]] = {}
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -34,8 +34,13 @@ from sora_jax.train.metrics import model_flops_per_token
 class PackedMeter(Meter):
     """Tokens a second, model TFLOP/s and the distinct clip shapes packed so far."""
 
-    def __init__(self, config: ml_collections.ConfigDict) -> None:
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        flops_per_token: Callable[[ml_collections.ConfigDict, float], float] = model_flops_per_token,
+    ) -> None:
         self.config = config
+        self.flops_per_token = flops_per_token  # (config, mean clip tokens) -> training FLOPs a token
         self.clip_shapes: set[tuple[int, int, int]] = set()  # (frames, height, width) in pixels
 
     def see(self, host_batch: Batch) -> None:
@@ -46,7 +51,7 @@ class PackedMeter(Meter):
 
     def figures(self, metrics: dict[str, float], seconds: float) -> dict[str, float]:
         mean_clip = metrics["tokens"] / max(metrics["clips"], 1.0)
-        flops = model_flops_per_token(self.config, mean_clip) * metrics["tokens"]
+        flops = self.flops_per_token(self.config, mean_clip) * metrics["tokens"]
         return {
             "tokens_per_s": metrics["tokens"] / seconds,
             "tflops_per_s": flops / seconds / 1e12,
