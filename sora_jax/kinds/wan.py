@@ -34,6 +34,7 @@ from sora_jax.diffusion.flow import validate_diffusion_section
 from sora_jax.errors import ConfigError
 from sora_jax.kinds.base import Batch, Meter, Sampler, SampleRequest, Scorer
 from sora_jax.kinds.video_dit import PackedMeter, VideoDiTKind
+from sora_jax.model.dit import MODEL_CHOICES
 from sora_jax.parallel.global_batch import BATCH_AXES, PACKED_FIELDS
 from sora_jax.train import lora
 
@@ -286,13 +287,7 @@ def validate_wan_sections(config: ml_collections.ConfigDict) -> None:
         fail("model.dim", f"{m.dim} does not divide into model.heads={m.heads} heads")
     if (m.dim // m.heads) % 2:
         fail("model.heads", f"head dim {m.dim // m.heads} must be even for the rotary embedding")
-    for key, allowed in (
-        ("attention", ("xla", "cudnn", "splash", "ring")),
-        ("sequence_parallel", ("all_to_all", "gather")),
-        ("remat", ("none", "full", "dots")),
-        ("dtype", ("float32", "bfloat16")),
-        ("param_dtype", ("float32", "bfloat16")),
-    ):
+    for key, allowed in MODEL_CHOICES:
         if m[key] not in allowed:
             fail(f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
     for key in ("depth", "ffn_dim", "freq_dim"):

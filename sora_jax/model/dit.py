@@ -31,6 +31,14 @@ from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 # The residual stream [B, L, D] between blocks. Activation names, not the input batch's
 # ("batch", "length"): a change of the inputs' layout rules must not reshard the model's insides.
 ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+# model.* keys that name one of a few choices, with those choices (every transformer of the framework).
+MODEL_CHOICES = (
+    ("attention", ("xla", "cudnn", "splash", "ring")),
+    ("sequence_parallel", ("all_to_all", "gather")),
+    ("remat", ("none", "full", "dots")),
+    ("dtype", ("float32", "bfloat16")),
+    ("param_dtype", ("float32", "bfloat16")),
+)
 REMAT_POLICIES = {
     "full": None,  # Save nothing: recompute the whole block in the backward pass.
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -186,30 +194,42 @@ class VideoDiT(nnx.Module):
         angles = constrain(angles, ("activation_batch", "activation_length", None), self.rules)
         extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
 
-        graphdef, stacked = nnx.split(self.blocks)
-
-        def block_fn(scope: str) -> Callable[[jax.Array, nnx.State], tuple[jax.Array, None]]:
-            # The scope goes inside the (rematerialised) function, so the recomputation in the
-            # backward pass carries the block's name too.
-            def run_block(x_bld: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
-                with jax.named_scope(scope):
-                    return nnx.merge(graphdef, block_state)(x_bld, *extras), None
-
-            if m.remat != "none":
-                return jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
-            return run_block
-
-        if m.scan_layers:
-            x, _ = jax.lax.scan(block_fn("block"), x, stacked)
-        else:
-            for layer in range(m.depth):
-                x, _ = block_fn(f"block_{layer}")(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
+        x = run_block_stack(self.blocks, x, extras, m)
 
         with jax.named_scope("final_layer"):
             shift, scale = jnp.split(
                 gather_clips(self.final_modulation(jax.nn.silu(conditioning)), segment_ids), 2, -1
             )
             return self.final(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
+
+
+def run_block_stack(
+    blocks: nnx.Module, x_bld: jax.Array, extras: tuple, model_config: ml_collections.ConfigDict
+) -> jax.Array:
+    """``x`` through ``blocks`` (built with ``nnx.vmap``: parameters stacked on a leading "layers"
+    axis), each called as ``block(x, *extras)``: under ``lax.scan`` with ``model.scan_layers`` (one
+    compiled block, compile time flat in depth) or unrolled, each block rematerialised in the
+    backward pass as ``model.remat`` says, and named ``block`` (scanned) or ``block_{i}`` in traces."""
+    m = model_config
+    graphdef, stacked = nnx.split(blocks)
+
+    def block_fn(scope: str) -> Callable[[jax.Array, nnx.State], tuple[jax.Array, None]]:
+        # The scope goes inside the (rematerialised) function, so the recomputation in the
+        # backward pass carries the block's name too.
+        def run_block(x: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
+            with jax.named_scope(scope):
+                return nnx.merge(graphdef, block_state)(x, *extras), None
+
+        if m.remat != "none":
+            return jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
+        return run_block
+
+    if m.scan_layers:
+        x_bld, _ = jax.lax.scan(block_fn("block"), x_bld, stacked)
+    else:
+        for layer in range(m.depth):
+            x_bld, _ = block_fn(f"block_{layer}")(x_bld, jax.tree.map(lambda p, i=layer: p[i], stacked))
+    return x_bld
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> VideoDiT:
@@ -248,13 +268,7 @@ def validate_model_section(config: ml_collections.ConfigDict) -> None:
         fail("heads", "head dim (dim / heads) must be even and at least 6 for the 3D RoPE")
     if m.text_dim % m.text_heads or (m.text_dim // m.text_heads) % 2:
         fail("text_dim", f"{m.text_dim} must split into text_heads={m.text_heads} even heads")
-    for key, allowed in (
-        ("attention", ("xla", "cudnn", "splash", "ring")),
-        ("sequence_parallel", ("all_to_all", "gather")),
-        ("remat", ("none", "full", "dots")),
-        ("dtype", ("float32", "bfloat16")),
-        ("param_dtype", ("float32", "bfloat16")),
-    ):
+    for key, allowed in MODEL_CHOICES:
         if m[key] not in allowed:
             fail(key, f"{m[key]!r} is not one of {', '.join(allowed)}")
     if m.depth < 1:

@@ -3,8 +3,8 @@
 - ``transformer``: :class:`~sora_jax.wan.transformer.WanTransformer` on the packed-batch contract;
   ``transformer_weights``: diffusers' ``transformer/`` folder to our parameters and back.
 - ``vae``: the Wan video autoencoder (causal 3D convolutions, chunked with the causal cache);
-  ``vae_config``: its diffusers config, checked; ``vae_weights``: diffusers' ``vae/`` folder; ``autoencoder``: it behind the interface that
-  ``sora-jax encode`` and latent runs use.
+  ``vae_config``: its diffusers config, checked; ``vae_weights``: diffusers' ``vae/`` folder;
+  ``autoencoder``: the VAE behind the interface that ``sora-jax encode`` and latent runs use.
 - ``pipeline``: text-to-video sampling of a Wan directory or a fine-tuned run, as diffusers'
   ``WanPipeline`` samples (flow-matching Euler with Wan's shift, classifier-free guidance);
   ``sample_command``: ``sora-jax sample`` of a Wan directory.

@@ -40,7 +40,7 @@ import ml_collections
 from flax import nnx
 
 from sora_jax.model.attention import AttentionKernel, attend
-from sora_jax.model.dit import ACTIVATION, REMAT_POLICIES, gather_clips, timestep_embedding
+from sora_jax.model.dit import ACTIVATION, gather_clips, run_block_stack, timestep_embedding
 from sora_jax.model.rope import axis_dims, rope_angles
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 
@@ -397,24 +397,7 @@ class WanTransformer(nnx.Module):
         angles = constrain(angles, ("activation_batch", "activation_length", None), self.rules)
         extras = (time_bs6d, segment_ids, angles, text, null_text, key_segments, key_bias)
 
-        graphdef, stacked = nnx.split(self.blocks)
-
-        def block_fn(scope: str) -> Callable[[jax.Array, nnx.State], tuple[jax.Array, None]]:
-            # The scope goes inside the (rematerialised) function, so the recomputation in the
-            # backward pass carries the block's name too.
-            def run_block(x_bld: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
-                with jax.named_scope(scope):
-                    return nnx.merge(graphdef, block_state)(x_bld, *extras), None
-
-            if m.remat != "none":
-                return jax.checkpoint(run_block, policy=REMAT_POLICIES[m.remat])
-            return run_block
-
-        if m.scan_layers:
-            x, _ = jax.lax.scan(block_fn("block"), x, stacked)
-        else:
-            for layer in range(m.depth):
-                x, _ = block_fn(f"block_{layer}")(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
+        x = run_block_stack(self.blocks, x, extras, m)
 
         with jax.named_scope("final_layer"):
             per_clip = self.final_table[...].astype(jnp.float32) + time_emb[:, :, None, :].astype(jnp.float32)
