@@ -64,6 +64,43 @@ def test_encode_keeps_wan_latents_and_umt5_states_with_wans_own_statistics(laten
     assert store.extra[STATS_KEY]["std"] == vae["latents_std"]
 
 
+def test_encode_takes_a_prepared_store_with_umt5_states_through_the_wan_vae(tmp_path):
+    """The path of real videos: a pixel store whose captions ``prepare --text-encoder WAN_DIR``
+    embedded, encoded into Wan latents that keep those states."""
+    from sora_jax.data import world
+    from sora_jax.text.embedder import CaptionEmbedder
+    from sora_jax.wan.autoencoder import WanAutoencoder
+
+    embedder = CaptionEmbedder(TINY, 16)
+    pixels = ClipStore.create(
+        tmp_path / "pixels", caption_dim=embedder.dim, caption_encoder=embedder.description
+    )
+    clips = [world.make_clip(5, i, frames=11, height=40, width=40, fps=8.0) for i in range(2)]
+    for i, clip in enumerate(clips):
+        pixels.append(
+            clip.frames,
+            clip_id=f"clip{i}",
+            fps=8.0,
+            caption=clip.caption,
+            source="world",
+            start=0.0,
+            caption_embedding=embedder(clip.caption),
+        )
+    pixels.flush()
+    out = tmp_path / "latents"
+    assert (
+        main(
+            ["encode", "--autoencoder", str(TINY), "--input", str(tmp_path / "pixels"), "--output", str(out)]
+        )
+        == 0
+    )
+    latents, vae = ClipStore.open(str(out)), WanAutoencoder.load(TINY)
+    for i, clip in enumerate(clips):  # 11 frames of 40 x 40 -> the first 9, centre 40 x 40: 3 x 5 x 5.
+        np.testing.assert_allclose(latents.read(i), vae.encode(clip.frames), rtol=2e-3, atol=2e-3)
+        np.testing.assert_array_equal(latents.read_caption_embedding(i), pixels.read_caption_embedding(i))
+    assert latents.read(0).shape == (3, 5, 5, 4)
+
+
 @pytest.fixture(scope="module")
 def runs(latents, tmp_path_factory) -> tuple[Path, Path]:
     """A 16-step LoRA run (checkpoints at 8 and 16), and a copy of it taken back to step 8, as a
