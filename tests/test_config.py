@@ -154,7 +154,7 @@ BASE = "from sora_jax.config import base_config\n\n\n"
         (BASE + "def get_config(arg=None):\n    c = base_config()\n", r"get_config\(None\) returned None"),
         (
             BASE + "def get_config(arg=None):\n    c = base_config()\n    return c.model\n",
-            r"returned a config without checkpoint, conditioning, data and 8 more; start it from",
+            r"returned a config without checkpoint, conditioning, data and \d+ more; start it from",
         ),
         (
             BASE + "def get_config(arg=None):\n    c = base_config()\n    c.model.dept = 3\n    return c\n",
