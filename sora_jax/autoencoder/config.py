@@ -78,12 +78,9 @@ class AutoencoderConfig:
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(T', H', W', z)`` of the latents of a ``frames x height x width`` clip (checked to fit)."""
-        ft, fs = self.temporal_factor, self.spatial_factor
-        if frames < 1 or (frames - 1) % ft:
-            raise ValueError(f"{frames} frames: a clip needs 1 + {ft} * k frames")
-        if height % fs or width % fs:
-            raise ValueError(f"{height}x{width}: height and width must be multiples of {fs}")
-        return 1 + (frames - 1) // ft, height // fs, width // fs, self.latent_channels
+        return latent_shape(
+            frames, height, width, self.temporal_factor, self.spatial_factor, self.latent_channels
+        )
 
     @classmethod
     def from_section(cls, section: ml_collections.ConfigDict) -> AutoencoderConfig:
@@ -152,3 +149,18 @@ def tiny_config(**changes: object) -> AutoencoderConfig:
     tiny = dataclasses.replace(tiny, **changes)
     tiny.validate()
     return tiny
+
+
+def latent_shape(
+    frames: int, height: int, width: int, temporal_factor: int, spatial_factor: int, channels: int
+) -> tuple[int, int, int, int]:
+    """``(T', H', W', z)`` of the latents of a causal video autoencoder that keeps the first frame and
+    compresses ``temporal_factor`` frames after it into each latent frame, ``spatial_factor`` pixels
+    a side into each latent pixel. ValueError for a clip that is not ``1 + ft k`` frames of
+    multiples of ``fs``."""
+    ft, fs = temporal_factor, spatial_factor
+    if frames < 1 or (frames - 1) % ft:
+        raise ValueError(f"{frames} frames: a clip needs 1 + {ft} * k frames")
+    if height % fs or width % fs:
+        raise ValueError(f"{height}x{width}: height and width must be multiples of {fs}")
+    return 1 + (frames - 1) // ft, height // fs, width // fs, channels

@@ -22,6 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.autoencoder.config import latent_shape
 from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
 from sora_jax.wan.vae import WanVAE
 
@@ -46,12 +47,9 @@ class LatentGeometry:
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(T', H', W', z)`` of a ``frames x height x width`` clip (ValueError if it has none)."""
-        ft, fs = self.temporal_factor, self.spatial_factor
-        if frames < 1 or (frames - 1) % ft:
-            raise ValueError(f"{frames} frames: a clip needs 1 + {ft} * k frames")
-        if height % fs or width % fs:
-            raise ValueError(f"{height}x{width}: height and width must be multiples of {fs}")
-        return 1 + (frames - 1) // ft, height // fs, width // fs, self.latent_channels
+        return latent_shape(
+            frames, height, width, self.temporal_factor, self.spatial_factor, self.latent_channels
+        )
 
 
 @dataclasses.dataclass
