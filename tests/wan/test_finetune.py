@@ -144,6 +144,18 @@ def test_export_then_load_gives_the_runs_outputs(runs, tmp_path):
     assert np.abs(base.astype(int) - ours).max() > 0  # The fine-tuning did change the model.
 
 
+def test_sample_of_a_fine_tuned_run_uses_its_sample_size_and_checkpoints(runs, tmp_path):
+    from sora_jax.data.video_io import read_video
+
+    whole, _ = runs
+    out = tmp_path / "s.mp4"
+    args = ["sample", "--workdir", str(whole), "--prompt", "a red ball falls", "--steps", "2"]
+    assert main([*args, "--step", "8", "--out", str(out)]) == 0
+    frames = read_video(out)
+    frames = frames[0] if isinstance(frames, tuple) else frames
+    assert frames.shape == (9, 32, 32, 3)  # train.sample_* of 3 x 4 x 4 latents, decoded by the Wan VAE.
+
+
 def test_export_refuses_to_overwrite_the_pretrained_directory(runs, capsys):
     whole, _ = runs
     assert main(["export", "--workdir", str(whole), "--out", str(TINY)]) == 2
