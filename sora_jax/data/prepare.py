@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from sora_jax.data.isolated_pool import IsolatedPool, call_task
 from sora_jax.data.run_control import StopOnSignal, logs_above_progress, new_scratch, progress_bar
 from sora_jax.data.source_list import CAPTION_CHANGES, Source, clean_caption, find_sources
 from sora_jax.errors import ConfigError
+from sora_jax.paths import cannot_write_in
 
 log = logging.getLogger(__name__)
 
@@ -397,26 +397,12 @@ def _check_output(output: str) -> None:
             )
         writable = [path] + [path / name for name in ("index", "data", "captions") if (path / name).is_dir()]
     for folder in writable:
-        refused = _cannot_write_in(folder)
+        refused = cannot_write_in(folder)
         if refused:
             raise ConfigError(
                 f"output {output!r} is not writable ({os.fspath(folder)!r}: {refused}): "
                 "give a --output you can write to"
             )
-
-
-def _cannot_write_in(folder: Path) -> str | None:
-    """Why this process cannot create entries in ``folder``, or None if it can.
-
-    Tried with an empty hidden folder, made and removed at once, rather than asked of
-    ``os.access``: root passes every permission bit, yet cannot write into a read-only mount or a
-    kernel file system such as /sys.
-    """
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".sora_prepare_probe_", dir=folder))
-    except OSError as error:
-        return error.strerror or type(error).__name__
-    return None
 
 
 def _open_existing(output: str) -> ClipStore | None:

@@ -15,7 +15,6 @@ group, a video's end (or start) to extend, two images or videos to connect, or a
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from sora_jax.errors import ConfigError
 from sora_jax.eval.generate import Condition, Edit, make_generator
 from sora_jax.eval.inputs import ClipLayout, read_frames
 from sora_jax.kinds.base import EDIT_STRENGTH, SampleRequest
+from sora_jax.paths import cannot_write_in, nearest_existing
 
 # The .gif written beside the .mp4 stores delays in whole centiseconds (see data/video_io.py), and
 # either container needs at least one frame in 1001 s.
@@ -55,16 +55,12 @@ def validate_sample(request: SampleRequest, out: str, fps: float) -> None:
     for target in (path, path.with_suffix(".gif")):
         if target.is_dir():
             raise ConfigError(f"--out {out}: {target} is a folder; name a FILE.mp4")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise ConfigError(f"--out {out}: {folder} is a file, not a folder")
-    try:  # A nameless file, gone when closed: the one test that permissions and mounts agree on.
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ConfigError(f"--out {out}: cannot write in {folder} ({error.strerror})") from None
+    refused = cannot_write_in(folder)
+    if refused:
+        raise ConfigError(f"--out {out}: cannot write in {folder} ({refused})")
 
 
 def video_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from etils import epath
 from sora_jax.config import config_from_json, config_to_json
 from sora_jax.data.pipeline import open_store
 from sora_jax.errors import ConfigError
+from sora_jax.paths import cannot_write_in
 from sora_jax.train import checkpoint
 
 # Keys (a trailing dot: a whole section) that may differ from the stored config when a run resumes.
@@ -106,18 +107,26 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: epath.Path) -> N
 
 
 def check_writable(directory: epath.Path, what: str) -> None:
-    """Create ``directory`` if needed, and write and remove a probe file in it.
+    """Create ``directory`` if needed, and check that it takes new entries: a local folder with
+    :func:`~sora_jax.paths.cannot_write_in`, a bucket (``gs://``) by writing and removing a probe
+    object.
 
     Raises:
         ConfigError: ``directory`` cannot be written; ``what`` says what it is (``--workdir``).
     """
-    probe = directory / f".write_check_{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
+        if "://" in os.fspath(directory):
+            probe = directory / f".write_check_{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+            refused = None
+        else:
+            refused = cannot_write_in(os.fspath(directory))
     except OSError as error:
-        raise ConfigError(f"{what} {directory} is not writable ({error.strerror or error})") from None
+        refused = error.strerror or str(error)
+    if refused:
+        raise ConfigError(f"{what} {directory} is not writable ({refused})")
 
 
 def _resumable(key: str, old: Any, new: Any) -> bool:
