@@ -128,11 +128,18 @@ def dense(
     rngs: nnx.Rngs,
     *,
     zero_init: bool = False,
+    kernel_init: nnx.Initializer | None = None,
     dtype: jnp.dtype = jnp.float32,
     param_dtype: jnp.dtype = jnp.float32,
 ) -> nnx.Linear:
-    """A Linear layer whose kernel ``[in, out]`` and bias ``[out]`` carry logical axis names."""
-    kernel_init = nnx.initializers.zeros_init() if zero_init else nnx.initializers.xavier_uniform()
+    """A Linear layer whose kernel ``[in, out]`` and bias ``[out]`` carry logical axis names.
+
+    The kernel starts at zero with ``zero_init``, else from ``kernel_init`` (default Xavier uniform);
+    the bias at zero."""
+    if zero_init:
+        kernel_init = nnx.initializers.zeros_init()
+    elif kernel_init is None:
+        kernel_init = nnx.initializers.xavier_uniform()
     return nnx.Linear(
         in_dim,
         out_dim,

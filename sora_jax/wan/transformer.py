@@ -32,14 +32,13 @@ a leading ``layers`` axis.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from sora_jax.model.attention import AttentionKernel, attend
+from sora_jax.model.attention import AttentionKernel, attend, dense
 from sora_jax.model.dit import ACTIVATION, gather_clips, run_block_stack, timestep_embedding
 from sora_jax.model.rope import axis_dims, rope_angles
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
@@ -47,30 +46,6 @@ from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 # Logit of a masked query-key pair in cross-attention: finite, so a query that sees no key at all
 # (video padding beside a row without text padding) computes no NaN.
 _MASKED = -1e30
-Init = Callable[..., jax.Array]
-_XAVIER = nnx.initializers.xavier_uniform()
-
-
-def linear(
-    in_dim: int,
-    out_dim: int,
-    names: tuple[str | None, str | None],
-    rngs: nnx.Rngs,
-    *,
-    init: Init = _XAVIER,
-    dtype: jnp.dtype = jnp.float32,
-    param_dtype: jnp.dtype = jnp.float32,
-) -> nnx.Linear:
-    """An ``nnx.Linear`` (kernel ``[in, out]``, zero bias) whose axes carry logical ``names``."""
-    return nnx.Linear(
-        in_dim,
-        out_dim,
-        kernel_init=nnx.with_partitioning(init, names),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (names[1],)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
@@ -153,10 +128,10 @@ class WanAttention(nnx.Module):
     ) -> None:
         self.heads, self.head_dim, self.kernel = heads, dim // heads, kernel
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.query = linear(dim, dim, ("embed", "heads"), rngs, **kw)
-        self.key = linear(dim, dim, ("embed", "heads"), rngs, **kw)
-        self.value = linear(dim, dim, ("embed", "heads"), rngs, **kw)
-        self.out = linear(dim, dim, ("heads", "embed"), rngs, **kw)
+        self.query = dense(dim, dim, ("embed", "heads"), rngs, **kw)
+        self.key = dense(dim, dim, ("embed", "heads"), rngs, **kw)
+        self.value = dense(dim, dim, ("embed", "heads"), rngs, **kw)
+        self.out = dense(dim, dim, ("heads", "embed"), rngs, **kw)
         self.query_norm = AcrossHeadsRMSNorm(dim, eps, param_dtype)
         self.key_norm = AcrossHeadsRMSNorm(dim, eps, param_dtype)
 
@@ -253,8 +228,8 @@ class WanBlock(nnx.Module):
         self.self_attention = SelfAttention(dim, model.heads, wan.eps, kernel, rngs, **kw)
         self.cross_norm = AffineLayerNorm(dim, wan.eps, param_dtype) if wan.cross_attn_norm else None
         self.cross_attention = CrossAttention(dim, model.heads, wan.eps, kernel, rngs, **kw)
-        self.mlp_in = linear(dim, wan.ffn_dim, ("embed", "mlp"), rngs, **kw)
-        self.mlp_out = linear(wan.ffn_dim, dim, ("mlp", "embed"), rngs, **kw)
+        self.mlp_in = dense(dim, wan.ffn_dim, ("embed", "mlp"), rngs, **kw)
+        self.mlp_out = dense(wan.ffn_dim, dim, ("mlp", "embed"), rngs, **kw)
         # Wan's scale_shift_table: added to the clip's projected timestep, it gives the shift, scale
         # and gate of self-attention and of the MLP.
         table = jax.random.normal(rngs.params(), (6, dim), jnp.float32) * dim**-0.5
@@ -336,13 +311,13 @@ class WanTransformer(nnx.Module):
         f32 = dict(dtype=jnp.float32, param_dtype=jnp.dtype(m.param_dtype))
         patch_dim = math.prod(m.patch_size) * m.channels
         embed_init = nnx.initializers.normal(0.02)  # Wan's initialisation of its embeddings.
-        self.patch_embed = linear(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
+        self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
         # Wan keeps the timestep MLP in float32 whatever the compute dtype.
-        self.time_in = linear(w.freq_dim, m.dim, (None, "mlp"), rngs, init=embed_init, **f32)
-        self.time_out = linear(m.dim, m.dim, ("mlp", "embed"), rngs, init=embed_init, **f32)
-        self.time_proj = linear(m.dim, 6 * m.dim, ("embed", "mlp"), rngs, **kw)
-        self.text_in = linear(m.text_dim, m.dim, ("embed", "mlp"), rngs, init=embed_init, **kw)
-        self.text_out = linear(m.dim, m.dim, ("mlp", "embed"), rngs, init=embed_init, **kw)
+        self.time_in = dense(w.freq_dim, m.dim, (None, "mlp"), rngs, kernel_init=embed_init, **f32)
+        self.time_out = dense(m.dim, m.dim, ("mlp", "embed"), rngs, kernel_init=embed_init, **f32)
+        self.time_proj = dense(m.dim, 6 * m.dim, ("embed", "mlp"), rngs, **kw)
+        self.text_in = dense(m.text_dim, m.dim, ("embed", "mlp"), rngs, kernel_init=embed_init, **kw)
+        self.text_out = dense(m.dim, m.dim, ("mlp", "embed"), rngs, kernel_init=embed_init, **kw)
         frozen_m, frozen_w = self.model_config, self.wan_config
 
         @nnx.split_rngs(splits=m.depth)
@@ -354,9 +329,7 @@ class WanTransformer(nnx.Module):
         table = jax.random.normal(rngs.params(), (2, m.dim), jnp.float32) * m.dim**-0.5
         self.final_table = nnx.Param(table.astype(kw["param_dtype"]), out_sharding=(None, "embed"))
         # Zero-initialised, as Wan's head: a fresh model predicts zero velocity.
-        self.final = linear(
-            m.dim, patch_dim, ("embed", "patch"), rngs, init=nnx.initializers.zeros_init(), **kw
-        )
+        self.final = dense(m.dim, patch_dim, ("embed", "patch"), rngs, zero_init=True, **kw)
 
     def embed_text(self, text_bkd: jax.Array) -> jax.Array:
         """Wan's caption projection: linear, GELU (tanh), linear; ``[..., text_dim]`` to ``[..., D]``."""
