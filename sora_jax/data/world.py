@@ -12,6 +12,10 @@ fixed 1/240 s grid regardless of fps, so the same scene at another fps or resolu
 trajectory sampled differently. Only correctly rounded IEEE operations (arithmetic, sqrt, floor,
 mod; no transcendental functions, whose SIMD versions differ by CPU) touch the output, so frames
 are bit-identical across machines for a given numpy version.
+
+The simulation also records every audible impact (floor bounces and landings, wall hits, collisions
+between objects) as an :class:`Impact` at the step it happens; ``world_audio`` renders a clip's
+sound from them, and captions may mention them (``caption_sounds``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+
+from sora_jax.data import world_audio
+from sora_jax.data.world_audio import Impact  # Re-exported: world.Impact is the record of a simulated impact.
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
@@ -57,6 +64,9 @@ _DT = 1.0 / STEPS_PER_SECOND
 _MIN_HOP = 0.02
 _MIN_WALL_SPEED = 0.05  # slower wall contacts (units/s) are pushes, not hits worth a caption
 _BALL_PAIR_RESTITUTION = 0.9
+# Slower impacts (normal speed, units/s) are silent: resting contact meets the floor or another
+# object at g * dt ~ 0.02 units/s every step, and that is no sound.
+_MIN_IMPACT_SPEED = 0.15
 _WHERE = {True: ("in the air", "in mid air"), False: ("on the floor", "resting on the floor")}
 _PANS = ("the camera pans {}", "the camera moves {}", "the view pans to the {}")
 _COUNT_WORDS = ("no times", "once", "twice", "three times", "four times", "five times")
@@ -76,6 +86,7 @@ class WorldClip:
       positions: float32 [T, N, 2] object centres (x, y) in pixel coordinates of the frame: x
         right, y down, pixel (i, j) covers [i, i + 1) x [j, j + 1). N = len(scene["objects"]).
       visible: bool [T, N]; the object's centre is inside the view and not behind the occluder.
+      impacts: the audible impacts at times in [0, T / fps), in time order.
     """
 
     frames: np.ndarray
@@ -84,9 +95,12 @@ class WorldClip:
     scene: dict
     positions: np.ndarray
     visible: np.ndarray
+    impacts: tuple[Impact, ...] = ()
 
 
-def make_clip(seed: int, index: int, *, frames: int, height: int, width: int, fps: float) -> WorldClip:
+def make_clip(
+    seed: int, index: int, *, frames: int, height: int, width: int, fps: float, caption_sounds: float = 0.0
+) -> WorldClip:
     """Makes clip ``index`` of the world with ``seed``.
 
     The scene (objects, colours, initial conditions) is drawn from ``(seed, index)`` alone;
@@ -100,15 +114,20 @@ def make_clip(seed: int, index: int, *, frames: int, height: int, width: int, fp
       height: frame height H in pixels (>= 1; below ~16 objects shrink to a pixel or two).
       width: frame width W in pixels (>= 1).
       fps: frames per second (> 0).
+      caption_sounds: probability in [0, 1] that the caption of a clip of 2 or more frames ends
+        with what is heard (``world_audio.sound_phrase``); drawn from a stream of its own, so the
+        rest of the caption is the same at any value and the whole caption is unchanged at 0.
     """
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got {seed}, {index}")
     if frames < 1 or height < 1 or width < 1 or not fps > 0:
         raise ValueError(f"bad clip format: {frames=}, {height=}, {width=}, {fps=}")
+    if not 0.0 <= caption_sounds <= 1.0:
+        raise ValueError(f"caption_sounds must be a probability in [0, 1], got {caption_sounds}")
     fps = float(fps)
     scene = _draw_scene(seed, index, width / height, frames, fps)
     n_steps = max(1, math.ceil(frames * STEPS_PER_SECOND / fps))
-    trajectory, bounces, walls = _simulate(scene, n_steps)
+    trajectory, bounces, walls, contacts = _simulate(scene, n_steps)
 
     # Frame k sits at step k * 240 / fps; interpolating the fixed grid keeps the trajectory
     # independent of fps (exact whenever fps divides 240).
@@ -131,8 +150,11 @@ def make_clip(seed: int, index: int, *, frames: int, height: int, width: int, fp
 
     caption_rng = np.random.default_rng([seed, index, 1])
     caption = _caption(scene, world, visible, in_pillar, bounces, walls, fps, caption_rng)
+    impacts = _impacts(scene, contacts, frames / fps)
+    if frames > 1 and np.random.default_rng([seed, index, 2]).random() < caption_sounds:
+        caption += world_audio.sound_phrase(impacts, np.random.default_rng([seed, index, 3]))
     video = _render(scene, positions, cam_x, height, width)
-    return WorldClip(video, fps, caption, scene, positions, visible)
+    return WorldClip(video, fps, caption, scene, positions, visible, impacts)
 
 
 def _draw_scene(seed: int, index: int, aspect: float, frames: int, fps: float) -> dict:
@@ -232,13 +254,15 @@ def _box_of(obj: dict) -> tuple[float, float, float]:
     return (*obj["position"], obj["radius"] if obj["kind"] == "ball" else obj["half_size"])
 
 
-def _simulate(scene: dict, n_steps: int) -> tuple[np.ndarray, list, list]:
+def _simulate(scene: dict, n_steps: int) -> tuple[np.ndarray, list, list, list]:
     """Integrates the scene for ``n_steps`` steps of 1/240 s.
 
     Returns:
       trajectory: float64 [n_steps + 1, N, 2] world centres at times 0, dt, ..., n_steps * dt.
       bounces: per object, ``(time_s, upward_speed)`` of each floor bounce.
       walls: per object, ``(time_s, "left" | "right")`` of each wall hit.
+      contacts: ``(time_s, kind, objects, normal_speed, world_x)`` of every impact faster than
+        ``_MIN_IMPACT_SPEED``, in time order (see :class:`Impact`).
     """
     objs = scene["objects"]
     g, floor, world_w = scene["world"]["gravity"], scene["world"]["floor"], scene["world"]["width"]
@@ -255,6 +279,7 @@ def _simulate(scene: dict, n_steps: int) -> tuple[np.ndarray, list, list]:
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     bounces: list[list[tuple[float, float]]] = [[] for _ in objs]
     walls: list[list[tuple[float, str]]] = [[] for _ in objs]
+    contacts: list[tuple[float, str, tuple[int, ...], float, float]] = []
     out = [x + y]
     fall, gdt = 0.5 * g * _DT * _DT, g * _DT
     rest_speed = math.sqrt(2.0 * g * _MIN_HOP)
@@ -266,12 +291,16 @@ def _simulate(scene: dict, n_steps: int) -> tuple[np.ndarray, list, list]:
             vy[i] -= gdt
             x[i] += vx[i] * _DT
         for i, j in pairs:
-            _collide(i, j, x, y, vx, vy, ext, ball, rest, inv_m)
+            closing = _collide(i, j, x, y, vx, vy, ext, ball, rest, inv_m)
+            if closing > _MIN_IMPACT_SPEED:
+                contacts.append((t, "collision", (i, j), closing, 0.5 * (x[i] + x[j])))
         # Floor and walls act last, so a contact push never leaves a recorded centre inside them.
         for i in range(n):
             if y[i] - ext[i] < floor:
                 y[i] = floor + ext[i]
                 if vy[i] < 0.0:
+                    if -vy[i] > _MIN_IMPACT_SPEED:
+                        contacts.append((t, "floor", (i,), -vy[i], x[i]))
                     up = -vy[i] * rest[i]
                     vy[i] = up if up > rest_speed else 0.0
                     if vy[i] > 0.0:
@@ -283,24 +312,44 @@ def _simulate(scene: dict, n_steps: int) -> tuple[np.ndarray, list, list]:
             if side:
                 x[i] = ext[i] if side == "left" else world_w - ext[i]
                 if (vx[i] < 0.0) == (side == "left"):
+                    if abs(vx[i]) > _MIN_IMPACT_SPEED:
+                        contacts.append((t, "wall", (i,), abs(vx[i]), x[i]))
                     if abs(vx[i]) > _MIN_WALL_SPEED:
                         walls[i].append((t, side))
                     vx[i] = -vx[i] * rest[i]
         out.append(x + y)
     traj = np.array(out, dtype=np.float64).reshape(n_steps + 1, 2, n).transpose(0, 2, 1)
-    return traj, bounces, walls
+    return traj, bounces, walls, contacts
 
 
-def _collide(i: int, j: int, x, y, vx, vy, ext, ball, rest, inv_m) -> None:
-    """Resolves contact between objects i and j in place: impulse along the contact normal."""
+def _impacts(scene: dict, contacts: list, duration: float) -> tuple[Impact, ...]:
+    """The contacts of :func:`_simulate` within ``[0, duration)`` s as :class:`Impact` records."""
+    objs, camera = scene["objects"], scene["camera"]
+    impacts = []
+    for t, kind, which, speed, x in contacts:
+        if t >= duration:
+            break
+        view_x = (x - camera["x0"] - camera["velocity"] * t) / camera["view_width"]
+        sizes = [_box_of(objs[i])[2] for i in which]
+        material = "box" if any(objs[i]["kind"] == "box" for i in which) else "ball"
+        pan = min(max(2.0 * view_x - 1.0, -1.0), 1.0)
+        impacts.append(Impact(t, kind, which, speed, pan, material, min(sizes)))
+    return tuple(impacts)
+
+
+def _collide(i: int, j: int, x, y, vx, vy, ext, ball, rest, inv_m) -> float:
+    """Resolves contact between objects i and j in place: impulse along the contact normal.
+
+    Returns the normal speed at which they met (0 when not touching or already separating).
+    """
     dx, dy = x[j] - x[i], y[j] - y[i]
     reach = ext[i] + ext[j]
     if abs(dx) >= reach or abs(dy) >= reach:
-        return
+        return 0.0
     if ball[i] and ball[j]:
         dist = math.sqrt(dx * dx + dy * dy)
         if dist >= reach:
-            return
+            return 0.0
         nx, ny = (dx / dist, dy / dist) if dist > 0.0 else (0.0, 1.0)
         depth, e = reach - dist, _BALL_PAIR_RESTITUTION
     else:
@@ -313,7 +362,7 @@ def _collide(i: int, j: int, x, y, vx, vy, ext, ball, rest, inv_m) -> None:
             py = s * dy - min(max(s * dy, -h), h)
             dist = math.sqrt(px * px + py * py)
             if dist >= r:
-                return
+                return 0.0
             nx, ny, depth = (s * px / dist, s * py / dist, r - dist) if dist > 0.0 else (0, 0, 0)
         if dist == 0.0:  # two squares, or a circle centred inside a square: least-overlap axis
             if abs(dx) > abs(dy):
@@ -333,6 +382,7 @@ def _collide(i: int, j: int, x, y, vx, vy, ext, ball, rest, inv_m) -> None:
     y[i] -= push * inv_m[i] * ny
     x[j] += push * inv_m[j] * nx
     y[j] += push * inv_m[j] * ny
+    return max(-closing, 0.0)
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
@@ -518,10 +568,22 @@ def _blend(canvas: np.ndarray, index: tuple, cover: np.ndarray, rgb) -> None:
 
 
 def make_clips(
-    seed: int, indices: Iterable[int], shape: tuple[int, int, int], fps: Callable[[int], float]
+    seed: int,
+    indices: Iterable[int],
+    shape: tuple[int, int, int],
+    fps: Callable[[int], float],
+    caption_sounds: float = 0.0,
 ) -> Iterator[WorldClip]:
     """Clips ``indices`` of the world with ``seed`` at ``shape = (T, H, W)``, clip ``i`` at frame
     rate ``fps(i)``: the one way commands render a run of world clips (each as :func:`make_clip`)."""
     frames, height, width = shape
     for index in indices:
-        yield make_clip(seed, index, frames=frames, height=height, width=width, fps=fps(index))
+        yield make_clip(
+            seed,
+            index,
+            frames=frames,
+            height=height,
+            width=width,
+            fps=fps(index),
+            caption_sounds=caption_sounds,
+        )
