@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
         help="Hugging Face-format BERT/T5 directory: store each clip's caption embedding",
     )
     prepare.add_argument("--caption-tokens", type=int, default=64, help="most tokens a caption embedding")
+    prepare.add_argument("--audio-rate", type=int, default=16000, help="sample rate of the sound kept (Hz)")
+    prepare.add_argument("--audio-channels", type=int, default=1, help="1 (mono) or 2 (stereo)")
+    prepare.add_argument("--no-audio", action="store_true", help="drop the videos' sound")
 
     encode = commands.add_parser(
         "encode",
@@ -379,6 +382,10 @@ def _prepare(args: argparse.Namespace) -> int:
     ):
         if value < least:
             raise ConfigError(f"{flag} must be at least {least}, got {value}")
+    if not 1000 <= args.audio_rate <= 192_000:
+        raise ConfigError(f"--audio-rate must be from 1000 to 192000 Hz, got {args.audio_rate}")
+    if args.audio_channels not in (1, 2):
+        raise ConfigError(f"--audio-channels must be 1 (mono) or 2 (stereo), got {args.audio_channels}")
     report = prepare(
         args.input,
         args.output,
@@ -390,12 +397,18 @@ def _prepare(args: argparse.Namespace) -> int:
         caption_default=args.caption_default,
         text_encoder=args.text_encoder,
         caption_tokens=args.caption_tokens,
+        audio_rate=None if args.no_audio else args.audio_rate,
+        audio_channels=args.audio_channels,
     )
     changed = f"; captions changed: {report.caption_changes}" if report.caption_changes else ""
+    heard = ""
+    if report.audio:
+        counts = {state: report.audio.get(state, 0) for state in ("sound", "silent", "none")}
+        heard = "; videos with sound {sound}, silent {silent}, without a track {none}".format(**counts)
     print(
         f"{report.clips_written} clips ({report.frames_written} frames) from "
         f"{report.sources_done} sources; {report.skipped_done} already done; "
-        f"skipped {sum(report.failures.values())}: {report.failures}{changed}"
+        f"skipped {sum(report.failures.values())}: {report.failures}{changed}{heard}"
     )
     print(f"report: {args.output.rstrip('/')}/prepare_report.json")
     return 0
@@ -421,7 +434,7 @@ def _encode(args: argparse.Namespace) -> int:
             autoencoder.tiling()
         except ValueError as error:
             raise ConfigError(f"--tile: {error}") from None
-    caption_dim, caption_encoder = 0, None
+    caption_dim, caption_encoder, sound = 0, None, {}
     if args.input:
         try:
             source = ClipStore.open(args.input)
@@ -429,6 +442,8 @@ def _encode(args: argparse.Namespace) -> int:
             raise ConfigError(str(error)) from None
         clips = store_clips(source)
         caption_dim, caption_encoder = source.caption_dim, source.caption_encoder or None
+        if source.audio_sample_rate:  # The latent store keeps the clips' sound as it is.
+            sound = {"audio_sample_rate": source.audio_sample_rate, "audio_channels": source.audio_channels}
     else:
         embedder = None
         if args.text_encoder:
@@ -440,7 +455,12 @@ def _encode(args: argparse.Namespace) -> int:
         clips = world_clips(args.world, args.seed, shape, tuple(args.fps), embedder)
     try:
         report = encode_into_store(
-            autoencoder, clips, args.output, caption_dim=caption_dim, caption_encoder=caption_encoder
+            autoencoder,
+            clips,
+            args.output,
+            caption_dim=caption_dim,
+            caption_encoder=caption_encoder,
+            **sound,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

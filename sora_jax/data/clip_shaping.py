@@ -16,6 +16,11 @@ Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``:
   area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
   sampled frames; frames are never upscaled.
 * Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
+* Sound (unless ``audio_rate`` is None): each video clip keeps the first audio track's sound of
+  exactly its time span, from its first frame's time for ``T / fps`` s (``round(T / fps *
+  audio_rate)`` samples), resampled to ``audio_rate`` Hz and ``audio_channels`` channels by
+  :func:`~sora_jax.data.video_io.read_audio_spans`, zero where the track does not reach. A
+  source without an audio track (and every image) gives its clips no sound.
 
 :func:`decode_source` runs in a decoding process (see :mod:`sora_jax.data.isolated_pool`), so it
 imports no more than decoding needs, writes its clips as ``.npy`` files for the parent to store,
@@ -32,7 +37,13 @@ from typing import Any
 import numpy as np
 
 from sora_jax.data.isolated_pool import TaskFailure
-from sora_jax.data.video_io import DecodedFrame, VideoDecodeError, open_video, probe_video
+from sora_jax.data.video_io import (
+    DecodedFrame,
+    VideoDecodeError,
+    open_video,
+    probe_video,
+    read_audio_spans,
+)
 
 
 class SkipSource(TaskFailure):
@@ -42,18 +53,28 @@ class SkipSource(TaskFailure):
 @dataclasses.dataclass(frozen=True)
 class ClipSettings:
     """What clips are cut to (``max_seconds`` s, ``fps`` frames/s or None to keep every frame,
-    ``max_area`` pixels a frame) and which sources are usable (a side of at least ``min_side``
-    px, at most ``max_input_pixels`` px a frame)."""
+    ``max_area`` pixels a frame, sound at ``audio_rate`` Hz or None to drop it, ``audio_channels``
+    1 or 2) and which sources are usable (a side of at least ``min_side`` px, at most
+    ``max_input_pixels`` px a frame)."""
 
     max_seconds: float
     fps: float | None
     max_area: int
     min_side: int
     max_input_pixels: int
+    audio_rate: int | None = 16000
+    audio_channels: int = 1
 
     def shaping(self) -> dict[str, Any]:
-        """The settings a store's clips depend on, as kept under ``PREPARE_KEY``."""
-        return {"max_seconds": self.max_seconds, "fps": self.fps, "max_area": self.max_area}
+        """The settings a store's clips depend on, as kept under ``PREPARE_KEY`` (a store kept
+        before sound existed has no ``audio_*`` keys: it was made without it)."""
+        return {
+            "max_seconds": self.max_seconds,
+            "fps": self.fps,
+            "max_area": self.max_area,
+            "audio_rate": self.audio_rate,
+            "audio_channels": self.audio_channels if self.audio_rate else None,
+        }
 
 
 def target_size(height: int, width: int, max_area: int) -> tuple[int, int, int, int] | None:
@@ -79,7 +100,7 @@ class _ClipSpool:
         self.clip_len = clip_len
         self.current: list[tuple[float, np.ndarray]] = []
         self.held: list[tuple[float, np.ndarray]] | None = None
-        self.written: list[tuple[str, float]] = []
+        self.written: list[tuple[str, float, int]] = []
         # Not makedirs: a worker left running by a killed run must not recreate scratch that a
         # later run removed.
         os.mkdir(directory)
@@ -91,8 +112,8 @@ class _ClipSpool:
                 self._write(self.held)
             self.held, self.current = self.current, []
 
-    def finish(self) -> list[tuple[str, float]]:
-        """Writes what is left; returns ``(file, start seconds)`` per clip in order."""
+    def finish(self) -> list[tuple[str, float, int]]:
+        """Writes what is left; returns ``(file, start seconds, frames)`` per clip in order."""
         held, tail = self.held, self.current
         if held is not None and tail and 2 * len(tail) < self.clip_len:
             both = held + tail
@@ -108,16 +129,18 @@ class _ClipSpool:
     def _write(self, frames: list[tuple[float, np.ndarray]]) -> None:
         file = os.path.join(self.directory, f"{len(self.written):06d}.npy")
         np.save(file, np.stack([f for _, f in frames]))
-        self.written.append((file, frames[0][0]))
+        self.written.append((file, frames[0][0], len(frames)))
 
 
 def decode_source(
     path: str, spool: str, settings: ClipSettings, fps_hint: float
-) -> tuple[float, list[tuple[str, float]]]:
+) -> tuple[float, list[tuple[str, float, str | None]]]:
     """Decodes, resamples, resizes and cuts one source into ``.npy`` clips under ``spool``.
 
-    Returns ``(fps, [(file, start_seconds), ...])``; ``fps`` is the clips' frame rate (0.0
-    for an image). Raises SkipSource for anything that makes the source unusable.
+    Returns ``(fps, [(file, start_seconds, sound_file), ...])``; ``fps`` is the clips' frame
+    rate (0.0 for an image); ``sound_file`` the clip's float32 ``[samples, audio_channels]``
+    sound as ``.npy``, None when the source has no audio track or sound is off. Raises
+    SkipSource for anything that makes the source unusable.
     """
     try:
         size = os.stat(path).st_size
@@ -205,7 +228,33 @@ def decode_source(
     written = clips.finish()
     if not written:
         raise SkipSource("no_frames", "no decodable video frames")
-    return out_fps, written
+    sound_files: list[str | None] = [None] * len(written)
+    if settings.audio_rate and out_fps > 0:
+        sound_files = _cut_sound(path, written, out_fps, settings)
+    return out_fps, [
+        (file, start, sound) for (file, start, _), sound in zip(written, sound_files, strict=True)
+    ]
+
+
+def _cut_sound(
+    path: str, clips: list[tuple[str, float, int]], fps: float, settings: ClipSettings
+) -> list[str | None]:
+    """Saves each clip's sound beside its frames (``<clip>.sound.npy``); Nones without a track."""
+    spans = [(start, frames / fps) for _, start, frames in clips]
+    try:
+        sounds = read_audio_spans(
+            path, spans, sample_rate=settings.audio_rate, channels=settings.audio_channels
+        )
+        if sounds is None:
+            return [None] * len(clips)
+        files = []
+        for (file, _, _), sound in zip(clips, sounds, strict=True):
+            # round(frames / fps * rate) samples: the length the store checks against the frames.
+            files.append(file.removesuffix(".npy") + ".sound.npy")
+            np.save(files[-1], sound)
+    except VideoDecodeError as e:
+        raise SkipSource("decode_error", f"{e.reason} (--no-audio keeps its pictures alone)") from None
+    return files
 
 
 def _check_pixels(height: int, width: int, settings: ClipSettings) -> None:

@@ -4,9 +4,11 @@ Layout under the store's root (a local directory or any tensorstore kvstore URL 
 ``gs://bucket/store``; every key is read and written through tensorstore, never ``os``)::
 
     clip_store.json             {"format", "version", "dtype", "channels", "chunk_elements", "extra",
-                                 "captions" (only in a store with caption embeddings)}
+                                 "captions" (only in a store with caption embeddings),
+                                 "audio" (only in a store with sound)}
     data/                       zarr v3 array, 1-D, the store's dtype, chunks of ~4 MiB, zstd
     captions/                   (optional) zarr v3 array, 1-D: caption embeddings, the same way
+    audio/                      (optional) zarr v3 array, 1-D int16: clips' sound, the same way
     index/000000000001.jsonl    index segment: one JSON object per line, written once
     index/000000000007.all.jsonl  compacted index: every entry of segments <= 7
 
@@ -24,6 +26,14 @@ once when the store is prepared so training never runs the encoder. They lie in 
 the clips lie in ``data/``; ``clip_store.json`` names their width, dtype and encoder under
 ``"captions"``.
 
+A store may also hold each clip's sound: the audio of exactly the clip's time span (from its
+``start`` for ``T / fps`` s, ``round(T / fps * sample_rate)`` samples), int16 samples of
+``channels`` interleaved channels (mono or stereo) at one sample rate for the whole store, named
+with the encoding under ``"audio"`` in ``clip_store.json``. Each clip's record says what it has
+(:data:`AUDIO_STATES`): ``"sound"``, ``"silent"`` (stored, but its peak is below
+:data:`SILENCE_DBFS`) or ``"none"`` (its source has no audio track; nothing stored). Stores made
+before sound existed read as ``"none"`` throughout.
+
 ``"extra"`` is JSON metadata about the store as a whole, free for its writer to fill (see
 :attr:`ClipStore.extra`); the keys the library itself writes and reads are :data:`AUTOENCODER_KEY`,
 :data:`STATS_KEY` and :data:`PREPARE_KEY`. An encoded latent store holds the first two (the
@@ -31,10 +41,11 @@ statistics once its encode has finished); a pixel store made by ``prepare`` hold
 
 Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
 "offset"}`` (plus ``"caption_offset"`` and ``"caption_tokens"`` in a store with caption
-embeddings) and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
+embeddings, and ``"audio"``, ``"audio_offset"``, ``"audio_samples"`` for a clip with stored
+sound) and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
 at once but only stages its entry; :meth:`ClipStore.flush` writes all staged entries as one new
 segment, a single atomic object write. So an entry can only exist for data that was completely
-written (clip and caption embedding alike): a crash before the flush loses the staged clips
+written (clip, caption embedding and sound alike): a crash before the flush loses the staged clips
 (their space is reused by the next writer) but never leaves an entry pointing at missing data.
 
 Concurrency: one writer at a time. Ingest decodes in worker processes that return frames to one
@@ -81,6 +92,15 @@ STATS_KEY = "latent_stats"
 # into the store must use the same ones, or the store would hold clips of two kinds.
 PREPARE_KEY = "prepare"
 
+# What a clip's record says of its sound. "silent": stored, with every sample's magnitude below
+# SILENCE_DBFS (a muted or zero-filled track: a real room recorded by any microphone is 20-30 dB
+# louder, while 16-bit dither and codec noise in silence lie near -90 dBFS).
+AUDIO_STATES = ("sound", "silent", "none")
+SILENCE_DBFS = -60.0
+_PCM_SCALE = 32767  # Full scale of the int16 samples: x in [-1, 1] is stored as round(x * 32767).
+# Largest int16 magnitude that is still silent: 10 ** (-60 / 20) * 32767 = 32.8.
+_SILENT_PCM = math.floor(10 ** (SILENCE_DBFS / 20) * _PCM_SCALE)
+
 # A key's generation when it does not exist: a write conditioned on it only creates.
 _NO_VALUE = b"\x02"
 _SEGMENT = re.compile(r"^(\d{12})(\.all)?\.jsonl$")
@@ -93,7 +113,9 @@ class ClipRecord:
 
     ``shape`` is ``(T, H, W, C)``; ``fps`` frames/s (0.0 for a still image); ``start`` the
     time (s) in ``source`` of the clip's first frame; ``offset`` the element (not byte) index of
-    the clip's first value in the store's flat data array.
+    the clip's first value in the store's flat data array. ``audio`` is one of
+    :data:`AUDIO_STATES`; a clip with stored sound has ``audio_samples`` samples (each of the
+    store's audio channels) from element ``audio_offset`` of ``audio/``.
     """
 
     clip_id: str
@@ -107,6 +129,9 @@ class ClipRecord:
     # in a store without caption embeddings.
     caption_offset: int = 0
     caption_tokens: int = 0
+    audio: str = "none"
+    audio_offset: int = 0
+    audio_samples: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -130,6 +155,12 @@ class ClipRecord:
         }
         if self.caption_tokens:
             entry |= {"caption_offset": self.caption_offset, "caption_tokens": self.caption_tokens}
+        if self.audio != "none":
+            entry |= {
+                "audio": self.audio,
+                "audio_offset": self.audio_offset,
+                "audio_samples": self.audio_samples,
+            }
         return entry
 
     @classmethod
@@ -137,6 +168,9 @@ class ClipRecord:
         shape = tuple(int(n) for n in entry["shape"])
         if len(shape) != 4:
             raise ValueError(f"clip entry {entry.get('id')!r} has shape {shape}, expected 4 dims")
+        audio = str(entry.get("audio", "none"))
+        if audio not in AUDIO_STATES:
+            raise ValueError(f"clip entry {entry.get('id')!r} has audio {audio!r}, not one of {AUDIO_STATES}")
         return cls(
             clip_id=str(entry["id"]),
             shape=shape,  # type: ignore[arg-type]  # Length checked above.
@@ -147,6 +181,9 @@ class ClipRecord:
             offset=int(entry["offset"]),
             caption_offset=int(entry.get("caption_offset", 0)),
             caption_tokens=int(entry.get("caption_tokens", 0)),
+            audio=audio,
+            audio_offset=int(entry.get("audio_offset", 0)),
+            audio_samples=int(entry.get("audio_samples", 0)),
         )
 
 
@@ -223,6 +260,7 @@ class ClipStore:
         metadata: dict[str, Any],
         data: ts.TensorStore,
         captions: ts.TensorStore | None = None,
+        audio: ts.TensorStore | None = None,
     ) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._path = path
@@ -236,6 +274,12 @@ class ClipStore:
         self.caption_dtype = np.dtype(caption_meta.get("dtype", "float16"))
         self.caption_encoder: dict[str, Any] = dict(caption_meta.get("encoder", {}))
         self._caption_chunk = int(caption_meta.get("chunk_elements", 1))
+        self._audio = audio
+        audio_meta = metadata.get("audio") or {}
+        # The sound's sample rate (0: the store keeps no sound) and channel count.
+        self.audio_sample_rate = int(audio_meta.get("sample_rate", 0))
+        self.audio_channels = int(audio_meta.get("channels", 0))
+        self._audio_chunk = int(audio_meta.get("chunk_elements", 1))
         self.dtype = np.dtype(metadata["dtype"])
         self.channels = int(metadata["channels"])
         self.chunk_elements = int(metadata["chunk_elements"])
@@ -250,6 +294,7 @@ class ClipStore:
         self._live_segments = 0  # Segment objects a reader has to read (for compaction).
         self._end = 0  # First element past all committed and staged data.
         self._caption_end = 0  # The same in the caption embeddings.
+        self._audio_end = 0  # The same in the sound.
         self._load_index()
 
     # -- creation ---------------------------------------------------------------------------
@@ -268,6 +313,8 @@ class ClipStore:
         caption_dim: int = 0,
         caption_dtype: str | np.dtype = "float16",
         caption_encoder: dict[str, Any] | None = None,
+        audio_sample_rate: int = 0,
+        audio_channels: int = 1,
     ) -> ClipStore:
         """Creates an empty store at ``path`` (a local directory or a kvstore URL).
 
@@ -282,6 +329,10 @@ class ClipStore:
         caption_dim]`` in ``caption_dtype`` (``float16`` or ``float32``); ``caption_encoder``
         describes the encoder that made them (kept in the metadata; an existing store opened with
         ``exist_ok`` must have the same width and encoder).
+
+        ``audio_sample_rate > 0`` makes a store that keeps each clip's sound (when it has one) at
+        that rate (Hz), with ``audio_channels`` channels (1 or 2); an existing store opened with
+        ``exist_ok`` must keep the same (a store without sound has rate 0).
         """
         name = np.dtype(dtype).name
         caption_name = np.dtype(caption_dtype).name
@@ -295,6 +346,10 @@ class ClipStore:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        if not (isinstance(audio_sample_rate, int) and audio_sample_rate >= 0):
+            raise ValueError(f"audio_sample_rate must be an int >= 0, got {audio_sample_rate!r}")
+        if audio_channels not in (1, 2):
+            raise ValueError(f"audio_channels must be 1 or 2, got {audio_channels!r}")
         spec = _root_spec(path)
         root = ts.KvStore.open(spec).result()
         if root.read(METADATA_KEY).result().state == "value":
@@ -313,6 +368,13 @@ class ClipStore:
                     f"existing store at {os.fspath(path)!r} holds caption embeddings {held}, "
                     f"not {wanted}: prepare into a new store to change the text encoder"
                 )
+            wanted_audio = (audio_sample_rate, audio_channels if audio_sample_rate else 0)
+            held_audio = (store.audio_sample_rate, store.audio_channels)
+            if wanted_audio != held_audio:
+                raise ValueError(
+                    f"existing store at {os.fspath(path)!r} holds {_sound_format(*held_audio)}, "
+                    f"not {_sound_format(*wanted_audio)}: use a new store to change it"
+                )
             return store
         chunk_elements = max(1, chunk_bytes // np.dtype(name).itemsize)
         arrays = {"data/": (name, chunk_elements)}
@@ -325,6 +387,17 @@ class ClipStore:
                 "dtype": caption_name,
                 "chunk_elements": caption_chunk,
                 "encoder": dict(caption_encoder or {}),
+            }
+        audio_meta = None
+        if audio_sample_rate:
+            audio_chunk = max(1, chunk_bytes // 2)
+            arrays["audio/"] = ("int16", audio_chunk)
+            audio_meta = {
+                "sample_rate": audio_sample_rate,
+                "channels": audio_channels,
+                "dtype": "int16",
+                "scale": _PCM_SCALE,
+                "chunk_elements": audio_chunk,
             }
         opened = {}
         for key, (array_dtype, chunks) in arrays.items():
@@ -347,11 +420,20 @@ class ClipStore:
         }
         if caption_meta:
             metadata["captions"] = caption_meta
+        if audio_meta:
+            metadata["audio"] = audio_meta
         # Written last, and only if absent: a directory is a store once this key exists.
         stamp = root.write(METADATA_KEY, json.dumps(metadata, indent=1), if_equal=_NO_VALUE).result()
         if not stamp.generation:
             raise FileExistsError(f"another process created a clip store at {os.fspath(path)!r}")
-        return cls(_display_path(path), root, metadata, opened["data/"], opened.get("captions/"))
+        return cls(
+            _display_path(path),
+            root,
+            metadata,
+            opened["data/"],
+            opened.get("captions/"),
+            opened.get("audio/"),
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ClipStore:
@@ -381,7 +463,10 @@ class ClipStore:
             captions = ts.open(
                 {"driver": "zarr3", "kvstore": (spec / "captions/").to_json()}, open=True
             ).result()
-        return cls(_display_path(path), root, metadata, data, captions)
+        audio = None
+        if metadata.get("audio"):
+            audio = ts.open({"driver": "zarr3", "kvstore": (spec / "audio/").to_json()}, open=True).result()
+        return cls(_display_path(path), root, metadata, data, captions, audio)
 
     def __reduce__(self) -> tuple:
         return (ClipStore.open, (self._path,))
@@ -440,6 +525,8 @@ class ClipStore:
             self._end = max(self._end, record.offset + record.size)
             caption_end = record.caption_offset + record.caption_tokens * self.caption_dim
             self._caption_end = max(self._caption_end, caption_end)
+            audio_end = record.audio_offset + record.audio_samples * self.audio_channels
+            self._audio_end = max(self._audio_end, audio_end)
         elif entry["type"] == "done":
             self._done.add(str(entry["source"]))
         else:
@@ -506,7 +593,7 @@ class ClipStore:
         if self._in_atomic:
             raise RuntimeError("atomic() blocks do not nest")
         n_pending, n_records = len(self._pending), len(self._records)
-        end, caption_end = self._end, self._caption_end
+        end, caption_end, audio_end = self._end, self._caption_end, self._audio_end
         self._in_atomic = True
         try:
             yield
@@ -519,7 +606,7 @@ class ClipStore:
             del self._pending[n_pending:]
             del self._records[n_records:]
             # The dropped clips' space is reused by the next append.
-            self._end, self._caption_end = end, caption_end
+            self._end, self._caption_end, self._audio_end = end, caption_end, audio_end
             raise
         finally:
             self._in_atomic = False
@@ -536,6 +623,7 @@ class ClipStore:
         source: str,
         start: float,
         caption_embedding: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
     ) -> None:
         """Writes ``frames`` (``[T, H, W, C]``, the store's dtype and C) and stages its entry.
 
@@ -546,6 +634,14 @@ class ClipStore:
         or a non-finite ``fps``/``start``. A store with caption embeddings needs
         ``caption_embedding``, ``[L, caption_dim]`` with L >= 1 and finite values (cast to the
         store's caption dtype); one without refuses it.
+
+        ``audio``: the clip's sound, float ``[samples, audio_channels]`` in [-1, 1] (clipped) at
+        the store's :attr:`audio_sample_rate`, or None for a clip whose source has no audio track
+        (its record says ``"none"``). In a pixel store it must be exactly the clip's time span,
+        ``round(T / fps * audio_sample_rate)`` samples; a latent store keeps the sound of the
+        video its latents encode, as the pixel store held it. A store without sound, and a
+        still image (``fps == 0``), refuse it. The record says ``"silent"`` when no stored sample
+        reaches :data:`SILENCE_DBFS`, else ``"sound"``.
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")
@@ -576,12 +672,17 @@ class ClipStore:
                 raise ValueError(f"clip {clip_id!r}: {name} must be a str, got {type(value).__name__}")
 
         embedding = self._check_caption_embedding(clip_id, caption_embedding)
+        pcm = self._check_audio(clip_id, audio, frames.shape[0], fps)
 
         offset, size = self._end, frames.size
         self._data = _write_flat(self._data, offset, frames, self.chunk_elements)
         caption_offset = self._caption_end
         if embedding is not None:
             self._captions = _write_flat(self._captions, caption_offset, embedding, self._caption_chunk)
+        audio_offset, sound = self._audio_end, "none"
+        if pcm is not None:
+            self._audio = _write_flat(self._audio, audio_offset, pcm, self._audio_chunk)
+            sound = "silent" if int(np.abs(pcm, dtype=np.int32).max(initial=0)) <= _SILENT_PCM else "sound"
         record = ClipRecord(
             clip_id=clip_id,
             shape=tuple(int(n) for n in frames.shape),  # type: ignore[arg-type]
@@ -592,6 +693,9 @@ class ClipStore:
             offset=offset,
             caption_offset=caption_offset if embedding is not None else 0,
             caption_tokens=len(embedding) if embedding is not None else 0,
+            audio=sound,
+            audio_offset=audio_offset if pcm is not None else 0,
+            audio_samples=len(pcm) if pcm is not None else 0,
         )
         self._by_id[clip_id] = len(self._records)
         self._records.append(record)
@@ -599,6 +703,34 @@ class ClipStore:
         self._end = offset + size
         if embedding is not None:
             self._caption_end = caption_offset + embedding.size
+        if pcm is not None:
+            self._audio_end = audio_offset + pcm.size
+
+    def _check_audio(
+        self, clip_id: str, audio: np.ndarray | None, frames: int, fps: float
+    ) -> np.ndarray | None:
+        """The clip's sound as int16 ``[samples, audio_channels]``, after checking it fits."""
+        if audio is None:
+            return None
+        if not self.audio_sample_rate:
+            raise ValueError(f"clip {clip_id!r}: this store keeps no sound (made without audio)")
+        if fps == 0:
+            raise ValueError(f"clip {clip_id!r}: a still image (fps 0) has no sound")
+        audio = np.asarray(audio)
+        if audio.dtype.kind != "f" or audio.ndim != 2 or audio.shape[1] != self.audio_channels:
+            raise ValueError(
+                f"clip {clip_id!r}: audio must be float [samples, {self.audio_channels}], "
+                f"got {audio.dtype} {audio.shape}"
+            )
+        if not np.isfinite(audio).all():
+            raise ValueError(f"clip {clip_id!r}: audio contains NaN or inf")
+        expected = round(frames / fps * self.audio_sample_rate)
+        if self.dtype == np.uint8 and len(audio) != expected:
+            raise ValueError(
+                f"clip {clip_id!r}: {len(audio)} audio samples, but {frames} frames at {fps:g} fps "
+                f"last {expected} samples at {self.audio_sample_rate} Hz"
+            )
+        return np.round(np.clip(audio, -1.0, 1.0) * _PCM_SCALE).astype(np.int16)
 
     def _check_caption_embedding(self, clip_id: str, embedding: np.ndarray | None) -> np.ndarray | None:
         """The embedding in the store's caption dtype, after checking it fits this store."""
@@ -684,6 +816,18 @@ class ClipStore:
         flat, self._data = _read_flat(self._data, record.offset, record.size)
         return flat.reshape(record.shape)
 
+    def read_audio(self, key: int | str) -> np.ndarray | None:
+        """The sound of the clip at position ``key`` or with id ``key``: float32 ``[samples,
+        audio_channels]`` in [-1, 1] at :attr:`audio_sample_rate`, or None when its record says
+        ``"none"`` (no audio track, or a store without sound). A ``"silent"`` clip gives its
+        stored (near-zero) samples."""
+        record = self.record(key)
+        if record.audio == "none" or self._audio is None:
+            return None
+        size = record.audio_samples * self.audio_channels
+        flat, self._audio = _read_flat(self._audio, record.audio_offset, size)
+        return flat.reshape(record.audio_samples, self.audio_channels).astype(np.float32) / _PCM_SCALE
+
     def read_caption_embedding(self, key: int | str) -> np.ndarray:
         """The caption embedding of the clip at position ``key`` or with id ``key``: ``[L,
         caption_dim]`` in :attr:`caption_dtype`. Raises ValueError for a store without them."""
@@ -693,6 +837,12 @@ class ClipStore:
         size = record.caption_tokens * self.caption_dim
         flat, self._captions = _read_flat(self._captions, record.caption_offset, size)
         return flat.reshape(record.caption_tokens, self.caption_dim)
+
+
+def _sound_format(sample_rate: int, channels: int) -> str:
+    if not sample_rate:
+        return "no sound"
+    return f"sound at {sample_rate} Hz, {'mono' if channels == 1 else 'stereo'}"
 
 
 def _display_path(path: str | os.PathLike) -> str:

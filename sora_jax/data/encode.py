@@ -7,8 +7,10 @@ A latent DiT then trains on ``LATENTS`` (``data.store``) without running the enc
 samples are decoded by the same autoencoder.
 
 The output is a :class:`~sora_jax.data.clip_store.ClipStore` of float16 ``[T', H', W', z]``
-posterior means, one per input clip, with the input's id, frame rate, caption and caption
-embedding. Its ``extra`` metadata holds (keys and schema defined in :mod:`sora_jax.data.clip_store`)
+posterior means, one per input clip, with the input's id, frame rate, caption, caption
+embedding and sound (a pixel store's clip sound is copied unchanged, at the store's rate and
+channels, with its ``"sound"``/``"silent"``/``"none"`` state; physics-world clips get none).
+Its ``extra`` metadata holds (keys and schema defined in :mod:`sora_jax.data.clip_store`)
 
 * ``"autoencoder"``: which run and checkpoint made the latents and its compression factors (a
   resumed encode must use the same one; a DiT run checks it against ``model.autoencoder``);
@@ -59,6 +61,7 @@ class _Clip:
     source: str
     start: float
     caption_embedding: np.ndarray | None
+    audio: np.ndarray | None = None  # float32 [samples, C], the clip's sound as its store keeps it
 
 
 def world_clips(
@@ -76,7 +79,8 @@ def world_clips(
 
 
 def store_clips(store: ClipStore) -> Iterator[_Clip]:
-    """Every clip of a pixel store, with its caption embedding when the store has them."""
+    """Every clip of a pixel store, with its caption embedding when the store has them and its
+    sound when it has one."""
     if store.dtype != np.uint8 or store.channels != 3:
         raise ValueError(
             f"{store.path} holds {store.dtype} x{store.channels} clips, not RGB pixels to encode"
@@ -91,6 +95,7 @@ def store_clips(store: ClipStore) -> Iterator[_Clip]:
             record.source,
             record.start,
             embedding,
+            store.read_audio(index),
         )
 
 
@@ -101,16 +106,20 @@ def encode_into_store(
     *,
     caption_dim: int = 0,
     caption_encoder: dict[str, Any] | None = None,
+    audio_sample_rate: int = 0,
+    audio_channels: int = 1,
     flush_every: int = 32,
     stats_clips: int = 256,
 ) -> EncodeReport:
     """Encodes ``clips`` with ``autoencoder`` (a :class:`~sora_jax.autoencoder.trained.TrainedAutoencoder`,
     or a pretrained :class:`~sora_jax.wan.autoencoder.WanAutoencoder`, which brings its latent statistics)
     into the latent store at ``output`` (created, or resumed when it exists), then writes its
-    latent statistics.
+    latent statistics. ``audio_sample_rate`` and ``audio_channels``: the sound format of the
+    clips' sound, the input store's (rate 0: the clips carry none).
 
     Raises:
-        ValueError: ``output`` exists but was made by another autoencoder or with other captions.
+        ValueError: ``output`` exists but was made by another autoencoder or with other captions
+            or sound format.
     """
     made_by = autoencoder.describe()
     store = ClipStore.create(
@@ -121,6 +130,8 @@ def encode_into_store(
         exist_ok=True,
         caption_dim=caption_dim,
         caption_encoder=caption_encoder,
+        audio_sample_rate=audio_sample_rate,
+        audio_channels=audio_channels,
     )
     if store.extra.get(AUTOENCODER_KEY) != made_by:
         raise ValueError(
@@ -149,6 +160,7 @@ def encode_into_store(
             source=clip.source,
             start=clip.start,
             caption_embedding=clip.caption_embedding,
+            audio=clip.audio,
         )
         report.clips_written += 1
         staged += 1

@@ -12,10 +12,16 @@ encoded once, here, and every clip of it stores the hidden states of the caption
 running the encoder. Captions that were changed to be stored (cut at ``MAX_CAPTION_CHARS``, or
 not UTF-8) are counted in the report and named in a warning.
 
-The settings that shape clips (``max_seconds``, ``fps``, ``max_area``) are kept in the store
-(``extra[PREPARE_KEY]``, see :mod:`sora_jax.data.clip_store`); a later run into the same store
-with others, or another text encoder or token limit, is refused: the store would hold clips of
-two kinds. ``min_side`` and ``max_input_pixels`` only choose sources and may change between runs.
+Each video clip keeps the sound of its time span (``audio_rate`` Hz, ``audio_channels``
+channels; ``audio_rate=None`` drops sound), and its record says ``"sound"``, ``"silent"`` (peak
+below -60 dBFS: a muted or zero-filled track) or ``"none"`` (no audio track); the report counts
+the videos of each kind and names the silent and soundless ones.
+
+The settings that shape clips (``max_seconds``, ``fps``, ``max_area``, ``audio_rate``,
+``audio_channels``) are kept in the store (``extra[PREPARE_KEY]``, see
+:mod:`sora_jax.data.clip_store`); a later run into the same store with others, or another text
+encoder or token limit, is refused: the store would hold clips of two kinds. ``min_side`` and
+``max_input_pixels`` only choose sources and may change between runs.
 
 Bad input never stops a run: each source that cannot be used is skipped and listed with a
 reason (see ``REASONS``). Decoding runs in ``workers`` spawned processes, one file per process
@@ -47,7 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sora_jax.data.clip_shaping import ClipSettings, decode_source
-from sora_jax.data.clip_store import METADATA_KEY, PREPARE_KEY, ClipStore
+from sora_jax.data.clip_store import AUDIO_STATES, METADATA_KEY, PREPARE_KEY, ClipStore
 from sora_jax.data.isolated_pool import IsolatedPool, call_task
 from sora_jax.data.run_control import StopOnSignal, logs_above_progress, new_scratch, progress_bar
 from sora_jax.data.source_list import CAPTION_CHANGES, Source, clean_caption, find_sources
@@ -63,7 +69,7 @@ REASONS = {
     "duplicate": "a CSV row repeats an earlier row's path",
     "empty_file": "zero bytes",
     "unreadable": "the file (or its sidecar .txt) cannot be opened (permissions, I/O error)",
-    "decode_error": "FFmpeg cannot demux or decode it (corrupt, truncated, no video stream)",
+    "decode_error": "FFmpeg cannot demux or decode it or its sound (corrupt, truncated, no video stream)",
     "no_frames": "opens but yields no decodable frame",
     "unknown_fps": "fps=None and the file reports no frame rate",
     "too_small": "a side below min_side, or under 8 pixels after scaling to max_area",
@@ -83,7 +89,10 @@ _TICK_SECONDS = 0.5  # How often a run waiting on decoders looks at the clock an
 _COMPACT_RUNNING = 512
 _COMPACT_SEGMENTS = 32
 # Entries a clip store holds at its root (anything else means the folder is something else).
-_STORE_NAMES = {METADATA_KEY, REPORT_KEY, "data", "captions", "index"}
+_STORE_NAMES = {METADATA_KEY, REPORT_KEY, "data", "captions", "audio", "index"}
+_STORE_ARRAYS = ("index", "data", "captions", "audio")
+# Sample rates prepare takes (Hz): telephone-band speech up to studio audio.
+_AUDIO_RATES = (1000, 192_000)
 
 
 @dataclasses.dataclass
@@ -95,7 +104,11 @@ class PrepareReport:
     ``{reason: count}``; ``failed``: ``{"path", "reason", "detail"}`` per skipped source, sorted
     by path, ``path`` relative to the input folder (or as in the CSV). ``caption_changes``:
     ``{change: count}`` (see ``CAPTION_CHANGES``) over the sources ingested by this run;
-    ``captions_changed``: ``{"path", "change", "detail"}`` for each, sorted by path.
+    ``captions_changed``: ``{"path", "change", "detail"}`` for each, sorted by path. ``audio``:
+    ``{"sound" | "silent" | "none": count}`` over the videos ingested by this run with sound on
+    (a video is ``"sound"`` if any of its clips is, ``"silent"`` if it has a track but no clip
+    reaches -60 dBFS, ``"none"`` without a track); ``without_sound``: ``{"path", "audio"}`` for
+    each silent or soundless one, sorted by path.
     """
 
     input: str
@@ -109,6 +122,8 @@ class PrepareReport:
     failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
     caption_changes: dict[str, int] = dataclasses.field(default_factory=dict)
     captions_changed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    audio: dict[str, int] = dataclasses.field(default_factory=dict)
+    without_sound: list[dict[str, str]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0
 
     def fail(self, path: str, reason: str, detail: str) -> None:
@@ -119,6 +134,11 @@ class PrepareReport:
     def caption_changed(self, path: str, change: str, detail: str) -> None:
         self.caption_changes[change] = self.caption_changes.get(change, 0) + 1
         self.captions_changed.append({"path": path, "change": change, "detail": detail})
+
+    def heard(self, path: str, state: str) -> None:
+        self.audio[state] = self.audio.get(state, 0) + 1
+        if state != "sound":
+            self.without_sound.append({"path": path, "audio": state})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, ensure_ascii=False)
@@ -138,6 +158,8 @@ def prepare(
     file_timeout: float | None = 1800.0,
     text_encoder: str | os.PathLike | None = None,
     caption_tokens: int = 64,
+    audio_rate: int | None = 16000,
+    audio_channels: int = 1,
     progress: bool = True,
 ) -> PrepareReport:
     """Decodes the videos/images under ``input`` into uint8 clips in the store at ``output``.
@@ -145,7 +167,7 @@ def prepare(
     ``input``: a folder, a video or image file, or an Open-Sora CSV (see
     :mod:`sora_jax.data.source_list`);
     ``output``: a clip store path or URL, created if absent (an existing one must hold uint8,
-    C=3 clips made with the same clip settings and text encoder). ``max_seconds``: longest clip
+    C=3 clips made with the same clip and sound settings and text encoder). ``max_seconds``: longest clip
     (s). ``fps``: target frames/s (None keeps every frame). ``max_area``: most pixels per output
     frame. ``min_side``: smallest usable source side (px). ``max_input_pixels``: largest usable
     source frame (px), a guard against decompression bombs. ``workers``: decoding processes (0
@@ -153,8 +175,10 @@ def prepare(
     sources without one (None skips them). ``file_timeout``: seconds one file may take to decode
     before its process is killed (None: no limit; ignored with ``workers=0``). ``text_encoder``:
     a frozen encoder's directory, to store caption embeddings of at most ``caption_tokens``
-    tokens. ``progress``: a progress line on stderr (sources done of those to do, clips written),
-    redrawn every 0.5 s on a terminal and every 30 s into a file.
+    tokens. ``audio_rate``: sample rate (Hz) of the sound kept with each video clip (None: no
+    sound); ``audio_channels``: 1 (mono) or 2 (stereo). ``progress``: a progress line on stderr
+    (sources done of those to do, clips written), redrawn every 0.5 s on a terminal and every
+    30 s into a file.
 
     Sources already marked done in the store are skipped, so an interrupted run resumes where
     it stopped. Every mistake in the arguments, the input (a missing path, a CSV that cannot be
@@ -166,7 +190,13 @@ def prepare(
     """
     output = os.fspath(output)
     settings = ClipSettings(
-        float(max_seconds), None if fps is None else float(fps), max_area, min_side, max_input_pixels
+        float(max_seconds),
+        None if fps is None else float(fps),
+        max_area,
+        min_side,
+        max_input_pixels,
+        audio_rate,
+        audio_channels,
     )
     _check_arguments(settings, workers, file_timeout, caption_tokens, caption_default)
     started = time.monotonic()
@@ -230,10 +260,11 @@ def prepare(
 
     report.failed.sort(key=lambda f: (f["path"], f["reason"]))
     report.captions_changed.sort(key=lambda c: (c["path"], c["change"]))
+    report.without_sound.sort(key=lambda c: c["path"])
     report.elapsed_s = round(time.monotonic() - started, 3)
     store.kvstore.write(REPORT_KEY, report.to_json()).result()
     log.info(
-        "prepare %s -> %s: %d sources done, %d already done, %d clips, %d frames, failures %s",
+        "prepare %s -> %s: %d sources done, %d already done, %d clips, %d frames, failures %s%s",
         report.input,
         report.output,
         report.sources_done,
@@ -241,6 +272,7 @@ def prepare(
         report.clips_written,
         report.frames_written,
         report.failures,
+        f", audio {report.audio}" if report.audio else "",
     )
     for change, count in report.caption_changes.items():
         first = next(c for c in report.captions_changed if c["change"] == change)
@@ -314,28 +346,34 @@ def _ingest(
     store: ClipStore,
     source: Source,
     fps: float,
-    clips: list[tuple[str, float]],
+    clips: list[tuple[str, float, str | None]],
     report: PrepareReport,
     embedder: Any = None,
 ) -> None:
-    """Appends one source's spooled clips and its done mark as one atomic group."""
+    """Appends one source's spooled clips (with their sound) and its done mark as one atomic group."""
     frames_written = 0
     # One caption per source: encoded once, stored with each of its clips.
     embedding = embedder(source.caption) if embedder is not None else None
+    heard = set()
     with store.atomic():
-        for k, (file, start) in enumerate(clips):
+        for k, (file, start, sound) in enumerate(clips):
             frames = np.load(file)
+            clip_id = f"{source.key}#{k}"
             store.append(
                 frames,
-                clip_id=f"{source.key}#{k}",
+                clip_id=clip_id,
                 fps=fps,
                 caption=source.caption,
                 source=source.key,
                 start=start,
                 caption_embedding=embedding,
+                audio=None if sound is None else np.load(sound),
             )
             frames_written += frames.shape[0]
+            heard.add(store.record(clip_id).audio)
         store.mark_done(source.key)
+    if store.audio_sample_rate and fps > 0:  # Stills have no sound to count.
+        report.heard(source.key, next(state for state in AUDIO_STATES if state in heard))
     report.sources_done += 1
     report.clips_written += len(clips)
     report.frames_written += frames_written
@@ -372,6 +410,14 @@ def _check_arguments(
         raise ConfigError(f"caption_tokens must be >= 1, got {caption_tokens}")
     if caption_default is not None and not caption_default.strip():
         raise ConfigError("caption_default is empty: give a caption, or None to skip uncaptioned sources")
+    low, high = _AUDIO_RATES
+    rate = settings.audio_rate
+    if rate is not None and not (isinstance(rate, int) and low <= rate <= high):
+        raise ConfigError(
+            f"audio_rate must be an int from {low} to {high} Hz, or None (no sound); got {rate}"
+        )
+    if settings.audio_channels not in (1, 2):
+        raise ConfigError(f"audio_channels must be 1 (mono) or 2 (stereo), got {settings.audio_channels}")
 
 
 def _check_output(output: str) -> None:
@@ -395,7 +441,7 @@ def _check_output(output: str) -> None:
                 f"output {output!r} is a folder of other files, not a clip store: "
                 "give a new or empty --output"
             )
-        writable = [path] + [path / name for name in ("index", "data", "captions") if (path / name).is_dir()]
+        writable = [path] + [path / name for name in _STORE_ARRAYS if (path / name).is_dir()]
     for folder in writable:
         refused = cannot_write_in(folder)
         if refused:
@@ -433,9 +479,10 @@ def _check_resumable(
         log.warning("%s does not say which settings made its clips; assuming these", output)
     elif stored is not None and len(store):  # An empty store takes the settings of this run.
         asked = settings.shaping()
-        for key in asked:
+        for key in ("max_seconds", "fps", "max_area"):
             if stored.get(key) != asked[key]:
                 clip_changes.append(f"{_flag(key)} {_shown(stored.get(key))} -> {_shown(asked[key])}")
+        clip_changes += _sound_changes(stored, asked)
     held_encoder = store.caption_encoder.get("name") if store.caption_dim else None
     asked_encoder = Path(text_encoder).resolve().name if text_encoder is not None else None
     held_tokens = store.caption_encoder.get("max_tokens")
@@ -443,6 +490,13 @@ def _check_resumable(
         caption_changes.append(f"--text-encoder {held_encoder or 'none'} -> {asked_encoder or 'none'}")
     elif asked_encoder is not None and held_tokens != caption_tokens:
         caption_changes.append(f"--caption-tokens {held_tokens} -> {caption_tokens}")
+    held_sound = (store.audio_sample_rate, store.audio_channels)
+    asked_sound = (settings.audio_rate or 0, settings.audio_channels if settings.audio_rate else 0)
+    if not clip_changes and held_sound != asked_sound:  # An empty store, or one made by other means.
+        raise ConfigError(
+            f"output {output!r} keeps {_sound_shown(*held_sound)}, not {_sound_shown(*asked_sound)}: "
+            "rerun with its audio flags, or give a new --output"
+        )
     if clip_changes or caption_changes:
         held = [
             kind
@@ -454,6 +508,29 @@ def _check_resumable(
             f"(stored -> asked: {', '.join(clip_changes + caption_changes)}): rerun with the stored "
             "ones to resume it, or give a new --output"
         )
+
+
+def _sound_changes(stored: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """The audio flags that differ, as ``stored -> asked``; a store kept before sound existed
+    holds no ``audio_*`` keys and reads as made with ``--no-audio``."""
+    held_rate, held_channels = stored.get("audio_rate"), stored.get("audio_channels")
+    rate, channels = asked["audio_rate"], asked["audio_channels"]
+    if (held_rate is None) != (rate is None):
+        shown = [
+            f"--audio-rate {r} --audio-channels {c}" if r else "--no-audio"
+            for r, c in ((held_rate, held_channels), (rate, channels))
+        ]
+        return [f"{shown[0]} -> {shown[1]}"]
+    changes = []
+    if held_rate != rate:
+        changes.append(f"--audio-rate {held_rate} -> {rate}")
+    if held_channels != channels:
+        changes.append(f"--audio-channels {held_channels} -> {channels}")
+    return changes
+
+
+def _sound_shown(rate: int, channels: int) -> str:
+    return f"sound at {rate} Hz x{channels}" if rate else "no sound"
 
 
 def _flag(key: str) -> str:
@@ -475,7 +552,13 @@ def _open_store(output: str, existing: ClipStore | None, settings: ClipSettings,
             captions = {"caption_dim": embedder.dim, "caption_encoder": embedder.description}
         try:
             return ClipStore.create(
-                output, dtype="uint8", channels=3, extra={PREPARE_KEY: settings.shaping()}, **captions
+                output,
+                dtype="uint8",
+                channels=3,
+                extra={PREPARE_KEY: settings.shaping()},
+                audio_sample_rate=settings.audio_rate or 0,
+                audio_channels=settings.audio_channels,
+                **captions,
             )
         except FileExistsError as error:  # Half-created, or created by another process meanwhile.
             raise ConfigError(str(error)) from None

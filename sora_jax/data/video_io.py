@@ -19,6 +19,15 @@ returns the first video stream. Orientation metadata (phone "rotate" side data) 
 last frames, and :func:`iter_frames` streams RGB frames;
 :func:`open_video` streams decoded frames that are converted to RGB (and shrunk) only when asked,
 so ingest, which keeps few frames of long or large videos, converts only those.
+
+Audio crossing this module's boundary is float32 ``[samples, channels]`` in [-1, 1], channels 1
+(mono) or 2 (stereo: left, right); sample ``n`` of a span starting at ``t`` s is at ``t + n /
+sample_rate`` s. Times are on the clock of the file's video frames: 0 is the first video
+frame's timestamp (the audio stream's own start in a file without video), so a clip's frames and
+its sound line up whatever the container's start offsets. :func:`read_audio` decodes the first
+audio stream (resampled to the rate and channel count asked: stereo is averaged to mono, mono
+copied to both sides), :func:`read_audio_spans` several spans of it in one pass; ``.mp4`` files
+written with ``audio`` get an AAC track, and :func:`write_wav` writes 16-bit PCM.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import wave
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import IO
@@ -50,6 +61,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _MP4_CRF = 18  # Visually near-lossless; lower values grow files with no visible gain.
 _GIF_TIME_BASE = Fraction(1, 100)  # GIF frame delays are stored in centiseconds.
 _MAX_FPS_DENOMINATOR = 1001  # fps is snapped to a fraction; NTSC's 30000/1001 stays exact.
+_AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
+# Rates FFmpeg's native AAC encoder takes (the MPEG-4 sampling frequency table).
+_AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+_AAC_BITS_PER_CHANNEL = 64_000  # Transparent for speech and impacts at 16-48 kHz.
 
 
 class VideoDecodeError(ValueError):
@@ -81,7 +96,14 @@ class VideoInfo:
         return self.fps == 0.0 and self.num_frames == 1 and self.duration == 0.0
 
 
-def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
+def write_video(
+    path: StrPath,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+) -> None:
     """Encodes ``frames`` (uint8 ``[T, H, W, 3]`` RGB) at ``fps`` frames/s to ``path``.
 
     The format follows the suffix (``.mp4``, ``.gif``, or ``.png`` for ``T == 1``; see the module
@@ -91,8 +113,15 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
     ``path`` may also be a URL such as ``gs://bucket/run/x.mp4`` (through ``etils.epath``): the
     video is encoded in memory and uploaded as one object, which a bucket only shows once whole.
 
+    ``audio`` (float ``[samples, C]`` or ``[samples]``, C 1 or 2, values clipped to [-1, 1]; only
+    with ``.mp4``) adds an AAC track at ``sample_rate`` Hz, mono or stereo as the array, as long
+    as the video: sample 0 plays with frame 0, and the track is cut or zero-padded at its end to
+    ``round(T / fps * sample_rate)`` samples. The video stream is the same with or without it.
+
     Raises ValueError for a wrong dtype/shape, an empty clip, ``fps`` not finite or below 1/1001,
-    an unknown suffix, or several frames for ``.png``; encoder failures propagate as raised.
+    an unknown suffix, several frames for ``.png``, or audio that is not finite, of another
+    shape, with a suffix other than ``.mp4`` or at a rate AAC does not take; encoder failures
+    propagate as raised.
     """
     url = os.fspath(path) if "://" in os.fspath(path) else None
     path = Path(os.fspath(path))
@@ -112,12 +141,74 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
     if not (math.isfinite(fps) and fps >= 1 / _MAX_FPS_DENOMINATOR):
         raise ValueError(f"fps must be finite and >= 1/{_MAX_FPS_DENOMINATOR}, got {fps}")
     rate = Fraction(float(fps)).limit_denominator(_MAX_FPS_DENOMINATOR)
+    if audio is not None:
+        if suffix != ".mp4":
+            raise ValueError(f"{url or path}: audio can only be written into an .mp4, not {suffix}")
+        if sample_rate not in _AAC_RATES:
+            raise ValueError(f"{url or path}: AAC takes sample rates {_AAC_RATES}, not {sample_rate}")
+        samples = round(frames.shape[0] / rate * sample_rate)
+        track = _fitted(_checked_audio(audio, url or path), samples)
+        encode = functools.partial(_encode_mp4, audio=(track, sample_rate))
 
+    def write(f: IO[bytes]) -> None:
+        encode(f, np.ascontiguousarray(frames), rate)
+
+    _write_whole(url, path, write)
+
+
+def write_wav(path: StrPath, audio: np.ndarray, sample_rate: int) -> None:
+    """Writes ``audio`` (float ``[samples, C]`` or ``[samples]``, C 1 or 2, clipped to [-1, 1]) to
+    ``path`` as a 16-bit PCM WAV file at ``sample_rate`` Hz.
+
+    Written whole or not at all, to a local path or a URL, as :func:`write_video` writes. Raises
+    ValueError naming ``path`` for audio that is not finite or of another shape, or a sample
+    rate that is not a positive int.
+    """
+    url = os.fspath(path) if "://" in os.fspath(path) else None
+    path = Path(os.fspath(path))
+    if not (isinstance(sample_rate, int | np.integer) and 0 < sample_rate < 2**31):
+        raise ValueError(f"{url or path}: sample_rate must be a positive int, got {sample_rate!r}")
+    track = _checked_audio(audio, url or path)
+    pcm = np.round(track * 32767).astype("<i2")
+
+    def write(f: IO[bytes]) -> None:
+        with wave.open(f, "wb") as wav:
+            wav.setnchannels(track.shape[1])
+            wav.setsampwidth(2)
+            wav.setframerate(int(sample_rate))
+            wav.writeframes(pcm.tobytes())
+
+    _write_whole(url, path, write)
+
+
+def _checked_audio(audio: np.ndarray, where: StrPath) -> np.ndarray:
+    """``audio`` as float32 ``[samples, C]`` clipped to [-1, 1], after checking its shape."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.dtype.kind != "f" or audio.ndim != 2 or audio.shape[1] not in _AUDIO_LAYOUTS:
+        raise ValueError(
+            f"{where}: audio must be float [samples, 1 or 2 channels], got {audio.dtype} {audio.shape}"
+        )
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{where}: audio contains NaN or inf")
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def _fitted(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` cut or zero-padded at its end to exactly ``samples`` samples."""
+    if len(audio) >= samples:
+        return audio[:samples]
+    return np.pad(audio, ((0, samples - len(audio)), (0, 0)))
+
+
+def _write_whole(url: str | None, path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Runs ``write`` into ``url`` (one upload) or into a temporary file renamed over ``path``."""
     if url is not None:
         from etils import epath  # Imported here: local files, what data workers write, need none of it.
 
         encoded = io.BytesIO()
-        encode(encoded, np.ascontiguousarray(frames), rate)
+        write(encoded)
         epath.Path(url).write_bytes(encoded.getvalue())
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +217,7 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
     try:
         # "x" (O_EXCL) refuses to clobber, and unlike mkstemp honours the umask for permissions.
         with open(tmp, "xb") as f:
-            encode(f, np.ascontiguousarray(frames), rate)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -135,7 +226,10 @@ def write_video(path: StrPath, frames: np.ndarray, fps: float) -> None:
         raise
 
 
-def _encode_mp4(f: IO[bytes], frames: np.ndarray, rate: Fraction) -> None:
+def _encode_mp4(
+    f: IO[bytes], frames: np.ndarray, rate: Fraction, audio: tuple[np.ndarray, int] | None = None
+) -> None:
+    # ``audio``: ([samples, C] float32 already fitted to the video's duration, sample rate).
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -147,6 +241,12 @@ def _encode_mp4(f: IO[bytes], frames: np.ndarray, rate: Fraction) -> None:
         cc = stream.codec_context
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # AVCOL_*_BT709
         cc.color_range = int(ColorRange.MPEG)
+        sound = None
+        if audio is not None:  # Every stream is added before the first packet writes the header.
+            track, sample_rate = audio
+            layout = _AUDIO_LAYOUTS[track.shape[1]]
+            sound = container.add_stream("aac", rate=sample_rate)
+            sound.layout, sound.bit_rate = layout, _AAC_BITS_PER_CHANNEL * track.shape[1]
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
                 format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
@@ -154,6 +254,12 @@ def _encode_mp4(f: IO[bytes], frames: np.ndarray, rate: Fraction) -> None:
             frame.pts = i  # The encoder time base is 1/rate, so pts counts frames.
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if sound is not None:
+            # One planar frame from time 0: the encoder cuts it into its own 1024-sample frames.
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(track.T), format="fltp", layout=layout)
+            chunk.sample_rate, chunk.pts = sample_rate, 0
+            container.mux(sound.encode(chunk))
+            container.mux(sound.encode(None))
 
 
 def _encode_gif(f: IO[bytes], frames: np.ndarray, rate: Fraction) -> None:
@@ -453,6 +559,158 @@ def read_video_end(path: StrPath, count: int) -> tuple[np.ndarray, float]:
         return np.stack([frame.to_ndarray(format="rgb24", **size) for frame in kept]), fps
     except av.FFmpegError as e:
         raise VideoDecodeError(path, e.strerror or str(e)) from e
+
+
+def read_audio(
+    path: StrPath,
+    *,
+    sample_rate: int,
+    channels: int,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray | None:
+    """The first audio stream of ``path`` from ``start`` s, or None if the file has no audio stream.
+
+    float32 ``[samples, channels]`` at ``sample_rate`` Hz (FFmpeg's resampler; see the module
+    docstring for the clock and the channel mixing). With ``duration``, exactly
+    ``round(duration * sample_rate)`` samples, zeros where the stream has no sound (before it
+    starts, after it ends); without, up to the stream's end. ``start > 0`` seeks near it rather
+    than decoding from zero.
+
+    Raises VideoDecodeError for an unreadable or corrupt file, FileNotFoundError if ``path`` does
+    not exist, and ValueError for a rate, channel count, start or duration out of range.
+    """
+    spans = read_audio_spans(
+        path, [(start, duration)], sample_rate=sample_rate, channels=channels, seek=start > 0
+    )
+    if spans is None:
+        return None
+    try:
+        return next(spans)
+    finally:
+        spans.close()  # Closes the file now rather than when the generator is collected.
+
+
+def read_audio_spans(
+    path: StrPath,
+    spans: Iterable[tuple[float, float | None]],
+    *,
+    sample_rate: int,
+    channels: int,
+    seek: bool = False,
+) -> Iterator[np.ndarray] | None:
+    """The audio of each ``(start, duration)`` span of ``path``, in one pass over its first audio
+    stream, or None (before decoding anything) if the file has no audio stream.
+
+    Yields what :func:`read_audio` gives for each span, in order. Starts (s, on the module
+    docstring's clock) must not decrease; only the last span may have ``duration`` None (up to
+    the stream's end). At most the sound from the current span's start on is held, so a long
+    file cut into clips needs the memory of one clip. ``seek`` seeks to the first span's start
+    instead of decoding from the beginning. The file stays open until the iterator is exhausted
+    or closed.
+
+    Raises as :func:`read_audio` does (decoding errors when iterating).
+    """
+    if not (isinstance(sample_rate, int | np.integer) and sample_rate > 0):
+        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+    if channels not in _AUDIO_LAYOUTS:
+        raise ValueError(f"channels must be 1 (mono) or 2 (stereo), got {channels!r}")
+    spans = list(spans)
+    for (start, duration), (next_start, _) in zip(spans, spans[1:] + [(math.inf, None)], strict=True):
+        if not (math.isfinite(start) and next_start >= start):
+            raise ValueError(f"span starts must be finite and not decrease; got {start}")
+        if duration is None and next_start != math.inf:
+            raise ValueError("only the last span may run to the end of the stream (duration None)")
+        if duration is not None and not (math.isfinite(duration) and duration >= 0):
+            raise ValueError(f"span durations must be finite and >= 0, got {duration}")
+    try:
+        container = av.open("file:" + os.fspath(path))
+    except FileNotFoundError:
+        raise
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, e.strerror or str(e)) from e
+    if not container.streams.audio:
+        container.close()
+        return None
+    return _cut_spans(path, container, spans, sample_rate, channels, seek)
+
+
+def _cut_spans(
+    path: StrPath,
+    container: InputContainer,
+    spans: list[tuple[float, float | None]],
+    sample_rate: int,
+    channels: int,
+    seek: bool,
+) -> Iterator[np.ndarray]:
+    stream = container.streams.audio[0]
+    # The video's clock: 0 at its first frame's timestamp, as VideoReader.frames gives times.
+    clock = container.streams.video[0] if container.streams.video else stream
+    origin = float((clock.start_time or 0) * clock.time_base) if clock.time_base else 0.0
+    try:
+        if seek and spans and spans[0][0] > 0:
+            # The packet at or before the start; decoded sound carries its own time from there.
+            target = origin + spans[0][0]
+            with contextlib.suppress(av.FFmpegError):  # Unseekable: decoded from the beginning.
+                container.seek(int(target / stream.time_base), stream=stream)
+        chunks = _resampled(container, stream, sample_rate, channels)
+        first = next(chunks, None)
+        # Where the decoded sound begins on the clock, counted in output samples.
+        at = round((first[0] - origin) * sample_rate) if first and first[0] is not None else 0
+        held: list[np.ndarray] = [first[1]] if first else []
+        held_len = len(held[0]) if held else 0
+        for start, duration in spans:
+            begin = round(start * sample_rate)
+            end = None if duration is None else begin + round(duration * sample_rate)
+            while end is None or at + held_len < end:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                held.append(chunk[1])
+                held_len += len(chunk[1])
+            sound = np.concatenate(held) if held else np.zeros((0, channels), np.float32)
+            if end is None:
+                end = max(begin, at + held_len)
+            span = np.zeros((end - begin, channels), np.float32)
+            lo, hi = max(begin, at), min(end, at + held_len)
+            if hi > lo:
+                span[lo - begin : hi - begin] = sound[lo - at : hi - at]
+            yield span
+            # Later spans start here or after: what lies before is not needed again.
+            drop = max(0, min(begin, at + held_len) - at)
+            held, held_len, at = [sound[drop:]], held_len - drop, at + drop
+    except av.FFmpegError as e:
+        raise VideoDecodeError(path, f"audio: {e.strerror or e}") from e
+    finally:
+        container.close()
+
+
+def _resampled(
+    container: InputContainer, stream: av.audio.stream.AudioStream, sample_rate: int, channels: int
+) -> Iterator[tuple[float | None, np.ndarray]]:
+    """float32 ``[n, channels]`` chunks of the decoded, resampled stream, each with the time (s)
+    of the stream's first decoded sample (None if it has no timestamp): the chunks run on from
+    there without gaps (gaps in the stream are not kept), whatever the resampler holds back."""
+    # FFmpeg resamples to the source's own width (surround folded to stereo by its standard
+    # downmix); channels are then mixed here, as the module docstring says, because FFmpeg's
+    # stereo-to-mono keeps power ((L + R) / sqrt 2), which can pass full scale.
+    width = 1 if stream.codec_context.channels == 1 else 2
+    resampler = av.AudioResampler(format="flt", layout=_AUDIO_LAYOUTS[width], rate=sample_rate)
+
+    def mixed(out: av.AudioFrame) -> np.ndarray:
+        sound = out.to_ndarray().reshape(-1, width)
+        if width == channels:
+            return sound
+        return np.repeat(sound, 2, axis=1) if channels == 2 else sound.mean(1, keepdims=True)
+
+    first: list[float | None] = []
+    for frame in container.decode(stream):
+        if not first:
+            first.append(float(frame.pts * frame.time_base) if frame.pts is not None else None)
+        for out in resampler.resample(frame):
+            yield first[0], mixed(out)
+    for out in resampler.resample(None):
+        yield first[0] if first else None, mixed(out)
 
 
 def probe_video(path: StrPath) -> VideoInfo:
