@@ -11,8 +11,12 @@ Check that it fits, here, before spending pod hours (compiles for the slice; no 
 Train (on every host of the slice; see docs/pod_run.md):
     sora-jax train --config experiments/sora_1b.py --workdir gs://BUCKET/runs/sora_1b
 
-Variants (``:ARG``): ``v5p-64`` (default), ``v6e-64``, and ``smoke``: the same model family shrunk
-to compile in seconds for a v5p-8, as the test suite does.
+Variants (``:ARG``): ``v5p-64`` (default), ``v6e-64``, ``av-v5p-64``: the v5p-64 preset with
+sound (every clip's audio as log-mel tokens in its own segment, 25 a second: a 16-second clip adds
+400 tokens to its 65,536), and ``smoke``: the same model family shrunk to compile in seconds for a
+v5p-8, as the test suite does.
+
+    sora-jax aot --config experiments/sora_1b.py:av-v5p-64 --topology v5p-64
 """
 
 from sora_jax.config import base_config
@@ -54,6 +58,13 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep_period = 10_000
 
     variant = arg or "v5p-64"
+    if variant == "av-v5p-64":  # Sound and picture: the v5p-64 layout, audio tokens in every row.
+        c.audio.enabled = True
+        c.audio.channels = 2
+        c.audio.caption_sounds = 0.3
+        c.conditioning.video_to_audio = 0.1
+        c.conditioning.audio_to_video = 0.05
+        variant = "v5p-64"
     if variant == "v5p-64":  # 32 chips of 95 GiB: two rows per chip, fully sharded.
         d.batch_size = 64
         c.mesh.ici_data, c.mesh.ici_fsdp = 1, -1
@@ -67,5 +78,5 @@ def get_config(arg: str | None = None):
         c.train.sample_frames = 8
         c.mesh.ici_data, c.mesh.ici_fsdp, c.mesh.ici_sequence = 1, 2, 2
     else:
-        raise ValueError(f"unknown sora_1b variant {arg!r}; use v5p-64, v6e-64 or smoke")
+        raise ValueError(f"unknown sora_1b variant {arg!r}; use v5p-64, v6e-64, av-v5p-64 or smoke")
     return c

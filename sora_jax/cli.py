@@ -57,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--frames", type=int, default=None, help=f"frames {size}")
     sample.add_argument("--height", type=int, default=None, help=f"height {size}")
     sample.add_argument("--width", type=int, default=None, help=f"width {size}")
-    sample.add_argument("--fps", type=float, default=8.0, help="frames/s of the files, up to 100")
-    sample.add_argument("--out", required=True, help="FILE.mp4; a .gif is written beside it")
+    sample.add_argument(
+        "--fps", type=float, default=8.0, help="frames/s of the video (so how long its sound lasts), <= 100"
+    )
+    sample.add_argument(
+        "--out", required=True, help="FILE.mp4; a .gif (and, with sound, a .wav) is written beside it"
+    )
     sample.add_argument("--seed", type=int, default=0, help="0 .. 2**32 - 1")
     sample.add_argument("--steps", type=int, default=None, help=">= 1 (default: the run's config)")
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     given.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="images: first and last frame")
     given.add_argument("--connect", nargs=2, metavar=("A", "B"), help="videos: from the end of A into B")
     given.add_argument("--edit", metavar="FILE", help="video-to-video (SDEdit) of a video by the prompt")
+    given.add_argument("--audio", metavar="FILE", help="a run with sound: make the picture of a sound file")
     modes.add_argument(
         "--extend",
         choices=("forward", "backward"),
@@ -86,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="--video/--connect: frames taken from each given video (default: half of --frames, a third "
         "with --connect)",
+    )
+    modes.add_argument(
+        "--add-sound",
+        action="store_true",
+        help="--video: keep the video's first --frames frames and make their sound (a run with sound)",
     )
     modes.add_argument(
         "--strength", type=float, default=None, help="--edit: how much is regenerated, (0, 1] (default: 0.6)"
@@ -319,11 +329,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from etils import epath
-
-    from sora_jax.data.video_io import write_video
+    from sora_jax.data.video_io import write_sample
     from sora_jax.eval.requests import validate_sample
-    from sora_jax.kinds.base import SampleRequest
+    from sora_jax.kinds.base import Sample, SampleRequest
     from sora_jax.train.trained_run import TrainedRun
     from sora_jax.wan.sample_command import is_pipeline_directory
 
@@ -346,6 +354,9 @@ def _sample(args: argparse.Namespace) -> int:
         edit=args.edit,
         given_frames=args.given_frames,
         strength=args.strength,
+        add_sound=args.add_sound,
+        audio=args.audio,
+        fps=args.fps,
     )
     if is_pipeline_directory(args.workdir):  # A diffusers Wan directory, not a training run.
         from sora_jax.wan.sample_command import pipeline_request, sample_pipeline
@@ -357,10 +368,13 @@ def _sample(args: argparse.Namespace) -> int:
         validate_sample(request, args.out, args.fps)  # Before the run is opened; the run checks the rest.
         with TrainedRun(args.workdir) as run:  # On the devices here, whatever mesh the run used.
             frames = run.kind.generate(run, request)
-    out = epath.Path(args.out)  # May be a URL too.
-    write_video(out, frames, args.fps)
-    write_video(out.with_suffix(".gif"), frames, args.fps)
-    print(f"wrote {out} and {out.with_suffix('.gif')} ({'x'.join(map(str, frames.shape[:3]))})")
+    sample = frames if isinstance(frames, Sample) else None
+    if sample is not None:
+        written = write_sample(args.out, sample.frames, args.fps, sample.sound, sample.sample_rate)
+        frames = sample.frames
+    else:
+        written = write_sample(args.out, frames, args.fps)
+    print(f"wrote {', '.join(written)} ({'x'.join(map(str, frames.shape[:3]))})")
     return 0
 
 

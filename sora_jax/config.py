@@ -27,6 +27,7 @@ ConfigDict = ml_collections.ConfigDict
 
 def base_config() -> ConfigDict:
     """Every key of a run, with its default. Experiments override a subset."""
+    from sora_jax.audio.config import audio_section
     from sora_jax.autoencoder.config import autoencoder_section  # It imports ConfigError from here.
     from sora_jax.diffusion.conditioning import conditioning_section
 
@@ -163,6 +164,10 @@ def base_config() -> ConfigDict:
     # Conditioning tasks (image-to-video, extension, interpolation, ...): the weight of each, see
     # sora_jax/diffusion/conditioning.py. Default: text-to-video only.
     c.conditioning = conditioning_section()
+
+    # --- audio: sound beside the video (sora_jax/audio/config.py): a video clip's audio as tokens
+    # of its own segment, generated with its frames. Off by default.
+    c.audio = audio_section()
 
     # --- optimiser -----------------------------------------------------------------------------
     c.optim = o = ConfigDict()
@@ -528,6 +533,7 @@ def validate(config: ConfigDict) -> None:
     Raises:
         ConfigError: naming the first key whose value cannot work, and why.
     """
+    from sora_jax.audio.config import validate_audio_section
     from sora_jax.kinds.registry import kind_class
     from sora_jax.parallel.mesh import validate_mesh_section
     from sora_jax.train.optimizer import validate_optim_section
@@ -541,6 +547,9 @@ def validate(config: ConfigDict) -> None:
         _fail("data.store_weight", f"must be in (0, 1], got {d.store_weight}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
+    validate_audio_section(config.audio)
+    if config.audio.enabled and config.task != "dit":
+        _fail("audio.enabled", f"task {config.task!r} trains no sound yet; only task 'dit' does")
     kind_class(config.task).validate(config)  # An unknown task raises; each kind checks its own keys.
     validate_optim_section(config.optim)
     if config.checkpoint.every < 0 or config.checkpoint.keep < 1 or config.checkpoint.keep_period < 0:

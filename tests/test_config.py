@@ -93,7 +93,12 @@ def test_every_experiment_and_each_of_its_variants_validate(path):
 
 def test_the_variants_of_an_experiment_are_read_from_its_get_config():
     assert experiment_variants(Path(TINY).read_text()) == ["test"]
-    assert experiment_variants(Path("experiments/sora_1b.py").read_text()) == ["v5p-64", "v6e-64", "smoke"]
+    assert experiment_variants(Path("experiments/sora_1b.py").read_text()) == [
+        "av-v5p-64",
+        "v5p-64",
+        "v6e-64",
+        "smoke",
+    ]
     assert experiment_variants(Path("experiments/sora_8b.py").read_text()) == []  # It takes none.
     source = """
 def get_config(spec=None):
@@ -123,7 +128,7 @@ def test_an_unknown_variant_lists_the_variants_the_file_has():
     assert "ValueError: unknown world_tiny variant 'bogus'" in message and "\n" not in message
     assert isinstance(raised.value.__cause__, ValueError)  # The experiment's own error is kept.
     with pytest.raises(
-        ConfigError, match="sora_1b.py has no variant 'v4'; its variants: v5p-64, v6e-64, smoke"
+        ConfigError, match="sora_1b.py has no variant 'v4'; its variants: av-v5p-64, v5p-64, v6e-64, smoke"
     ):
         load_config("experiments/sora_1b.py:v4")
 
@@ -154,7 +159,7 @@ BASE = "from sora_jax.config import base_config\n\n\n"
         (BASE + "def get_config(arg=None):\n    c = base_config()\n", r"get_config\(None\) returned None"),
         (
             BASE + "def get_config(arg=None):\n    c = base_config()\n    return c.model\n",
-            r"returned a config without checkpoint, conditioning, data and \d+ more; start it from",
+            r"returned a config without audio, checkpoint, conditioning and \d+ more; start it from",
         ),
         (
             BASE + "def get_config(arg=None):\n    c = base_config()\n    c.model.dept = 3\n    return c\n",

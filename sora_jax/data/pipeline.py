@@ -9,6 +9,11 @@ what its source offers, and a clip that does not fit what is left of the row (or
 no clip can fill) takes instead the largest shape that does. Rows end nearly full whatever the mix
 of shapes, and the train step compiles once.
 
+With sound (``audio.enabled``), a video clip's audio becomes tokens right after its video tokens,
+counted in its share of the row: a shape fits with the audio tokens it would have at the slowest
+frame rate its source may give the clip (its duration in seconds, hence its sound, is then
+longest), so what is loaded always fits.
+
 Row ``i`` of every global batch of ``R`` rows is packed from its own slice of the request stream
 (every ``R``-th request, from the ``i``-th), so slices are disjoint and together cover the data. A
 process packs only the rows its devices hold: the global batch is the same whether one process
@@ -30,12 +35,13 @@ import ml_collections
 import numpy as np
 from absl import flags as absl_flags
 
+from sora_jax.audio.codec import AudioCodec, audio_token_times, clip_samples, codec_from_config
 from sora_jax.data.clip_store import AUTOENCODER_KEY, ClipStore
-from sora_jax.data.packing import PackedClip, pack_rows
+from sora_jax.data.packing import PackedClip, pack_rows, token_widths
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
-from sora_jax.diffusion.conditioning import draw_task, given_groups, only_text, token_mask
+from sora_jax.diffusion.conditioning import draw_task, given_groups, given_tokens, only_text
 from sora_jax.errors import ConfigError
 from sora_jax.model.text import frozen_text_dim
 
@@ -76,17 +82,18 @@ class ClipRequest:
 
 def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
     """The configured sources and their mixing weights."""
-    data, patch = config.data, tuple(config.model.patch_size)
+    data, patch, audio = config.data, tuple(config.model.patch_size), config.audio
     if not data.store:
-        return [WorldSource(config.seed, data, patch)], [1.0]
+        return [WorldSource(config.seed, data, patch, audio=audio)], [1.0]
     opened = open_store(data.store)
     check_store(config, opened)
     if opened.dtype != np.uint8:
-        return [LatentStoreSource(opened, data, patch, config.model.channels)], [1.0]
-    store = StoreSource(opened, data, patch)
+        return [LatentStoreSource(opened, data, patch, config.model.channels, audio=audio)], [1.0]
+    store = StoreSource(opened, data, patch, audio=audio)
     if data.store_weight >= 1.0:
         return [store], [1.0]
-    return [store, WorldSource(config.seed, data, patch)], [data.store_weight, 1 - data.store_weight]
+    world = WorldSource(config.seed, data, patch, audio=audio)
+    return [store, world], [data.store_weight, 1 - data.store_weight]
 
 
 def open_store(path: str) -> ClipStore:
@@ -198,7 +205,8 @@ class _PackedBatchIterator(grain.DatasetIterator):
         super().__init__(parents)
         self.config, self.data, self.sources = config, config.data, sources
         self.patch = tuple(config.model.patch_size)
-        self.patch_dim = math.prod(self.patch) * config.model.channels
+        self.patch_dim = max(token_widths(config))
+        self.codec = codec_from_config(config.audio) if config.audio.enabled else None
         self.tokenizer = WordTokenizer(config.model.text_vocab_size)
         self.text_dim = frozen_text_dim(config.model)
         self.rows = [_RowRequests(parent) for parent in parents]
@@ -211,6 +219,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             max_clips=self.data.max_clips_per_row,
             text_len=self.data.text_len,
             text_dim=self.text_dim,
+            audio=self.codec is not None,
         )
 
     def get_state(self) -> dict[str, Any]:
@@ -243,6 +252,10 @@ class _PackedBatchIterator(grain.DatasetIterator):
         rng = np.random.default_rng([self.config.seed, request.position])
         options = source.shapes(request.index)
         tokens = options.tokens(self.patch)  # [F, Z]
+        if self.codec is not None:  # With the most audio tokens the clip can have at each duration.
+            slowest = self._slowest_fps(source, request.index)
+            sound = [_audio_token_count(self.codec, int(f), slowest) for f in options.frames]
+            tokens = tokens + np.asarray(sound, np.int64)[:, None]
         # Durations outside data.frames are never chosen, except one frame: an image.
         allowed = (options.frames == 1) | (options.frames >= d.frames[0])
         videos = np.flatnonzero(allowed & (options.frames > 1))
@@ -273,11 +286,12 @@ class _PackedBatchIterator(grain.DatasetIterator):
         values = loaded.frames if loaded.frames.dtype != np.uint8 else pixels_to_model(loaded.frames)
         patches, positions = patchify(values, self.patch)
         grid = grid_size(frames, height, width, self.patch)
-        cond_mask = None
+        audio_patches, audio_times = self._sound(loaded, frames, budget - len(patches))
+        cond_mask = audio_cond_mask = None
         if not only_text(self.config.conditioning):  # Drawn last: earlier draws stay as they were.
             task = draw_task(self.config.conditioning, rng)
             given = given_groups(task, grid[0], rng, self.config.conditioning.random_rate)
-            cond_mask = token_mask(given, positions) if given.any() else None
+            cond_mask, audio_cond_mask = given_tokens(task, given, positions, audio_times, self.patch[0])
         return PackedClip(
             patches=patches,
             positions=positions,
@@ -287,7 +301,39 @@ class _PackedBatchIterator(grain.DatasetIterator):
             fps=loaded.fps,
             text_tokens=text,
             text_embedding=embedding,
+            audio_patches=audio_patches,
+            audio_times=audio_times,
+            audio_cond_mask=audio_cond_mask,
         )
+
+    def _sound(
+        self, loaded: LoadedClip, frames: int, budget: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The audio tokens ``[Na, P_a]`` of a loaded clip and their times ``[Na]``, or (None, None)
+        without sound: audio off, an image, or a clip its source has no audio for."""
+        if self.codec is None or frames < 2 or loaded.audio is None:
+            return None, None
+        codec = self.codec
+        samples = clip_samples(frames, loaded.fps, codec.sample_rate)
+        if loaded.audio.shape != (samples, codec.channels):
+            raise ValueError(
+                f"a source gave audio {loaded.audio.shape} for {frames} frames at {loaded.fps} fps; "
+                f"expected [{samples}, {codec.channels}]"
+            )
+        tokens = codec.encode(loaded.audio)
+        if len(tokens) > budget:  # Only a source giving a clip a rate below its slowest can do this.
+            raise ValueError(f"{len(tokens)} audio tokens at {loaded.fps} fps overflow the row")
+        times = audio_token_times(
+            len(tokens), codec.token_samples, codec.sample_rate, loaded.fps, self.patch[0]
+        )
+        return tokens, times
+
+    def _slowest_fps(self, source: Any, index: int) -> float:
+        """The lowest frame rate ``source`` may give its clip ``index``: a world clip's rate is drawn
+        from ``data.fps`` as it loads, a stored clip keeps its own."""
+        if isinstance(source, WorldSource):
+            return float(self.data.fps[0])
+        return float(source.records[index].fps or 1.0)  # As StoreSource.load gives it.
 
     @functools.cached_property
     def _smallest_clip(self) -> int:
@@ -339,6 +385,19 @@ def clip_tokens(frames: int, height: int, width: int, patch: tuple[int, int, int
     return math.ceil(frames / pt) * (height // ph) * (width // pw)
 
 
+def audio_tokens(frames: int, fps: float, audio: ml_collections.ConfigDict) -> int:
+    """Audio tokens of a clip of ``frames`` frames at ``fps`` (beside its :func:`clip_tokens`): its
+    ``clip_samples`` cut into the tokens of the ``audio`` section's codec; 0 for an image (one frame)
+    or with ``audio.enabled`` off."""
+    if not audio.enabled:
+        return 0
+    return _audio_token_count(codec_from_config(audio), frames, fps)
+
+
+def _audio_token_count(codec: AudioCodec, frames: int, fps: float) -> int:
+    return 0 if frames < 2 else codec.num_tokens(clip_samples(frames, fps, codec.sample_rate))
+
+
 def validate_packing_section(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first ``data.*`` key that cannot make packed rows for the
     model's patches, or a ``train.sample_*`` key whose clip does not fit a row."""
@@ -385,3 +444,23 @@ def validate_packing_section(config: ml_collections.ConfigDict) -> None:
     if clip_tokens(t.sample_frames, t.sample_height, t.sample_width, patch) > d.seq_len:
         tokens = clip_tokens(t.sample_frames, t.sample_height, t.sample_width, patch)
         fail("train.sample_frames", f"sample clip has {tokens} tokens, over data.seq_len")
+    if config.audio.enabled:
+        _check_audio_fits(config)
+
+
+def _check_audio_fits(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming ``data.seq_len`` when the smallest clip (at the slowest
+    ``data.fps``, with the most sound) or the sample clip does not fit a row with its audio tokens."""
+    d, t, patch = config.data, config.train, tuple(config.model.patch_size)
+    lo_frames, lo_side = d.frames[0], d.side[0]
+    for what, frames, height, width, fps in (
+        ("the smallest clip", lo_frames, lo_side, lo_side, d.fps[0]),
+        ("the sample clip", t.sample_frames, t.sample_height, t.sample_width, t.sample_fps),
+    ):
+        video, sound = clip_tokens(frames, height, width, patch), audio_tokens(frames, fps, config.audio)
+        if video + sound > d.seq_len:
+            raise ConfigError(
+                f"config key 'data.seq_len': {d.seq_len} tokens cannot hold {what} with its sound "
+                f"({frames}x{height}x{width} at {fps:g} fps = {video} video + {sound} audio tokens); "
+                "raise data.seq_len or make the clip shorter"
+            )

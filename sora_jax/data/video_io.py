@@ -51,6 +51,7 @@ import numpy as np
 from av.container import InputContainer
 from av.video.reformatter import ColorRange, Colorspace
 from av.video.stream import VideoStream
+from etils import epath
 
 StrPath = str | os.PathLike
 
@@ -154,6 +155,22 @@ def write_video(
         encode(f, np.ascontiguousarray(frames), rate)
 
     _write_whole(url, path, write)
+
+
+def write_sample(
+    mp4: StrPath, frames: np.ndarray, fps: float, sound: np.ndarray | None = None, sample_rate: int = 16000
+) -> list[str]:
+    """A generated clip as files: ``mp4`` (with an AAC track of ``sound``, float ``[samples, C]``, when
+    given), a ``.gif`` beside it, and with sound a ``.wav`` beside it too (the sound uncompressed).
+    ``mp4`` may be a URL. Returns the paths written, the mp4 first."""
+    mp4 = epath.Path(mp4)
+    write_video(mp4, frames, fps, audio=sound, sample_rate=sample_rate)
+    write_video(mp4.with_suffix(".gif"), frames, fps)
+    written = [os.fspath(mp4), os.fspath(mp4.with_suffix(".gif"))]
+    if sound is not None:
+        write_wav(mp4.with_suffix(".wav"), sound, sample_rate)
+        written.append(os.fspath(mp4.with_suffix(".wav")))
+    return written
 
 
 def write_wav(path: StrPath, audio: np.ndarray, sample_rate: int) -> None:

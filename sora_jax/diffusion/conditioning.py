@@ -15,9 +15,15 @@ extend_backward     a suffix: the last 1 .. G-1 groups (the model makes what cam
 interpolate         the first and the last group
 random_frames       each group independently with probability ``conditioning.random_rate``, at
                     least one left to generate
+video_to_audio      (``audio.enabled``) every video token: the model makes the clip's sound
+audio_to_video      (``audio.enabled``) every audio token: the model makes the picture for the sound
 ==================  ==============================================================================
 
-A clip of one group (an image, or a clip shorter than two temporal patches) is always text-to-image.
+A clip of one group (an image, or a clip shorter than two temporal patches) is always text-to-image
+for the temporal-group tasks. With audio on, a clip's audio tokens follow its video: a temporal-group
+task also gives the audio tokens whose time falls in a given group (:func:`given_tokens`), and
+text-to-video generates sound and picture together. The two whole-modality tasks need a clip with
+audio tokens; a clip without them (an image, a video with no audio stream) is text-to-video instead.
 Tasks are drawn per clip from the weights, with the clip's own random generator, so the data of a
 run stays a pure function of (seed, step).
 """
@@ -37,7 +43,12 @@ TASKS = (
     "extend_backward",
     "interpolate",
     "random_frames",
+    "video_to_audio",
+    "audio_to_video",
 )
+# Tasks that give a whole modality of a clip with audio, not temporal groups. They come last in
+# TASKS: a weight of 0 there leaves every draw of the other tasks as it was before they existed.
+AUDIO_TASKS = ("video_to_audio", "audio_to_video")
 
 
 def conditioning_section() -> ml_collections.ConfigDict:
@@ -50,6 +61,8 @@ def conditioning_section() -> ml_collections.ConfigDict:
     c.extend_backward = 0.0
     c.interpolate = 0.0
     c.random_frames = 0.0
+    c.video_to_audio = 0.0  # Needs audio.enabled.
+    c.audio_to_video = 0.0  # Needs audio.enabled.
     c.random_rate = 0.25  # random_frames: probability that a group is given.
     return c
 
@@ -67,8 +80,15 @@ def task_weights(section: ml_collections.ConfigDict) -> np.ndarray:
     return weights / weights.sum()
 
 
-def validate_conditioning_section(section: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first ``conditioning.*`` key that cannot work."""
+def validate_conditioning_section(section: ml_collections.ConfigDict, audio: bool = False) -> None:
+    """Raises ConfigError naming the first ``conditioning.*`` key that cannot work; ``audio``: whether
+    the run's clips carry audio tokens (``audio.enabled``), which the audio tasks need."""
+    for task in AUDIO_TASKS:
+        if section[task] > 0 and not audio:
+            raise ConfigError(
+                f"config key 'conditioning.{task}': {section[task]} needs clips with sound; set "
+                f"audio.enabled=True or conditioning.{task}=0"
+            )
     try:
         task_weights(section)
     except ValueError as error:
@@ -85,9 +105,10 @@ def only_text(section: ml_collections.ConfigDict) -> bool:
 
 
 def given_groups(task: str, groups: int, rng: np.random.Generator, random_rate: float = 0.25) -> np.ndarray:
-    """bool ``[groups]``: which temporal groups ``task`` gives clean (all False for one group)."""
+    """bool ``[groups]``: which temporal groups ``task`` gives clean (all False for one group, and for
+    the whole-modality tasks, which :func:`given_tokens` resolves)."""
     given = np.zeros(groups, bool)
-    if groups < 2 or task == "text_to_video":
+    if groups < 2 or task == "text_to_video" or task in AUDIO_TASKS:
         return given
     if task == "image_to_video":
         given[0] = True
@@ -116,3 +137,42 @@ def draw_task(section: ml_collections.ConfigDict, rng: np.random.Generator) -> s
 def token_mask(given: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """bool ``[N]``: the tokens (``positions [N, 3]`` of one clip) whose temporal group is given."""
     return given[positions[:, 0]]
+
+
+def audio_token_groups(times: np.ndarray, pt: int, groups: int) -> np.ndarray:
+    """int ``[Na]``: the temporal group of each audio token of a clip of ``groups`` groups.
+
+    ``times`` are the tokens' times on the clip's video clock in temporal patches (the centre of
+    group ``g`` is ``g``; see :func:`sora_jax.audio.codec.audio_token_times`). Group ``g`` spans the
+    frames ``g * pt .. g * pt + pt - 1``, each shown for one frame period, so a token belongs to the
+    group its centre falls in; one centred exactly on a boundary (within float rounding) goes to the
+    later group. Tokens past the last frame (the last token's tail) belong to the last group.
+    """
+    frame_time = np.asarray(times, np.float64) * pt + (pt - 1) / 2  # in frames since frame 0 began
+    return np.clip(np.floor((frame_time + 1e-3) / pt), 0, groups - 1).astype(np.int64)
+
+
+def given_tokens(
+    task: str,
+    given: np.ndarray,
+    positions: np.ndarray,
+    audio_times: np.ndarray | None = None,
+    pt: int = 1,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """bool ``(video [N], audio [Na] or None)``: the tokens of one clip given clean by ``task``.
+
+    ``given``: the task's temporal groups (:func:`given_groups`); ``positions [N, 3]``: the clip's
+    video tokens; ``audio_times [Na]``: its audio tokens' times (None: the clip has no audio, and
+    then the audio mask is None too). Temporal-group tasks give the video tokens of the given groups
+    and the audio tokens whose time falls in them (:func:`audio_token_groups`, ``pt`` frames a
+    group); ``video_to_audio`` gives every video token, ``audio_to_video`` every audio token; both
+    give nothing to a clip without audio (it is text-to-video).
+    """
+    video = token_mask(given, positions)  # No group is given by the whole-modality tasks.
+    if audio_times is None:
+        return video, None
+    if task == "video_to_audio":
+        return np.ones_like(video), np.zeros(len(audio_times), bool)
+    if task == "audio_to_video":
+        return np.zeros_like(video), np.ones(len(audio_times), bool)
+    return video, given[audio_token_groups(audio_times, pt, len(given))]

@@ -3,6 +3,11 @@
 A clean clip ``x0`` and Gaussian noise ``e`` are joined by the straight path
 ``x_t = (1 - t) * x0 + t * e``, t in [0, 1] (t = 1 is pure noise). The model predicts the velocity
 ``dx_t/dt = e - x0``; sampling integrates it from t = 1 down to t = 0.
+
+With sound, a clip's audio tokens travel the same path at the clip's own timestep (sound and
+picture are generated jointly); their noise lives only in their own features (an audio token's
+features past ``P_a``, a video token's past ``P_v``, stay zero), and a clip's loss is its video
+tokens' mean error plus ``audio.loss_weight`` times its audio tokens' mean error.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sora_jax.data.packing import AUDIO, token_widths
 from sora_jax.errors import ConfigError
 
 
@@ -36,10 +42,29 @@ def sample_timesteps(
     return shift_timesteps(t, resolution_shift(num_tokens_bs, config))
 
 
-def clip_token_counts(segment_ids_bl: jax.Array, max_clips: int) -> jax.Array:
-    """``[B, S]`` number of tokens of each clip slot (0 for unused slots)."""
+def clip_token_counts(
+    segment_ids_bl: jax.Array, max_clips: int, counted_bl: jax.Array | None = None
+) -> jax.Array:
+    """``[B, S]`` number of tokens of each clip slot (0 for unused slots); with ``counted`` (bool
+    ``[B, L]``), only of those tokens."""
     one_hot = segment_ids_bl[..., None] == jnp.arange(1, max_clips + 1)
+    if counted_bl is not None:
+        one_hot = one_hot & counted_bl[..., None]
     return one_hot.sum(axis=1)
+
+
+def is_audio(batch: dict[str, jax.Array]) -> jax.Array | None:
+    """bool ``[B, L]``: the audio tokens of a batch with sound; None for a batch without."""
+    return batch["modality"] == AUDIO if "modality" in batch else None
+
+
+def feature_mask(batch: dict[str, jax.Array], widths: tuple[int, int], features: int) -> jax.Array:
+    """bool ``[B, L, features]``: the features a token has of its own, its modality's width of
+    ``widths = (P_v, P_a)``; the rest is the zero padding of the wider modality."""
+    audio = is_audio(batch)
+    if audio is None:
+        return jnp.broadcast_to(jnp.arange(features) < widths[0], (*batch["segment_ids"].shape, features))
+    return jnp.arange(features) < jnp.where(audio, widths[1], widths[0])[..., None]
 
 
 def video_noise(
@@ -53,7 +78,8 @@ def video_noise(
     the same start to all frames of a clip, so a model learns and samples videos whose frames agree
     (the mixed noise prior of PYoCo, Ge et al. 2023). The shared part of a token is the draw of the
     token at its clip's first temporal patch and its own (h, w); tokens are laid out time-major
-    within a clip (``sora_jax/data/patches.py``), ``T' H' W'`` of them from the clip's first.
+    within a clip (``sora_jax/data/patches.py``), ``T' H' W'`` of them from the clip's first. Audio
+    tokens (a batch with ``modality``) follow their clip's video tokens and get their own draw only.
     """
     own = jax.random.normal(key, shape)
     if correlation == 0.0:
@@ -64,7 +90,9 @@ def video_noise(
     frame_tokens = clip_grid[..., 1] * clip_grid[..., 2]  # [B, L] tokens of one temporal patch
     first = jnp.arange(shape[1]) - batch["positions"][..., 0] * frame_tokens  # [B, L]
     shared = jnp.take_along_axis(shared, jnp.clip(first, 0, shape[1] - 1)[..., None], axis=1)
-    return jnp.sqrt(correlation) * shared + jnp.sqrt(1.0 - correlation) * own
+    mixed = jnp.sqrt(correlation) * shared + jnp.sqrt(1.0 - correlation) * own
+    audio = is_audio(batch)
+    return mixed if audio is None else jnp.where(audio[..., None], own, mixed)
 
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -116,8 +144,19 @@ def flow_loss(
     ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``. ``timesteps`` (broadcast to
     ``[B, S]``) replaces the random draw, and the loss is then the plain velocity error.
 
-    Returns the loss and per-clip ``clip_loss``, ``clip_t`` and ``clip_valid`` (``[B, S]``).
+    With sound (the batch has ``modality``), a token's error is its mean over its own modality's
+    features, and a clip's loss is its video tokens' mean error + ``audio.loss_weight`` x its audio
+    tokens' mean error. A clip's size (``token`` weighting) counts each of its audio tokens as
+    ``audio.loss_weight`` of a video token, so at weight 0 the loss is what it would be without
+    sound, and a clip has something in the loss (``clip_valid``) only where its size is not 0. The
+    timestep shift counts video tokens only (sound adds duration, not resolution), as sampling does.
+
+    Returns the loss and per-clip ``clip_loss``, ``clip_t`` and ``clip_valid`` (``[B, S]``); with
+    sound also ``clip_video_loss`` and ``clip_audio_loss`` (each 0 for a clip without such tokens
+    in the loss) and ``clip_has_video``/``clip_has_audio`` (whether it has any).
     """
+    if "modality" in batch:
+        return _flow_loss_with_sound(predict_velocity, batch, key, config, timesteps)
     patches, segment_ids = batch["patches"], batch["segment_ids"]
     max_clips = batch["clip_grid"].shape[1]
     time_key, noise_key = jax.random.split(key)
@@ -148,6 +187,65 @@ def flow_loss(
     else:  # Every clip counts once, an image as much as a long video.
         loss = jnp.sum(clip_loss * clip_valid) / jnp.maximum(clip_valid.sum(), 1)
     return loss, {"clip_loss": clip_loss, "clip_t": t_clip, "clip_valid": clip_valid}
+
+
+def _flow_loss_with_sound(
+    predict_velocity: VelocityFn,
+    batch: dict[str, jax.Array],
+    key: jax.Array,
+    config: ml_collections.ConfigDict,
+    timesteps: jax.Array | None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`flow_loss` of a batch with sound (see there); the same draws of timesteps and noise."""
+    patches, segment_ids = batch["patches"], batch["segment_ids"]
+    max_clips = batch["clip_grid"].shape[1]
+    audio = is_audio(batch)
+    time_key, noise_key = jax.random.split(key)
+    if timesteps is None:
+        video_counts = clip_token_counts(segment_ids, max_clips, ~audio)
+        t_clip = sample_timesteps(time_key, video_counts, config.diffusion)  # [B, S]
+    else:
+        t_clip = jnp.broadcast_to(timesteps, (segment_ids.shape[0], max_clips))
+    t_token = token_timesteps(t_clip, batch)
+    widths = token_widths(config)
+    own = feature_mask(batch, widths, patches.shape[-1])
+    noise = video_noise(noise_key, batch, patches.shape, config.diffusion.noise_correlation) * own
+    noisy = (1.0 - t_token) * patches + t_token * noise
+    velocity = predict_velocity(noisy, t_clip)
+    squared = jnp.where(own, jnp.square(velocity - (noise - patches)), 0.0)
+    token_error = jnp.sum(squared, axis=-1) / jnp.where(audio, widths[1], widths[0])  # [B, L]
+    if timesteps is None and config.diffusion.max_x0_weight > 0:
+        weight = jnp.minimum(1.0, config.diffusion.max_x0_weight * jnp.square(t_token[..., 0]))
+        token_error = token_error * weight
+    in_loss = (segment_ids > 0) & ~batch["cond_mask"]
+    slots = segment_ids[..., None] == jnp.arange(1, max_clips + 1)  # [B, L, S]
+
+    def clip_mean(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        one_hot = slots & tokens[..., None]
+        count = one_hot.sum(axis=1)
+        total = jnp.einsum("bl,bls->bs", token_error, one_hot.astype(token_error.dtype))
+        return total / jnp.maximum(count, 1), count
+
+    video_loss, video_count = clip_mean(in_loss & ~audio)
+    audio_loss, audio_count = clip_mean(in_loss & audio)
+    audio_weight = config.audio.loss_weight
+    clip_loss = video_loss + audio_weight * audio_loss
+    clip_size = video_count + audio_weight * audio_count  # Each token as much as it counts.
+    clip_valid = clip_size > 0
+    if config.diffusion.loss_weight == "token":  # A clip counts by its tokens, sound and picture.
+        total = jnp.sum(clip_size)
+        loss = jnp.sum(clip_loss * clip_size) / jnp.where(total > 0, total, 1.0)
+    else:
+        loss = jnp.sum(clip_loss * clip_valid) / jnp.maximum(clip_valid.sum(), 1)
+    return loss, {
+        "clip_loss": clip_loss,
+        "clip_t": t_clip,
+        "clip_valid": clip_valid,
+        "clip_video_loss": video_loss,
+        "clip_audio_loss": audio_loss,
+        "clip_has_video": video_count > 0,
+        "clip_has_audio": audio_count > 0,
+    }
 
 
 def validate_diffusion_section(f: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,9 @@
 """The DiT's train step: the rectified-flow loss of a packed batch, its gradients and the update.
 
 Noise and timesteps are drawn inside the step from ``fold_in(seed, step)`` (see
-:mod:`sora_jax.train.step`), per clip and, under conditioning, per token.
+:mod:`sora_jax.train.step`), per clip and, under conditioning, per token. With sound the step's
+metrics also hold ``video_loss`` and ``audio_loss``: the mean of each modality's clip losses over
+the clips that have such tokens in the loss.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ def make_train_step(
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         key = step_key(config.seed, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)  # Gradients of the trained parameters only.
-        (loss, _), grads = grad_fn(state.params, batch, key, state.frozen)
+        (loss, aux), grads = grad_fn(state.params, batch, key, state.frozen)
         new_state, metrics = update(state, loss, grads)
+        if "clip_audio_loss" in aux:
+            for name in ("video", "audio"):
+                has = aux[f"clip_has_{name}"]
+                total = jnp.sum(jnp.where(has, aux[f"clip_{name}_loss"], 0.0))
+                metrics[f"{name}_loss"] = total / jnp.maximum(has.sum(), 1)
         metrics["clips"] = jnp.sum(batch["clip_grid"][..., 0] > 0)
         metrics["tokens"] = jnp.sum(batch["segment_ids"] > 0)
         return new_state, metrics

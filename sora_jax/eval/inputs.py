@@ -120,6 +120,26 @@ class ClipLayout:
             raise ValueError(f"the given frames fill all {self.frames} frames: nothing is left to generate")
         return Condition(values, groups)
 
+    def whole_video(self, pixels: np.ndarray) -> Condition:
+        """A :class:`Condition` giving every frame of the clip, from a video at least as long: what a
+        run with sound makes the sound of (video-to-audio).
+
+        Raises:
+            ValueError: the video is shorter than the clip.
+        """
+        model = self.to_model(pixels)
+        if len(model) < self.frames:
+            raise ValueError(
+                f"the video gives {len(model)} frames; the clip needs {self.frames}: ask for fewer --frames"
+            )
+        return Condition(model[: self.frames], np.ones(self.groups, bool))
+
+    def sound_only(self, sound: np.ndarray) -> Condition:
+        """A :class:`Condition` giving the clip's whole sound (float32 ``[samples, C]``) and none of
+        its frames: audio-to-video."""
+        values = np.zeros((self.frames, self.height, self.width, self.channels), np.float32)
+        return Condition(values, np.zeros(self.groups, bool), sound=sound)
+
     def edit(self, pixels: np.ndarray, strength: float) -> Edit:
         """An :class:`Edit` of a video (at least as long as the clip)."""
         model = self.to_model(pixels)

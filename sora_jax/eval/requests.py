@@ -10,6 +10,9 @@ The request's shape is the video's (pixels); a latent run generates the latents 
 (:mod:`sora_jax.autoencoder.latent_space`). Given images and videos are read at the video's size
 and laid out as conditioning (:mod:`sora_jax.eval.inputs`): an image over the first temporal
 group, a video's end (or start) to extend, two images or videos to connect, or a video to edit.
+A run with sound (``audio.enabled``) makes each video's sound with it; it can also keep a whole
+video and make its sound (``--video FILE --add-sound``), or make the picture of a sound file
+(``--audio FILE``). Given images and videos give no sound: the whole clip's sound is made.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sora_jax.autoencoder.latent_space import model_space
 from sora_jax.errors import ConfigError
 from sora_jax.eval.generate import Condition, Edit, make_generator
 from sora_jax.eval.inputs import ClipLayout, read_frames
-from sora_jax.kinds.base import EDIT_STRENGTH, SampleRequest
+from sora_jax.kinds.base import EDIT_STRENGTH, Sample, SampleRequest
 from sora_jax.paths import cannot_write_in, nearest_existing
 
 # The .gif written beside the .mp4 stores delays in whole centiseconds (see data/video_io.py), and
@@ -124,16 +127,25 @@ def model_shape(config: ml_collections.ConfigDict, request: SampleRequest) -> tu
 
 
 def given_content(
-    request: SampleRequest, layout: ClipLayout, video_shape: tuple[int, int, int]
+    request: SampleRequest,
+    layout: ClipLayout,
+    video_shape: tuple[int, int, int],
+    audio: ml_collections.ConfigDict | None = None,
+    fps: float = 8.0,
 ) -> tuple[Condition | None, Edit | None]:
-    """The (condition, edit) the request's images and videos ask for; (None, None) for text alone.
-    Only the frames used are decoded (a video's first or last ones, the first frame of each end of
-    an interpolation).
+    """The (condition, edit) the request's images, videos and sounds ask for; (None, None) for text
+    alone. Only the frames used are decoded (a video's first or last ones, the first frame of each
+    end of an interpolation); a sound file (``--audio``, read with the run's ``audio`` section) for
+    the clip's duration at ``fps``.
 
     Raises:
         ValueError: a given file cannot be read, or what it gives does not fit the clip.
     """
     frames, height, width = video_shape
+    if request.add_sound:
+        return layout.whole_video(read_frames(request.video, height, width, frames)), None
+    if request.audio:
+        return layout.sound_only(read_sound(request.audio, audio, frames / fps)), None
 
     def piece(path: str, share: int, end: bool) -> np.ndarray:
         """``share`` frames of a video (``--given-frames`` if given): its last (``end``) or first
@@ -164,9 +176,40 @@ def given_content(
     return None, None
 
 
-def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray:
+def read_sound(path: str, audio: ml_collections.ConfigDict, seconds: float) -> np.ndarray:
+    """float32 ``[samples, C]``: the first ``seconds`` of the sound of a file (audio or video), at the
+    run's ``audio.sample_rate`` and channels, zero-padded where the file is shorter.
+
+    Raises:
+        ValueError: the file has no sound or cannot be read.
+    """
+    from sora_jax.data.video_io import read_audio
+
+    try:
+        sound = read_audio(path, sample_rate=audio.sample_rate, channels=audio.channels, duration=seconds)
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad input file.
+        raise ValueError(f"--audio {path} cannot be read as sound: {error}") from error
+    if sound is None:
+        raise ValueError(f"--audio {path}: the file has no audio stream")
+    return sound
+
+
+def check_sound_request(config: ml_collections.ConfigDict, request: SampleRequest) -> None:
+    """Raises ConfigError when ``request`` asks for sound (``--add-sound``, ``--audio``) of a run
+    that has none, or for sound of a single frame."""
+    asked = "--add-sound" if request.add_sound else "--audio" if request.audio else ""
+    if not asked:
+        return
+    if not config.audio.enabled:
+        raise ConfigError(f"{asked}: this run was trained without sound (audio.enabled is false)")
+    if request.frames == 1:
+        raise ConfigError(f"{asked}: one frame has no duration to sound over; ask for --frames 2 or more")
+
+
+def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray | Sample:
     """uint8 video ``[T, H, W, 3]`` for ``request`` from the EMA parameters of a trained DiT run
-    (:class:`~sora_jax.train.trained_run.TrainedRun`) at ``request.step`` (default: the latest).
+    (:class:`~sora_jax.train.trained_run.TrainedRun`) at ``request.step`` (default: the latest);
+    from a run with sound, a :class:`~sora_jax.kinds.base.Sample` with the video's sound.
 
     In order, so that a request that cannot work fails before the costly parts: the request and
     its size against the run's config, the checkpoint's step, the given files (through a latent
@@ -178,11 +221,13 @@ def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray:
     request.validate()
     config, d, m = run.config, run.config.diffusion, run.config.model
     shape = model_shape(config, request)
+    check_sound_request(config, request)
+    fps = config.train.sample_fps if request.fps is None else request.fps
     run.step(request.step)  # That the checkpoint exists, before anything is loaded.
     space = model_space(config)
     layout = ClipLayout(*shape, m.channels, m.patch_size[0], space)
     try:
-        condition, edit = given_content(request, layout, space.pixel_shape(*shape))
+        condition, edit = given_content(request, layout, space.pixel_shape(*shape), config.audio, fps)
     except ValueError as error:  # Unreadable or unfitting given images and videos.
         raise ConfigError(str(error)) from None
     generate = make_generator(
@@ -196,6 +241,9 @@ def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray:
         method=request.sampler or d.sampler,
         cond_guidance=d.cond_guidance if request.cond_guidance is None else request.cond_guidance,
         space=space,
+        fps=fps,
+        with_sound=True,
     )
     params = run.params(request.step)
-    return generate(params, request.prompt, request.seed, condition=condition, edit=edit)
+    video, sound = generate(params, request.prompt, request.seed, condition=condition, edit=edit)
+    return video if sound is None else Sample(video, sound, config.audio.sample_rate)

@@ -23,9 +23,17 @@ class WorldEvaluation:
     tasks; with two or more clips also ``world/<task>/fvd``, the Fréchet video distance of the
     task's videos to the held-out clips (:class:`~sora_jax.eval.fvd.RandomVideoFeatures`; lower is
     closer).
+
+    A run with sound (``audio.enabled``) makes each video's sound with it, scored against the scene
+    and the video it came with (:mod:`sora_jax.eval.sound_score`): ``world/<task>/sound_count``,
+    ``sound_sync`` and ``sound``; and one more task, ``video_to_audio``: the held-out clip's own
+    video given whole, its sound made and scored (its picture is the given one, so it has sound
+    scores only). ``world/sound`` is the mean ``sound`` over the tasks; ``world/overall`` stays the
+    mean of the picture's scores.
     """
 
     TASKS = ("text_to_video", "image_to_video", "extend_forward")
+    SOUND_TASK = "video_to_audio"
 
     def __init__(
         self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, tasks: tuple[str, ...] = TASKS
@@ -34,19 +42,27 @@ class WorldEvaluation:
         from sora_jax.eval.world_score import scene_facts
 
         t, d = config.train, config.diffusion
-        self.config, self.tasks = config, tasks
+        self.config = config
+        self.sound = bool(config.audio.enabled) and t.sample_frames > 1
+        self.tasks = tasks + ((self.SOUND_TASK,) if self.sound and self.SOUND_TASK not in tasks else ())
         self.generate = make_generator(
             graphdef, config, frames=t.sample_frames, height=t.sample_height, width=t.sample_width,
             steps=d.sample_steps, guidance=d.guidance, method=d.sampler, cond_guidance=d.cond_guidance,
+            fps=t.sample_fps, with_sound=True,
         )  # fmt: skip
         space = self.generate.space
         shape = (t.sample_frames, t.sample_height, t.sample_width)
         self.layout = ClipLayout(*shape, config.model.channels, config.model.patch_size[0], space)
         frames, height, width = space.pixel_shape(*shape)
+        # With sound, captions may describe it as training's did (audio.caption_sounds).
+        sounds = config.audio.caption_sounds if self.sound else 0.0
         self.clips = [
-            world.make_clip(config.eval.seed, i, frames=frames, height=height, width=width, fps=t.sample_fps)
+            world.make_clip(
+                config.eval.seed, i, frames=frames, height=height, width=width, fps=t.sample_fps,
+                caption_sounds=sounds,
+            )
             for i in range(config.eval.world_clips)
-        ]
+        ]  # fmt: skip
         self.facts = [scene_facts(clip) for clip in self.clips]
         # FVD against the held-out clips themselves, under fixed random features (no downloaded
         # network): comparable between checkpoints and runs of the same clip shape and count only.
@@ -63,24 +79,45 @@ class WorldEvaluation:
         return 0
 
     def _condition(self, task: str, frames: np.ndarray):
+        if task == self.SOUND_TASK:
+            return self.layout.whole_video(frames)
         given = self.given_frames(task)
         return self.layout.condition([("start", frames[:given])]) if given else None
 
     def scores(self, params: nnx.State) -> dict[str, float]:
+        from sora_jax.eval.sound_score import sound_scores
         from sora_jax.eval.world_score import mean_scores, world_scores
 
         result: dict[str, float] = {}
+        fps, rate = self.config.train.sample_fps, self.config.audio.sample_rate
         for task in self.tasks:
-            rows, videos = [], []
+            rows, videos, heard = [], [], []
             for index, (clip, facts) in enumerate(zip(self.clips, self.facts, strict=True)):
                 condition = self._condition(task, clip.frames)
-                videos.append(self.generate(params, clip.caption, index, condition=condition))
-                rows.append(world_scores(videos[-1], facts))
+                video, sound = self.generate(params, clip.caption, index, condition=condition)
+                videos.append(video)
+                rows.append(world_scores(video, facts))
+                if sound is not None:
+                    heard.append(sound_scores(clip, sound, rate, video=video, fps=fps))
+            if heard:
+                result |= {f"world/{task}/{name}": _nanmean(heard, name) for name in heard[0]}
+            if task == self.SOUND_TASK:  # The picture is the given one: only its sound is scored.
+                continue
             result |= {f"world/{task}/{name}": value for name, value in mean_scores(rows).items()}
             if len(videos) >= 2:  # A covariance needs two videos a set.
                 result[f"world/{task}/fvd"] = self._fvd(np.stack(videos))
-        result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in self.tasks]))
+        pictures = [task for task in self.tasks if task != self.SOUND_TASK]
+        result["world/overall"] = float(np.mean([result[f"world/{task}/overall"] for task in pictures]))
+        if self.sound:
+            result["world/sound"] = float(np.mean([result[f"world/{task}/sound"] for task in self.tasks]))
         return result
+
+    def sound_references(self) -> dict[str, dict[str, float]]:
+        """The same clips' reference sound scores (their own sound, silence, noise, the sound 0.25 s
+        late, ...): :func:`sora_jax.eval.sound_score.sound_reference_scores`."""
+        from sora_jax.eval.sound_score import sound_reference_scores
+
+        return sound_reference_scores(self.clips, self.config.audio.sample_rate)
 
     def _fvd(self, videos: np.ndarray) -> float:
         """FVD of ``videos`` to the held-out clips, whose feature statistics are computed once."""
@@ -109,3 +146,10 @@ class WorldEvaluation:
             held = np.repeat(clip.frames[given - 1 : given], len(clip.frames) - given, axis=0)
             rows.append(world_scores(np.concatenate([clip.frames[:given], held]), facts))
         return mean_scores(rows)
+
+
+def _nanmean(rows: list[dict[str, float]], name: str) -> float:
+    """The mean of score ``name`` over ``rows``, skipping NaN (no impact seen); NaN if all are."""
+    values = np.asarray([row[name] for row in rows], np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")

@@ -38,7 +38,7 @@ from sora_jax.errors import ConfigError
 Batch = dict[str, Any]
 # (TrainState, batch) -> (TrainState, metrics); see sora_jax.train.state.TrainState.
 TrainStep = Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]]
-Sampler = Callable[[Any], list[np.ndarray]]  # EMA parameters -> uint8 videos [T, H, W, 3]
+Sampler = Callable[[Any], list["np.ndarray | Sample"]]  # EMA parameters -> videos (with their sound)
 Scorer = Callable[[Any], dict[str, float]]  # EMA parameters -> named scores
 
 
@@ -50,12 +50,26 @@ EXTENSIONS = ("forward", "backward")
 
 
 @dataclasses.dataclass(frozen=True)
+class Sample:
+    """A generated video with its sound: uint8 ``frames [T, H, W, 3]`` and float32 ``sound``
+    ``[samples, C]`` in [-1, 1] at ``sample_rate`` (what a run with sound makes; a kind without
+    sound returns bare frames)."""
+
+    frames: np.ndarray
+    sound: np.ndarray
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleRequest:
     """What ``sora-jax sample`` asks of a trained run: a video for ``prompt``, optionally around given
     images or videos (paths). None means the run's own setting (for ``extend``: forward; for
     ``strength``: :data:`EDIT_STRENGTH`). At most one of ``image``, ``video``, ``interpolate``,
-    ``connect`` and ``edit`` is given; ``extend`` goes with ``video``, ``given_frames`` with
-    ``video`` or ``connect``, ``strength`` with ``edit``, ``cond_guidance`` with given frames.
+    ``connect``, ``edit`` and ``audio`` is given; ``extend`` goes with ``video``, ``given_frames`` with
+    ``video`` or ``connect``, ``strength`` with ``edit``, ``cond_guidance`` with given frames;
+    ``add_sound`` with ``video`` (its frames are kept and their sound is made), and ``audio`` (a
+    sound file whose picture is made) only from a run with sound. ``fps`` is the video's frame rate
+    (None: the run's ``train.sample_fps``), which sets how long a clip's sound lasts.
 
     :meth:`validate` checks all of that without the run; a kind's ``generate`` checks what needs
     the run's config (sizes against its patches) before it loads parameters."""
@@ -78,6 +92,9 @@ class SampleRequest:
     edit: str | None = None
     given_frames: int | None = None
     strength: float | None = None
+    add_sound: bool = False
+    audio: str | None = None
+    fps: float | None = None
 
     def given_files(self) -> list[tuple[str, str]]:
         """``(flag, path)`` of every image and video the request gives, in flag order."""
@@ -126,6 +143,7 @@ class SampleRequest:
             ("--interpolate", self.interpolate),
             ("--connect", self.connect),
             ("--edit", self.edit),
+            ("--audio", self.audio),
         ]
 
     def _check_modes(self) -> None:
@@ -137,6 +155,12 @@ class SampleRequest:
         for flag, pair in (("--interpolate", self.interpolate), ("--connect", self.connect)):
             if pair is not None and len(pair) != 2:
                 raise ConfigError(f"{flag}: give two files, A B")
+        if self.add_sound:
+            if self.video is None:
+                raise ConfigError("--add-sound makes the sound of a video: give --video FILE")
+            for flag, value in (("--extend", self.extend), ("--given-frames", self.given_frames)):
+                if value is not None:
+                    raise ConfigError(f"{flag} with --add-sound: the whole video is kept; leave {flag} out")
         if self.extend is not None:
             if self.extend not in EXTENSIONS:
                 raise ConfigError(f"--extend {self.extend!r}: must be one of {', '.join(EXTENSIONS)}")
@@ -255,9 +279,9 @@ class RunKind(abc.ABC):
         """Held-out scores of EMA parameters; with ``world``, also physics-world scores of generated
         videos (ConfigError where the kind does not generate them)."""
 
-    def generate(self, run: Any, request: SampleRequest) -> np.ndarray:
-        """A uint8 video ``[T, H, W, 3]`` for ``request`` from a trained run of this kind
-        (a :class:`~sora_jax.train.trained_run.TrainedRun`)."""
+    def generate(self, run: Any, request: SampleRequest) -> np.ndarray | Sample:
+        """A uint8 video ``[T, H, W, 3]`` for ``request`` from a trained run of this kind (a
+        :class:`~sora_jax.train.trained_run.TrainedRun`), or a :class:`Sample` with its sound."""
         raise ConfigError(f"a {self.config.task!r} run does not generate videos from a prompt")
 
     # --- throughput -------------------------------------------------------------------------------

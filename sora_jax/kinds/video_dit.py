@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sora_jax.data.packing import empty_batch
+from sora_jax.data.packing import empty_batch, token_widths
 from sora_jax.data.pipeline import batch_stream, validate_packing_section
 from sora_jax.diffusion.conditioning import validate_conditioning_section
 from sora_jax.diffusion.flow import validate_diffusion_section
@@ -67,11 +66,12 @@ class VideoDiTKind(RunKind):
 
     @classmethod
     def validate(cls, config: ml_collections.ConfigDict) -> None:
-        """The model, packing, diffusion and conditioning sections, each checked by its owner."""
+        """The model, packing, diffusion and conditioning sections, each checked by its owner (sound:
+        the audio tasks need ``audio.enabled``, a latent DiT has none yet, a clip fits a row with it)."""
         validate_model_section(config)
         validate_packing_section(config)
         validate_diffusion_section(config.diffusion)
-        validate_conditioning_section(config.conditioning)
+        validate_conditioning_section(config.conditioning, audio=config.audio.enabled)
 
     def init(self, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
         return nnx.split(build_model(self.config, seed), nnx.Param)
@@ -84,8 +84,8 @@ class VideoDiTKind(RunKind):
 
     def batch_row(self) -> dict[str, jax.ShapeDtypeStruct]:
         m, d = self.config.model, self.config.data
-        patch_dim = math.prod(m.patch_size) * m.channels
-        row = empty_batch(1, d.seq_len, patch_dim, d.max_clips_per_row, d.text_len, frozen_text_dim(m))
+        patch_dim, audio = max(token_widths(self.config)), self.config.audio.enabled
+        row = empty_batch(1, d.seq_len, patch_dim, d.max_clips_per_row, d.text_len, frozen_text_dim(m), audio)
         return {name: jax.ShapeDtypeStruct(a.shape, a.dtype) for name, a in row.items()}
 
     def batches(self, first_row: int, num_rows: int) -> Iterator[Batch]:

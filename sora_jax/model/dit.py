@@ -6,6 +6,13 @@ adaLN-Zero modulation it drives) are computed once per clip, ``[B, S, ...]``, an
 clip's tokens, never once per token. Tokens attend within their clip (self-attention with a 3D
 RoPE) and to their clip's caption (cross-attention).
 
+With sound (``audio.enabled``) a clip's audio tokens are tokens of the same segment: they have their
+own patch embedding (``audio_embed``, plus a learned ``audio_marker``) and output head
+(``audio_final``), chosen by the batch's ``modality``, and share everything between: the blocks,
+the clip's timestep and caption. RoPE's time axis reads the batch's ``times``, which puts each audio
+token on its clip's video clock, so sound and picture of one moment are at one time coordinate.
+Without sound the model, its parameters and its outputs are what they were before sound existed.
+
 The forward pass is split into ``jax.named_scope`` s, so that profiler traces and HLO metadata
 (``op_name``) say which part of the model an op belongs to: ``patch_embed``, ``conditioning``,
 ``text_encoder``, one ``block_{i}`` per block (``block`` for all of them under ``scan_layers``)
@@ -22,9 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from sora_jax.data.packing import AUDIO, token_widths
 from sora_jax.errors import ConfigError
 from sora_jax.model.attention import Attention, AttentionKernel, dense
-from sora_jax.model.rope import axis_dims, rope_angles
+from sora_jax.model.rope import axis_dims, rope_angles, rope_coordinates
 from sora_jax.model.text import TextEncoder, frozen_text_dim
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 
@@ -125,9 +133,10 @@ class VideoDiT(nnx.Module):
     """Predicts the flow velocity of every token of a packed batch.
 
     Call with the noisy patches ``[B, L, P]``, per-clip timesteps ``[B, S]`` in [0, 1], and the
-    batch's ``segment_ids``, ``positions``, ``text_tokens`` (or ``text_embeddings`` with a frozen
-    ``model.text_encoder``), ``text_segment_ids`` and ``text_positions``; returns the velocity
-    ``[B, L, P]`` in float32.
+    batch's ``segment_ids``, ``positions``, ``cond_mask``, ``text_tokens`` (or ``text_embeddings``
+    with a frozen ``model.text_encoder``), ``text_segment_ids`` and ``text_positions``, with sound
+    also ``modality`` and ``times``; returns the prediction ``[B, L, P]`` in float32 (with sound
+    ``P = max(P_v, P_a)``, and every token's features beyond its own modality's width are 0).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
@@ -167,6 +176,34 @@ class VideoDiT(nnx.Module):
         self.final_norm = nnx.LayerNorm(m.dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
         self.final_modulation = dense(m.dim, 2 * m.dim, ("embed", "mlp"), rngs, zero_init=True, **kw)
         self.final = dense(m.dim, patch_dim, ("embed", "patch"), rngs, zero_init=True, **kw)
+        # Sound's layers come last: the other parameters draw the same initial values with or without them.
+        self.video_dim, self.audio_dim = token_widths(config)
+        if self.audio_dim:
+            self.audio_embed = dense(self.audio_dim, m.dim, ("patch", "embed"), rngs, **kw)
+            marker = nnx.initializers.normal(0.02)(rngs.params(), (m.dim,), jnp.dtype(m.param_dtype))
+            self.audio_marker = nnx.Param(marker, out_sharding=("embed",))
+            self.audio_final = dense(m.dim, self.audio_dim, ("embed", "patch"), rngs, zero_init=True, **kw)
+
+    def embed_tokens(self, noisy_blp: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+        """``[B, L, D]``: each token through its own modality's patch embedding (only its own width)."""
+        if not self.audio_dim:
+            return self.patch_embed(noisy_blp)
+        video = self.patch_embed(noisy_blp[..., : self.video_dim])
+        audio = self.audio_embed(noisy_blp[..., : self.audio_dim])
+        audio = audio + self.audio_marker[...].astype(audio.dtype)
+        return jnp.where((batch["modality"] == AUDIO)[..., None], audio, video)
+
+    def output_tokens(self, h_bld: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+        """``[B, L, P]``: each token's output through its own modality's head, zero beyond its width."""
+        if not self.audio_dim:
+            return self.final(h_bld)
+        width = max(self.video_dim, self.audio_dim)
+
+        def padded(out: jax.Array) -> jax.Array:
+            return jnp.pad(out, ((0, 0), (0, 0), (0, width - out.shape[-1])))
+
+        is_audio = (batch["modality"] == AUDIO)[..., None]
+        return jnp.where(is_audio, padded(self.audio_final(h_bld)), padded(self.final(h_bld)))
 
     def __call__(
         self, noisy_blp: jax.Array, timesteps_bs: jax.Array, batch: dict[str, jax.Array]
@@ -174,7 +211,7 @@ class VideoDiT(nnx.Module):
         m = self.config
         segment_ids = batch["segment_ids"]
         with jax.named_scope("patch_embed"):
-            x = self.patch_embed(noisy_blp.astype(jnp.dtype(m.dtype)))
+            x = self.embed_tokens(noisy_blp.astype(jnp.dtype(m.dtype)), batch)
             x = x + batch["cond_mask"][..., None].astype(x.dtype) * self.cond_embed[...].astype(x.dtype)
             x = constrain(x, ACTIVATION, self.rules)
         with jax.named_scope("conditioning"):
@@ -190,7 +227,8 @@ class VideoDiT(nnx.Module):
             with jax.named_scope("conditioning"):
                 pooled = caption_means(text, batch["text_segment_ids"], timesteps_bs.shape[1])  # [B, S, Dt]
                 conditioning = conditioning + self.caption_out(jax.nn.silu(self.caption_in(pooled)))
-        angles = rope_angles(batch["positions"], axis_dims(m.dim // m.heads), m.rope_theta)
+        coordinates = rope_coordinates(batch["positions"], batch.get("times"))
+        angles = rope_angles(coordinates, axis_dims(m.dim // m.heads), m.rope_theta)
         angles = constrain(angles, ("activation_batch", "activation_length", None), self.rules)
         extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
 
@@ -200,7 +238,7 @@ class VideoDiT(nnx.Module):
             shift, scale = jnp.split(
                 gather_clips(self.final_modulation(jax.nn.silu(conditioning)), segment_ids), 2, -1
             )
-            return self.final(modulate(self.final_norm(x), shift, scale)).astype(jnp.float32)
+            return self.output_tokens(modulate(self.final_norm(x), shift, scale), batch).astype(jnp.float32)
 
 
 def run_block_stack(
@@ -260,6 +298,11 @@ def validate_model_section(config: ml_collections.ConfigDict) -> None:
             fail("text_encoder", "a frozen text encoder needs data.store with caption embeddings")
     if m.autoencoder and not d.store:
         fail("autoencoder", "a latent DiT trains on data.store, a latent store from sora-jax encode")
+    if m.autoencoder and config.audio.enabled:
+        raise ConfigError(
+            "config key 'audio.enabled': a latent DiT (model.autoencoder) has no sound yet; "
+            "set audio.enabled=False or train on pixels"
+        )
     if min(m.patch_size) < 1:
         fail("patch_size", f"sizes must be positive, got {m.patch_size}")
     if m.dim % m.heads:

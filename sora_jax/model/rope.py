@@ -18,7 +18,8 @@ def axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_angles(positions: jnp.ndarray, dims: tuple[int, ...], theta: float) -> jnp.ndarray:
-    """Angles ``[..., sum(dims) // 2]`` (f32) for integer ``positions [..., len(dims)]``.
+    """Angles ``[..., sum(dims) // 2]`` (f32) for ``positions [..., len(dims)]`` (integer, or float
+    for times between patches, :func:`rope_coordinates`).
 
     Axis ``a`` of the coordinates rotates ``dims[a]`` features (see :func:`axis_dims` for video;
     text uses one axis, its token index, over the whole head).
@@ -28,6 +29,15 @@ def rope_angles(positions: jnp.ndarray, dims: tuple[int, ...], theta: float) -> 
         freqs = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
         parts.append(positions[..., axis : axis + 1].astype(jnp.float32) * freqs)
     return jnp.concatenate(parts, axis=-1)
+
+
+def rope_coordinates(positions: jnp.ndarray, times: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The (t, h, w) coordinates a token rotates by: ``positions [..., 3]`` as they are, or with
+    ``times [...]`` (float, a batch with sound) as the time axis, so an audio token sits on its clip's
+    video clock between the temporal patches it sounds with."""
+    if times is None:
+        return positions
+    return jnp.concatenate([times[..., None], positions[..., 1:].astype(jnp.float32)], axis=-1)
 
 
 def apply_rope(x_blnh: jnp.ndarray, angles_blh: jnp.ndarray) -> jnp.ndarray:

@@ -31,16 +31,25 @@ BATCH_AXES = {
     "clip_grid": ("batch", None, None),
     "clip_frames": ("batch", None),
     "clip_fps": ("batch", None),
+    # Only with sound (audio.enabled).
+    "modality": ("batch", "length"),
+    "times": ("batch", "length"),
+    "clip_audio": ("batch", None),
 }
 Axes = dict[str, tuple[str | None, ...]]  # batch field -> logical names of its axes
-PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "text_embeddings")
+SOUND_FIELDS = ("modality", "times", "clip_audio")
+PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "text_embeddings" and name not in SOUND_FIELDS)
 
 
 def packed_axes(config: ml_collections.ConfigDict) -> Axes:
     """The packed-batch fields of a DiT run and their axes: the contract's, plus ``text_embeddings``
-    when a frozen encoder's stored caption states replace the learned one's tokens."""
-    frozen = config.model.text_encoder != "learned"
-    fields = PACKED_FIELDS + ("text_embeddings",) if frozen else PACKED_FIELDS
+    when a frozen encoder's stored caption states replace the learned one's tokens, and the sound
+    fields with ``audio.enabled``."""
+    fields = PACKED_FIELDS
+    if config.model.text_encoder != "learned":
+        fields += ("text_embeddings",)
+    if config.audio.enabled:
+        fields += SOUND_FIELDS
     return {name: BATCH_AXES[name] for name in fields}
 
 

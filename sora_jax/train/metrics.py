@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -29,6 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+
+from sora_jax.data.packing import token_widths
 
 log = logging.getLogger("sora_jax")
 
@@ -180,16 +181,20 @@ def _plain(value: object) -> object:
 
 
 def model_flops_per_token(config: ml_collections.ConfigDict, attended_tokens: float) -> float:
-    """Training FLOPs (forward + backward = 3x forward) per video token, counted analytically.
+    """Training FLOPs (forward + backward = 3x forward) per token, counted analytically.
 
     Counts the matmuls of the DiT blocks, patch embedding and final layer (2 FLOPs a
     multiply-add), self-attention scores and weighted sums over ``attended_tokens`` keys (the mean
     clip length: tokens attend within their clip), and cross-attention over one caption. The text
-    encoder and per-clip modulation are excluded: per video token they are negligible.
+    encoder and per-clip modulation are excluded: per token they are negligible.
+
+    With sound an audio token is a token like a video one (the same blocks, attending within its
+    clip, whose length ``attended_tokens`` counts both kinds); its embedding and output layer are
+    its modality's, counted at the wider of the two token widths.
     """
     m, d = config.model, config.data
     dim, hidden = m.dim, int(m.dim * m.mlp_ratio)
-    patch_dim = math.prod(m.patch_size) * m.channels
+    patch_dim = max(token_widths(config))
     per_block = (
         2 * 4 * dim * dim  # q, k, v, out projections of self-attention
         + 2 * 2 * attended_tokens * dim  # scores and weighted sum

@@ -28,9 +28,9 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from sora_jax.config import config_to_json
-from sora_jax.data.video_io import write_video
+from sora_jax.data.video_io import write_sample
 from sora_jax.errors import ConfigError
-from sora_jax.kinds.base import RunKind
+from sora_jax.kinds.base import RunKind, Sample
 from sora_jax.kinds.registry import run_kind
 from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
@@ -276,20 +276,19 @@ def _train(
 
 
 def write_samples(
-    videos: list[np.ndarray],
+    videos: list[np.ndarray | Sample],
     train_config: ml_collections.ConfigDict,
     workdir: epath.Path,
     step: int,
     writer: MetricsWriter,
 ) -> None:
-    """Each sample video (uint8 ``[T, H, W, 3]``) as an mp4 and a gif in ``DIR/samples/``."""
-    for index, frames in enumerate(videos):
+    """Each sample video (uint8 ``[T, H, W, 3]``, or a :class:`Sample` with its sound) as an mp4 and a
+    gif in ``DIR/samples/`` (with sound: an AAC track in the mp4 and a wav beside it)."""
+    for index, video in enumerate(videos):
         if jax.process_index() != 0:
             continue
-        for suffix in ("mp4", "gif"):
-            write_video(
-                workdir / "samples" / f"step_{step:06d}_{index}.{suffix}",
-                frames,
-                train_config.sample_fps,
-            )
+        frames, sound = (video.frames, video.sound) if isinstance(video, Sample) else (video, None)
+        rate = video.sample_rate if isinstance(video, Sample) else 16000
+        mp4 = workdir / "samples" / f"step_{step:06d}_{index}.mp4"
+        write_sample(mp4, frames, train_config.sample_fps, sound, rate)
         writer.write_frames(step, f"samples/{index}", frames)

@@ -52,6 +52,7 @@ def pipeline_request(request: Any) -> Any:
         ("--interpolate", request.interpolate),
         ("--connect", request.connect),
         ("--edit", request.edit),
+        ("--audio", request.audio),
         ("--extend", request.extend),
         ("--given-frames", request.given_frames),
         ("--strength", request.strength),
