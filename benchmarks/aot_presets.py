@@ -3,10 +3,11 @@
 Compiles each preset's real train step for its TPU topology on this machine (libtpu describes the
 slice; no TPU is used) and writes the "TPU presets" section of docs/BENCHMARKS.md.
 
-    python -m benchmarks.aot_presets [--family sora|wan] [--no-estimate] [--no-write]
+    python -m benchmarks.aot_presets [--family sora|sound|wan] [--no-estimate] [--no-write]
 
-Each family has its own section: ``sora`` (the framework's own DiT presets) and ``wan`` (the Wan 2.1
-fine-tuning presets, which must leave at least 10% of each chip's HBM spare).
+Each family has its own section: ``sora`` (the framework's own DiT presets), ``sound`` (the 1B
+preset with audio tokens in every row) and ``wan`` (the Wan 2.1 fine-tuning presets, which must
+leave at least 10% of each chip's HBM spare).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PRESETS = {
         ("experiments/sora_1b.py:v6e-64", "v6e-64", 1),
         ("experiments/sora_8b.py", "v5p-256", 1),
     ],
+    "sound": [("experiments/sora_1b.py:av-v5p-64", "v5p-64", 1)],
     "wan": [
         ("experiments/wan2_1_t2v_1_3b.py:lora", "v5p-8", 1),
         ("experiments/wan2_1_t2v_1_3b.py:full", "v5p-8", 1),
@@ -39,14 +41,17 @@ PRESETS = {
 SECTIONS = {
     "sora": ("aot_presets", "TPU presets, compiled ahead of time"),
     "wan": ("aot_wan", "Wan 2.1 fine-tuning presets, compiled ahead of time"),
+    "sound": ("aot_sound", "TPU presets with sound, compiled ahead of time"),
 }
 FLOPS_COUNT = {
     "sora": "`model_flops_per_token`, forward + backward",
+    "sound": "`model_flops_per_token`, forward + backward, audio tokens counted as tokens",
     "wan": "`wan_flops_per_token`, forward + backward; under LoRA the backward pass computes no "
     "gradient of the frozen weights, so it counts 2x the forward pass, not 3x",
 }
 ROWS_HOLD = {
     "sora": "rows holding one 65,536-token clip",
+    "sound": "rows holding one 65,536-token clip, its video and audio tokens together",
     "wan": "rows holding one clip of the row's length: 32,768 tokens (an 81-frame 480p clip), 75,776 at 720p",
 }
 GIB = 2**30
