@@ -39,11 +39,13 @@ def host_batch():
     return HOST_BATCH
 
 
-def loss_and_grads(config):
+def loss_and_grads(config, host: dict | None = None):
+    """Loss and gradients of ``host`` (default: this module's batch) on ``config``'s mesh."""
     mesh = make_mesh(config)
     with jax.set_mesh(mesh):
         graphdef, state, shardings = create_train_state(config, mesh)
-        batch = BatchLayout.of(config, mesh, packed_axes(config)).to_global(host_batch())
+        host = host_batch() if host is None else host
+        batch = BatchLayout.of(config, mesh, packed_axes(config)).to_global(host)
         batch_in = batch_shardings(mesh, axis_rules(config), packed_axes(config))
         grad_fn = jax.jit(
             jax.value_and_grad(make_loss_fn(graphdef, config), has_aux=True),

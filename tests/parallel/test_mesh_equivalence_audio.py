@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 
 from sora_jax.data.pipeline import batch_stream
-from sora_jax.diffusion.train_step import make_loss_fn
-from sora_jax.parallel.global_batch import BatchLayout, batch_shardings, packed_axes
-from sora_jax.parallel.mesh import make_mesh
-from sora_jax.parallel.sharding import axis_rules
-from sora_jax.train.state import create_train_state
+from tests.parallel.test_mesh_equivalence import loss_and_grads as mesh_loss_and_grads
 from tests.parallel.test_mesh_equivalence import small_config
 
 
@@ -33,17 +29,7 @@ def host_batch():
 
 
 def loss_and_grads(config):
-    mesh = make_mesh(config)
-    with jax.set_mesh(mesh):
-        graphdef, state, shardings = create_train_state(config, mesh)
-        batch = BatchLayout.of(config, mesh, packed_axes(config)).to_global(host_batch())
-        batch_in = batch_shardings(mesh, axis_rules(config), packed_axes(config))
-        grad_fn = jax.jit(
-            jax.value_and_grad(make_loss_fn(graphdef, config), has_aux=True),
-            in_shardings=(shardings.params, batch_in, None),
-        )
-        (loss, _), grads = grad_fn(state.params, batch, jax.random.key(3))
-        return float(loss), jax.device_get(grads)
+    return mesh_loss_and_grads(config, host_batch())
 
 
 @pytest.fixture(scope="module")
