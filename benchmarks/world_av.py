@@ -11,7 +11,7 @@ the impacts the video itself shows), with ``video_to_audio`` (the held-out clip'
 its sound made) beside. References, on the same clips: the world's own sound, silence, white noise,
 another scene's sound, the true sound 0.25 s late, a knock on every frame
 (``sound_reference_scores``). A frame strip of two samples with their spectrograms and onsets goes
-to docs/images/world_av_samples.png.
+to docs/images/world_av_samples.png (with ``--no-write``, into the workdir).
 
 With ``--compare-steps N`` it also trains the experiment for N steps once per audio representation
 (log-mel and raw waveform tokens, ``audio.representation``), side by side in this run, and scores
@@ -55,11 +55,13 @@ REFERENCE_LABELS = {
 
 
 def train(config_name: str, workdir: Path, overrides: tuple[str, ...] = ()) -> None:
-    """``sora-jax train`` of the experiment into ``workdir`` unless its final checkpoint is there."""
+    """``sora-jax train`` of the experiment into ``workdir`` (with ``key=value`` ``overrides``) unless
+    its final checkpoint is there."""
     final = load_config(config_name, overrides).train.steps
     if not (workdir / "checkpoints" / str(final)).is_dir():
         command = [sys.executable, "-m", "sora_jax.cli", "train", "--config", config_name]
-        subprocess.run([*command, "--workdir", str(workdir), *overrides], check=True)
+        flags = [f"--config.{override}" for override in overrides]
+        subprocess.run([*command, "--workdir", str(workdir), *flags], check=True)
 
 
 def score(
@@ -125,7 +127,7 @@ def sample_strip(evaluation: WorldEvaluation, params, count: int, path: Path) ->
             draw.line([(x, canvas.height - 20), (x, canvas.height)], fill=(40, 220, 40), width=2)
         rows.append(np.asarray(canvas))
         captions.append(clip.caption)
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows)).save(path)
     return captions
 
@@ -139,8 +141,8 @@ def compare_representations(config_name: str, workdir: Path, steps: int) -> list
     run), with its sound scores, audio loss and step time."""
     rows = []
     for representation in ("mel", "waveform"):
-        run = workdir / f"representation_{representation}"
-        overrides = (f"--config.train.steps={steps}", f"--config.audio.representation={representation}")
+        run = workdir.parent / f"{workdir.name}_{representation}"
+        overrides = (f"train.steps={steps}", f"audio.representation={representation}")
         train(config_name, run, overrides)
         scores, _, _ = score(run, ("text_to_video",))
         config = local_config(run)
@@ -247,7 +249,9 @@ def main() -> None:
     train(args.config, workdir)
     scores, evaluation, params = score(workdir)
     config = evaluation.config
-    captions = sample_strip(evaluation, params, 2, IMAGES / "world_av_samples.png")
+    strip = workdir / "world_av_samples.png" if args.no_write else IMAGES / "world_av_samples.png"
+    captions = sample_strip(evaluation, params, 2, strip)
+    print(f"frame strip: {strip}")
     body = report(
         config,
         args.config,
