@@ -94,7 +94,9 @@ class VideoDiTKind(RunKind):
     def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
         """Packing efficiency (non-padding token fraction), ``clips_per_row`` (mean),
         ``distinct_shapes`` (clip (frames, height, width) in pixels), ``images`` (fraction of
-        one-frame clips) and ``tokens_per_s`` (non-padding tokens of ``batches[1:]`` over ``seconds``)."""
+        one-frame clips) and ``tokens_per_s`` (non-padding tokens of ``batches[1:]`` over ``seconds``);
+        with sound also ``audio_tokens`` (their share of the non-padding tokens) and ``clips_with_sound``
+        (the share of clips that have audio tokens)."""
         _, ph, pw = self.config.model.patch_size
         tokens = np.array([(b["segment_ids"] > 0).sum() for b in batches])
         frames = np.concatenate([b["clip_frames"].reshape(-1) for b in batches])
@@ -103,13 +105,19 @@ class VideoDiTKind(RunKind):
         shapes = {
             (int(f), int(g[1]) * ph, int(g[2]) * pw) for f, g in zip(frames[used], grids[used], strict=True)
         }
-        return {
+        figures = {
             "packing_efficiency": float(tokens.sum() / sum(b["segment_ids"].size for b in batches)),
             "clips_per_row": float(used.sum() / sum(b["segment_ids"].shape[0] for b in batches)),
             "distinct_shapes": len(shapes),
             "images": float((frames[used] == 1).mean()),
             "tokens_per_s": float(tokens[1:].sum() / seconds),
         }
+        if "modality" in batches[0]:
+            audio = sum(int(((b["modality"] == 1) & (b["segment_ids"] > 0)).sum()) for b in batches)
+            sounding = np.concatenate([b["clip_audio"].reshape(-1) for b in batches])[used]
+            figures["audio_tokens"] = audio / float(tokens.sum())
+            figures["clips_with_sound"] = float(sounding.mean())
+        return figures
 
     def sampler(self, graphdef: nnx.GraphDef) -> Sampler:
         from sora_jax.eval.generate import prompt_sampler

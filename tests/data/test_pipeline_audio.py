@@ -155,3 +155,16 @@ def test_the_run_declares_the_batch_its_pipeline_makes(sound, sound_batches):
     for name, array in batch.items():
         assert (row[name].shape[1:], row[name].dtype) == (array.shape[1:], array.dtype), name
         assert len(kind.batch_axes()[name]) == array.ndim, name
+
+
+def test_data_stats_report_the_share_of_sound(sound_batches):
+    from sora_jax.kinds.video_dit import VideoDiTKind
+
+    figures = VideoDiTKind(sound_config()).describe_batches(sound_batches, 1.0)
+    audio = sum(int(((b["modality"] == 1) & (b["segment_ids"] > 0)).sum()) for b in sound_batches)
+    tokens = sum(int((b["segment_ids"] > 0).sum()) for b in sound_batches)
+    assert figures["audio_tokens"] == pytest.approx(audio / tokens) and 0.05 < figures["audio_tokens"] < 0.6
+    assert 0.0 < figures["clips_with_sound"] < 1.0  # Images have no sound.
+    silent = get_config("test")
+    plain = VideoDiTKind(silent).describe_batches(take(batch_stream(silent, 8), 2), 1.0)
+    assert "audio_tokens" not in plain
