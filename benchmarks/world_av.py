@@ -67,12 +67,14 @@ def train(config_name: str, workdir: Path, overrides: tuple[str, ...] = ()) -> N
 def score(
     workdir: Path, tasks: tuple[str, ...] = WorldEvaluation.TASKS
 ) -> tuple[dict, WorldEvaluation, dict]:
-    """World and sound scores of the run's last checkpoint, the evaluation, and its parameters."""
+    """World and sound scores of the run's last checkpoint (its step under ``"step"``), the
+    evaluation, and its parameters."""
     config = local_config(workdir)
     with TrainedRun(workdir) as run:
-        params, graphdef = run.params(None), run.graphdef
+        step = run.step(None)
+        params, graphdef = run.params(step), run.graphdef
     evaluation = WorldEvaluation(graphdef, config, tasks)
-    return evaluation.scores(params), evaluation, params
+    return evaluation.scores(params) | {"step": step}, evaluation, params
 
 
 def train_seconds(workdir: Path, config: ConfigDict) -> tuple[float, float]:
@@ -207,10 +209,11 @@ Audio representation, each trained {compared[0]["steps"]} steps from the same co
 `python -m benchmarks.world_av` trains `{config_name}`: a pixel DiT (dim {m.dim}, depth {m.depth},
 patch {tuple(m.patch_size)}) whose clips carry their sound as {a.representation} tokens
 ({a.sample_rate} Hz, {a.channels} channel(s), {token_samples} samples a token) in the
-same segment as their frames; batches of {d.batch_size} rows of {d.seq_len} tokens, {t.steps} steps,
-conditioning tasks weighted {mix}. Training took {total / 60:.0f} min of logged step time (median
-step {step * 1000:.0f} ms). For {len(evaluation.clips)} held-out captions (seed `eval.seed`) it makes a
-{t.sample_frames}x{t.sample_height}x{t.sample_width} video at {t.sample_fps:g} fps with its sound per task,
+same segment as their frames; batches of {d.batch_size} rows of {d.seq_len} tokens,
+conditioning tasks weighted {mix}; scored at step {scores["step"]}. Training took {total / 60:.0f}
+min of logged step time (median step {step * 1000:.0f} ms). For {len(evaluation.clips)} held-out
+captions (seed `eval.seed`) it makes a {t.sample_frames}x{t.sample_height}x{t.sample_width} video at
+{t.sample_fps:g} fps with its sound per task,
 {config.diffusion.sample_steps} euler steps, guidance {config.diffusion.guidance:g}, EMA weights.
 
 Sound scores (`sora_jax/eval/sound_score.py`): `sound_count` compares the onsets heard with the

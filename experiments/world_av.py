@@ -4,7 +4,7 @@ world_tiny's recipe (4-frame patches, the timestep shift from 32 tokens, the cle
 cap) with audio on: every clip of two or more frames carries its sound as log-mel tokens in the
 same packed segment as its frames, on the same clock (sora_jax/audio/). The world renders each
 impact it simulates (floor, walls, collisions) at its exact moment, its timbre by material, pitch
-by size, loudness by speed. About 45 minutes on a 2-core CPU:
+by size, loudness by speed. About 35 minutes on a 2-core CPU:
 
     sora-jax train --config experiments/world_av.py --workdir runs/world_av
 
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None):
     c.conditioning.image_to_video = 0.1
     c.diffusion.shift_base_tokens = 32
     c.diffusion.max_x0_weight = 4.0
-    c.train.steps = 2500
+    c.train.steps = 2000
     c.optim.warmup_steps = 100
     c.checkpoint.every = 500
     c.train.sample_prompts = (
