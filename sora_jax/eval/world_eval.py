@@ -100,7 +100,8 @@ class WorldEvaluation:
                 if sound is not None:
                     heard.append(sound_scores(clip, sound, rate, video=video, fps=fps))
             if heard:
-                result |= {f"world/{task}/{name}": _nanmean(heard, name) for name in heard[0]}
+                means = mean_scores(heard, tuple(heard[0]))
+                result |= {f"world/{task}/{name}": value for name, value in means.items()}
             if task == self.SOUND_TASK:  # The picture is the given one: only its sound is scored.
                 continue
             result |= {f"world/{task}/{name}": value for name, value in mean_scores(rows).items()}
@@ -146,10 +147,3 @@ class WorldEvaluation:
             held = np.repeat(clip.frames[given - 1 : given], len(clip.frames) - given, axis=0)
             rows.append(world_scores(np.concatenate([clip.frames[:given], held]), facts))
         return mean_scores(rows)
-
-
-def _nanmean(rows: list[dict[str, float]], name: str) -> float:
-    """The mean of score ``name`` over ``rows``, skipping NaN (no impact seen); NaN if all are."""
-    values = np.asarray([row[name] for row in rows], np.float64)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")

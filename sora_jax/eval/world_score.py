@@ -226,10 +226,13 @@ def reference_scores(clips: Sequence[world.WorldClip], seed: int = 0) -> dict[st
     return {name: mean_scores(found) for name, found in rows.items()}
 
 
-def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of each score over ``rows`` (``world_scores`` results), skipping NaN; NaN if all are."""
+def mean_scores(
+    rows: Sequence[dict[str, float]], names: Sequence[str] = (*SCORES, "overall")
+) -> dict[str, float]:
+    """The mean of each score ``names`` over ``rows`` (``world_scores`` results by default), skipping
+    NaN; NaN if all are."""
     result = {}
-    for score in (*SCORES, "overall"):
+    for score in names:
         values = np.asarray([row[score] for row in rows], np.float64)
         values = values[np.isfinite(values)]
         result[score] = float(values.mean()) if values.size else float("nan")
