@@ -132,6 +132,12 @@ class ClipRecord:
     audio: str = "none"
     audio_offset: int = 0
     audio_samples: int = 0
+    # Per-clip measurements made at ingest (motion, brightness, ...), by name; see
+    # sora_jax.data.clip_filters for the names prepare writes. Empty for clips made without them.
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    # A 64-bit perceptual hash of the clip's look, 16 hex digits ("" when not computed): clips
+    # whose hashes differ in few bits are near-duplicates.
+    phash: str = ""
 
     @property
     def num_frames(self) -> int:
@@ -161,6 +167,10 @@ class ClipRecord:
                 "audio_offset": self.audio_offset,
                 "audio_samples": self.audio_samples,
             }
+        if self.scores:
+            entry["scores"] = dict(self.scores)
+        if self.phash:
+            entry["phash"] = self.phash
         return entry
 
     @classmethod
@@ -184,6 +194,8 @@ class ClipRecord:
             audio=audio,
             audio_offset=int(entry.get("audio_offset", 0)),
             audio_samples=int(entry.get("audio_samples", 0)),
+            scores={str(k): float(v) for k, v in entry.get("scores", {}).items()},
+            phash=str(entry.get("phash", "")),
         )
 
 
@@ -624,6 +636,8 @@ class ClipStore:
         start: float,
         caption_embedding: np.ndarray | None = None,
         audio: np.ndarray | None = None,
+        scores: dict[str, float] | None = None,
+        phash: str = "",
     ) -> None:
         """Writes ``frames`` (``[T, H, W, C]``, the store's dtype and C) and stages its entry.
 
@@ -642,6 +656,9 @@ class ClipStore:
         video its latents encode, as the pixel store held it. A store without sound, and a
         still image (``fps == 0``), refuse it. The record says ``"silent"`` when no stored sample
         reaches :data:`SILENCE_DBFS`, else ``"sound"``.
+
+        ``scores``: the clip's measurements by name (finite numbers), kept in its record;
+        ``phash``: its 64-bit perceptual hash as 16 hex digits (or "").
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")
@@ -671,6 +688,14 @@ class ClipStore:
             if not isinstance(value, str):
                 raise ValueError(f"clip {clip_id!r}: {name} must be a str, got {type(value).__name__}")
 
+        scores = dict(scores or {})
+        for name, value in scores.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"clip {clip_id!r}: score names must be non-empty str, got {name!r}")
+            if not (isinstance(value, int | float | np.number) and math.isfinite(value)):
+                raise ValueError(f"clip {clip_id!r}: score {name!r} must be a finite number, got {value!r}")
+        if phash and not re.fullmatch(r"[0-9a-f]{16}", phash):
+            raise ValueError(f"clip {clip_id!r}: phash must be 16 lowercase hex digits, got {phash!r}")
         embedding = self._check_caption_embedding(clip_id, caption_embedding)
         pcm = self._check_audio(clip_id, audio, frames.shape[0], fps)
 
@@ -696,6 +721,8 @@ class ClipStore:
             audio=sound,
             audio_offset=audio_offset if pcm is not None else 0,
             audio_samples=len(pcm) if pcm is not None else 0,
+            scores={name: float(value) for name, value in scores.items()},
+            phash=phash,
         )
         self._by_id[clip_id] = len(self._records)
         self._records.append(record)
@@ -788,6 +815,24 @@ class ClipStore:
     def records(self) -> list[ClipRecord]:
         """All clips in append order (a new list each call)."""
         return list(self._records)
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """Every clip's ``(T, H, W, C)`` in position order: int64 ``[len(self), 4]``.
+
+        What a data pipeline needs of every clip to choose shapes and pack rows; the rest of a
+        record is read with :meth:`record` for the clips it draws.
+        """
+        return np.asarray([r.shape for r in self._records], np.int64).reshape(-1, 4)
+
+    def scores(self, name: str) -> np.ndarray:
+        """Every clip's score ``name`` in position order: float64 ``[len(self)]``, NaN for clips
+        without it (made before the score existed)."""
+        return np.asarray([r.scores.get(name, math.nan) for r in self._records], np.float64)
+
+    def score_names(self) -> set[str]:
+        """The names of the scores any clip has."""
+        return {name for r in self._records for name in r.scores}
 
     def record(self, key: int | str) -> ClipRecord:
         """The record at position ``key`` (negative counts from the end) or with id ``key``."""

@@ -333,7 +333,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
         from ``data.fps`` as it loads, a stored clip keeps its own."""
         if isinstance(source, WorldSource):
             return float(self.data.fps[0])
-        return float(source.records[index].fps or 1.0)  # As StoreSource.load gives it.
+        return float(source.record(index).fps or 1.0)  # As StoreSource.load gives it.
 
     @functools.cached_property
     def _smallest_clip(self) -> int:

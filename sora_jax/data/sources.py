@@ -24,7 +24,7 @@ from PIL import Image
 
 from sora_jax.audio.codec import clip_samples
 from sora_jax.data import world
-from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY, ClipStore
+from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY, ClipRecord, ClipStore
 
 log = logging.getLogger("sora_jax")
 
@@ -136,17 +136,20 @@ class StoreSource:
         if self.store.dtype != np.uint8 or self.store.channels != 3:
             raise ValueError(f"{path} holds {self.store.dtype} x{self.store.channels} clips, not pixels")
         self.embeddings = bool(self.store.caption_dim)
-        self.records = self.store.records
-        if not self.records:
+        if not len(self.store):
             raise ValueError(f"clip store {path} is empty")
         self.data, self.patch = data, patch
         _note_sound_format(store, audio)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.store)
+
+    def record(self, index: int) -> ClipRecord:
+        """The stored record of this source's clip ``index``."""
+        return self.store.record(index)
 
     def shapes(self, index: int) -> ShapeOptions:
-        frames, height, width, _ = self.records[index].shape
+        frames, height, width, _ = self.store.record(index).shape
         _, ph, pw = self.patch
         low, high = self.data.side[0] ** 2, min(self.data.side[1] ** 2, height * width)
         sizes = set()
@@ -161,7 +164,7 @@ class StoreSource:
         return ShapeOptions(np.arange(1, longest + 1), np.asarray(sorted(sizes)))
 
     def load(self, index: int, frames: int, height: int, width: int, rng: np.random.Generator) -> LoadedClip:
-        record = self.records[index]
+        record = self.store.record(index)
         video = self.store.read(index)
         start = int(rng.integers(0, video.shape[0] - frames + 1))
         video = video[start : start + frames]
@@ -269,10 +272,11 @@ class LatentStoreSource:
         self.std = np.asarray(stats["std"], np.float32)
         _, ph, pw = patch
         # Store positions of the clips at least one patch in size; smaller ones are skipped.
-        self.usable = [i for i, r in enumerate(store.records) if r.shape[1] >= ph and r.shape[2] >= pw]
-        if not self.usable:
+        shapes = store.shapes
+        self.usable = np.flatnonzero((shapes[:, 1] >= ph) & (shapes[:, 2] >= pw))
+        if not len(self.usable):
             raise ValueError(f"clip store {path} holds no clip of at least one patch ({ph}x{pw} latents)")
-        self.skipped = len(store.records) - len(self.usable)
+        self.skipped = len(shapes) - len(self.usable)
         if self.skipped:
             log.warning("%s: skipping %d clips smaller than one %dx%d patch", path, self.skipped, ph, pw)
         self.data, self.patch = data, patch
@@ -284,8 +288,12 @@ class LatentStoreSource:
     def __len__(self) -> int:
         return len(self.usable)
 
+    def record(self, index: int) -> ClipRecord:
+        """The stored record of this source's clip ``index``."""
+        return self.store.record(int(self.usable[index]))
+
     def shapes(self, index: int) -> ShapeOptions:
-        frames, height, width, _ = self.store.record(self.usable[index]).shape
+        frames, height, width, _ = self.record(index).shape
         _, ph, pw = self.patch
         sizes = {(height // ph * ph, width // pw * pw)}
         for scale in np.linspace(0.5, 1.0, 6):
@@ -295,7 +303,7 @@ class LatentStoreSource:
         return ShapeOptions(np.arange(1, min(frames, self.data.frames[1]) + 1), np.asarray(sorted(sizes)))
 
     def load(self, index: int, frames: int, height: int, width: int, rng: np.random.Generator) -> LoadedClip:
-        index = self.usable[index]
+        index = int(self.usable[index])
         record = self.store.record(index)
         latents = self.store.read(index)
         top = int(rng.integers(0, latents.shape[1] - height + 1))
