@@ -9,8 +9,9 @@ Layout under the store's root (a local directory or any tensorstore kvstore URL 
     data/                       zarr v3 array, 1-D, the store's dtype, chunks of ~4 MiB, zstd
     captions/                   (optional) zarr v3 array, 1-D: caption embeddings, the same way
     audio/                      (optional) zarr v3 array, 1-D int16: clips' sound, the same way
-    index/000000000001.jsonl    index segment: one JSON object per line, written once
-    index/000000000007.all.jsonl  compacted index: every entry of segments <= 7
+    index/000000000009.jsonl    index segment: one JSON object per line, written once
+    index/000000000007.columns.json   columnar compaction of segments <= 7: its manifest,
+    index/000000000007.columns-*      and its objects (see "The index" below)
 
 Each clip is the C-order ``[T, H, W, C]`` array flattened into the contiguous element range
 ``[offset, offset + T*H*W*C)`` of ``data``, so clips of any shape share one array, reading a
@@ -39,14 +40,44 @@ before sound existed read as ``"none"`` throughout.
 :data:`STATS_KEY` and :data:`PREPARE_KEY`. An encoded latent store holds the first two (the
 statistics once its encode has finished); a pixel store made by ``prepare`` holds the third.
 
+The index
+---------
 Index entries are ``{"type": "clip", "id", "shape", "fps", "caption", "source", "start",
 "offset"}`` (plus ``"caption_offset"`` and ``"caption_tokens"`` in a store with caption
-embeddings, and ``"audio"``, ``"audio_offset"``, ``"audio_samples"`` for a clip with stored
-sound) and ``{"type": "done", "source"}``. :meth:`ClipStore.append` writes the clip's data
-at once but only stages its entry; :meth:`ClipStore.flush` writes all staged entries as one new
-segment, a single atomic object write. So an entry can only exist for data that was completely
-written (clip, caption embedding and sound alike): a crash before the flush loses the staged clips
-(their space is reused by the next writer) but never leaves an entry pointing at missing data.
+embeddings, ``"audio"``, ``"audio_offset"``, ``"audio_samples"`` for a clip with stored sound,
+``"scores"`` and ``"phash"`` when measured), ``{"type": "caption", "id", "caption"[,
+"caption_offset", "caption_tokens"]}`` (a new caption for an earlier clip: later ones win) and
+``{"type": "done", "source"}``. A clip's position is its place in entry order, forever.
+:meth:`ClipStore.append` writes the clip's data at once but only stages its entry;
+:meth:`ClipStore.flush` writes all staged entries as one new segment, a single atomic object
+write. So an entry can only exist for data that was completely written (clip, caption embedding
+and sound alike): a crash before the flush loses the staged clips (their space is reused by the
+next writer) but never leaves an entry pointing at missing data.
+
+:meth:`ClipStore.compact` rewrites everything up to the last segment ``N`` as one columnar
+compaction, so that opening a store of millions of clips reads a few objects, not every entry::
+
+    N.columns.json              manifest: clip count, rows per part, the first free element of
+                                each flat array, and each object's key, dtype and shape
+    N.columns-rows-000000.jsonl the clip entries of positions [0, 65536), one JSON line each,
+    N.columns-rows-000001.jsonl   with later captions folded in; the next 65536; ...
+    N.columns-row_ends          uint: where each row ends in its part (bytes)
+    N.columns-shape             uint [N, 4]: every clip's (T, H, W, C)
+    N.columns-score-00000       float64 [N] per score name (NaN: absent; names in the manifest)
+    N.columns-id_hash           uint64 [N]: BLAKE2b-64 of every clip id, sorted ...
+    N.columns-id_order          uint [N]:   ... and the position of each
+    N.columns-done.json         the sources marked done
+
+Integer columns take the narrowest unsigned type that holds them, little-endian. A reader reads
+only the manifest at open; a column when it first needs it (:attr:`ClipStore.shapes`,
+:meth:`ClipStore.scores`, the id lookup of :meth:`ClipStore.has`), and a clip's record as one
+byte-range read of its row, so a host holds a few bytes a clip of what it uses and never the
+captions of every clip. Segments written after the compaction (``N+1.jsonl`` ...) are read whole,
+as before. The manifest is written last and only if absent, and older objects are deleted only
+after it, so a reader listing the index at any moment finds a complete one; a reader whose
+compaction is later replaced follows the newer one, which holds the same clips at the same
+positions. Stores compacted before this layout have ``N.all.jsonl``, every entry as JSON lines;
+they still open (every entry parsed, as before), and their next compaction converts them.
 
 Concurrency: one writer at a time. Ingest decodes in worker processes that return frames to one
 parent process, and only that parent opens the store for writing, so no locking is needed.
@@ -59,12 +90,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import operator
 import os
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorstore as ts
@@ -103,7 +136,15 @@ _SILENT_PCM = math.floor(10 ** (SILENCE_DBFS / 20) * _PCM_SCALE)
 
 # A key's generation when it does not exist: a write conditioned on it only creates.
 _NO_VALUE = b"\x02"
-_SEGMENT = re.compile(r"^(\d{12})(\.all)?\.jsonl$")
+_SEGMENT = re.compile(r"^(\d{12})\.jsonl$")
+_LEGACY = re.compile(r"^(\d{12})\.all\.jsonl$")  # The whole index as JSON lines: older stores' compaction.
+_MANIFEST = re.compile(r"^(\d{12})\.columns\.json$")
+_INDEX_OBJECT = re.compile(r"^(\d{12})\.(?:jsonl|all\.jsonl|columns\.json|columns-.+)$")
+INDEX_FORMAT = "sora_jax.clip_index"
+INDEX_VERSION = 1
+# Clips a row object holds: ~20 MB of entries, a part a compaction holds in memory at once.
+_ROWS_PER_PART = 1 << 16
+_T = TypeVar("_T")
 _GROWTH = 1.25  # Geometric growth keeps zarr metadata rewrites O(log size).
 
 
@@ -252,7 +293,314 @@ def _read_flat(array: ts.TensorStore, offset: int, size: int) -> tuple[np.ndarra
 
 
 def _encode_lines(entries: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in entries).encode()
+    return "".join(_entry_line(e) + "\n" for e in entries).encode()
+
+
+def _entry_line(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def _id_hashes(clip_ids: Iterable[str]) -> np.ndarray:
+    """Each clip id's stable 64-bit hash (BLAKE2b; Python's hash() differs between processes)."""
+    digests = b"".join(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in clip_ids)
+    return np.frombuffer(digests, "<u8")
+
+
+def _narrowest(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the narrowest little-endian unsigned type that holds them all."""
+    top = int(values.max(initial=0))
+    for dtype in ("<u1", "<u2", "<u4"):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype("<u8")
+
+
+class _ColumnWriter:
+    """Writes one columnar compaction ``index/{seq}.columns.json`` and its objects.
+
+    Rows (the clip entries, one JSON line each) go out a part at a time as they fill, so a
+    compaction holds one part of text in memory, never the whole index; the columns follow
+    in :meth:`commit`, and the manifest last, only if absent: until it exists no reader knows
+    the compaction, so a crash anywhere leaves the index as it was.
+    """
+
+    def __init__(self, index: ts.KvStore, seq: int) -> None:
+        self._index, self._seq, self._rows_per_part = index, seq, _ROWS_PER_PART
+        self._prefix = _columns_prefix(seq)
+        self._lines: list[bytes] = []  # Rows of the part being filled.
+        self._parts = 0
+        self._count = 0
+        self._row_ends: list[np.ndarray] = []
+        self._shapes: list[np.ndarray] = []
+        self._hashes: list[np.ndarray] = []
+        self._scores: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self._writes: list[ts.Future] = []
+        self.keys: set[str] = set()  # Every object written, relative to index/.
+
+    def add(
+        self, rows: list[bytes], hashes: np.ndarray, shapes: np.ndarray, scores: dict[str, np.ndarray]
+    ) -> None:
+        """Appends clips: their entries as JSON lines (no newline), id hashes (:func:`_id_hashes`),
+        ``[n, 4]`` shapes and, by name, the scores the clips have (NaN where one has not)."""
+        n = len(rows)
+        if len(hashes) != n or shapes.shape != (n, 4) or any(len(v) != n for v in scores.values()):
+            raise ValueError("rows, hashes, shapes and scores must describe the same clips")
+        for name, values in scores.items():
+            self._scores.setdefault(name, []).append((self._count, np.asarray(values, "<f8")))
+        self._shapes.append(_narrowest(np.asarray(shapes, np.uint64)))
+        self._hashes.append(np.asarray(hashes, "<u8"))
+        self._count += n
+        self._lines.extend(rows)
+        while len(self._lines) >= self._rows_per_part:
+            self._write_part(self._lines[: self._rows_per_part])
+            del self._lines[: self._rows_per_part]
+
+    def add_records(self, records: Sequence[ClipRecord]) -> None:
+        """Appends clips given as records."""
+        names = {name for r in records for name in r.scores}
+        self.add(
+            [_entry_line(r.to_entry()).encode() for r in records],
+            _id_hashes(r.clip_id for r in records),
+            np.asarray([r.shape for r in records], np.uint64).reshape(-1, 4),
+            {name: np.asarray([r.scores.get(name, math.nan) for r in records]) for name in names},
+        )
+
+    def _write_part(self, lines: list[bytes]) -> None:
+        ends = np.cumsum(np.fromiter((len(s) + 1 for s in lines), np.uint64, len(lines)))
+        self._row_ends.append(_narrowest(ends))
+        self._put(_rows_key(self._parts), b"\n".join(lines) + b"\n")
+        self._parts += 1
+
+    def _put(self, key: str, value: bytes) -> None:
+        if len(self._writes) >= 4:  # Bounds the parts held in memory while they are written.
+            self._writes.pop(0).result()
+        self._writes.append(self._index.write(self._prefix + key, value))
+        self.keys.add(self._prefix + key)
+
+    def _column(self, key: str, values: np.ndarray) -> dict[str, Any]:
+        self._put(key, values.tobytes())
+        return {"key": key, "dtype": values.dtype.str, "shape": list(values.shape)}
+
+    def commit(self, done: Iterable[str], ends: dict[str, int]) -> dict[str, Any]:
+        """Writes the last part, the columns and ``done`` (the sources marked done), then the
+        manifest, and returns it; ``ends`` holds the first free element of each flat array
+        (``"data"``, ``"captions"``, ``"audio"``). Raises RuntimeError if the manifest already
+        exists (another writer)."""
+        if self._lines:
+            self._write_part(self._lines)
+            self._lines = []
+        n = self._count
+        hashes = np.concatenate([np.zeros(0, "<u8"), *self._hashes])
+        order = np.argsort(hashes, kind="stable")
+        columns = {
+            # Each piece is already in its narrowest type: concatenating keeps the widest of them.
+            "shape": self._column("shape", np.concatenate([np.zeros((0, 4), "<u1"), *self._shapes])),
+            "row_ends": self._column("row_ends", np.concatenate([np.zeros(0, "<u1"), *self._row_ends])),
+            "id_hash": self._column("id_hash", hashes[order]),
+            "id_order": self._column("id_order", _narrowest(order)),
+        }
+        scores = {}
+        for i, (name, pieces) in enumerate(sorted(self._scores.items())):
+            values = np.full(n, np.nan, "<f8")
+            for start, piece in pieces:
+                values[start : start + len(piece)] = piece
+            scores[name] = self._column(f"score-{i:05d}", values)
+        done = sorted(done)
+        self._put("done.json", json.dumps(done, ensure_ascii=False).encode())
+        for future in self._writes:
+            future.result()
+        self._writes.clear()
+        manifest = {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "clips": n,
+            "rows_per_part": self._rows_per_part,
+            "parts": self._parts,
+            "ends": {name: int(end) for name, end in ends.items()},
+            "columns": columns,
+            "scores": scores,
+            "done": {"key": "done.json", "count": len(done)},
+        }
+        key = _manifest_key(self._seq)
+        stamp = self._index.write(key, json.dumps(manifest, indent=1), if_equal=_NO_VALUE).result()
+        if not stamp.generation:
+            raise RuntimeError(f"index/{key} already exists: another process is writing")
+        self.keys.add(key)
+        return manifest
+
+
+class _ColumnIndex:
+    """The clips of a columnar compaction, read lazily: opening reads only its manifest.
+
+    ``shape``, ``row_ends``, the id lookup and each score are read whole the first time they
+    are needed (one object each, a few bytes a clip); a clip's entry is a byte-range read of its
+    row. Only the first ``limit`` clips are seen (a reader keeps the snapshot it opened). If a
+    later compaction removes these objects while the reader lives, it follows that compaction,
+    which holds the same clips at the same positions (possibly with later captions).
+    """
+
+    def __init__(self, index: ts.KvStore, seq: int, manifest: dict[str, Any], where: str) -> None:
+        self._index, self._where = index, where
+        self.limit = int(manifest["clips"])
+        self._use(seq, manifest)
+
+    def _use(self, seq: int, manifest: dict[str, Any]) -> None:
+        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
+            raise ValueError(
+                f"format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+                f"expected {INDEX_FORMAT!r} version {INDEX_VERSION}"
+            )
+        if int(manifest["clips"]) < self.limit:
+            raise ValueError(f"{manifest['clips']} clips, fewer than the {self.limit} this reader holds")
+        self.seq, self.manifest = seq, manifest
+        self._prefix = _columns_prefix(seq)
+        self._rows_per_part = int(manifest["rows_per_part"])
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def ends(self) -> dict[str, int]:
+        return {name: int(end) for name, end in self.manifest["ends"].items()}
+
+    @property
+    def score_names(self) -> list[str]:
+        return list(self.manifest["scores"])
+
+    def _read(self, key: str, byte_range: slice | None = None) -> bytes:
+        result = self._index.read(self._prefix + key, byte_range=byte_range).result()
+        if result.state != "value":
+            raise _Moved(key)
+        return result.value
+
+    def _retrying(self, compute: Callable[[], _T]) -> _T:
+        """``compute()``, again on a later compaction while a compaction removes the objects."""
+        for _ in range(5):
+            try:
+                return compute()
+            except _Moved:
+                self._follow()
+        raise RuntimeError(f"{self._where}: the index kept changing while being read; open the store again")
+
+    def _follow(self) -> None:
+        """Moves to the newest compaction after a later one removed this one's objects."""
+        manifests = [int(m[1]) for k in self._index.list().result() if (m := _MANIFEST.match(k.decode()))]
+        newest = max(manifests, default=0)
+        if newest <= self.seq:
+            raise RuntimeError(
+                f"{self._where}: objects of index/{_manifest_key(self.seq)} are missing and no later "
+                "compaction holds its clips"
+            )
+        result = self._index.read(_manifest_key(newest)).result()
+        if result.state == "value":
+            try:
+                self._use(newest, json.loads(result.value))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise RuntimeError(
+                    f"{self._where}: bad index manifest index/{_manifest_key(newest)}: {e}"
+                ) from e
+
+    def _array(self, column: dict[str, Any]) -> np.ndarray:
+        values = np.frombuffer(self._read(column["key"]), np.dtype(column["dtype"]))
+        return values.reshape(column["shape"])
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole column (read once, then kept), its rows limited to this reader's clips."""
+        if name not in self._cache:
+            values = self._retrying(lambda: self._array(self.manifest["columns"][name]))
+            self._cache[name] = values if name in ("id_hash", "id_order") else values[: self.limit]
+        return self._cache[name]
+
+    def score(self, name: str) -> np.ndarray | None:
+        """Score ``name`` of every clip (NaN: absent), or None when no clip has it."""
+        key = f"score:{name}"
+        if key not in self._cache:
+            if name not in self.manifest["scores"]:
+                return None
+            values = self._retrying(lambda: self._array(self.manifest["scores"][name]))
+            self._cache[key] = values[: self.limit]
+        return self._cache[key]
+
+    def _row_range(self, position: int) -> tuple[int, int, int]:
+        part, first = divmod(position, self._rows_per_part)
+        ends = self.column("row_ends")
+        start = int(ends[position - 1]) if first else 0
+        return part, start, int(ends[position])
+
+    def entry(self, position: int) -> dict[str, Any]:
+        """The clip entry at ``position`` (``0 <= position < limit``): one byte-range read."""
+
+        def read() -> tuple[int, bytes]:
+            part, start, end = self._row_range(position)
+            return part, self._read(_rows_key(part), byte_range=slice(start, end))
+
+        part, line = self._retrying(read)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{self._where}: bad index entry at index/{self._prefix}{_rows_key(part)}:"
+                f"{position - part * self._rows_per_part + 1}: {e}"
+            ) from e
+
+    @property
+    def parts(self) -> int:
+        return -(-self.limit // self._rows_per_part)
+
+    @property
+    def rows_per_part(self) -> int:
+        return self._rows_per_part
+
+    def part_lines(self, part: int) -> list[bytes]:
+        """The JSON lines (no newline) of the clips of part ``part``, within ``limit``."""
+
+        def read() -> list[bytes]:
+            first = part * self._rows_per_part
+            last = min(first + self._rows_per_part, self.limit)
+            if last <= first:
+                return []
+            _, _, end = self._row_range(last - 1)
+            return self._read(_rows_key(part), byte_range=slice(0, end)).split(b"\n")[: last - first]
+
+        return self._retrying(read)
+
+    def find(self, clip_id: str) -> int | None:
+        """The position of clip ``clip_id``, or None: a binary search of the hashes, then a row
+        read to rule out a hash collision."""
+        hashes, order = self.column("id_hash"), self.column("id_order")
+        target = _id_hashes([clip_id])[0]
+        first, last = np.searchsorted(hashes, target, "left"), np.searchsorted(hashes, target, "right")
+        for position in order[first:last]:
+            if position < self.limit and self.entry(int(position)).get("id") == clip_id:
+                return int(position)
+        return None
+
+    def hashes(self) -> np.ndarray:
+        """Every clip's id hash, by position."""
+        hashes, order = self.column("id_hash"), self.column("id_order")
+        by_position = np.empty(len(hashes), "<u8")
+        by_position[order] = hashes
+        return by_position[: self.limit]
+
+    def done(self) -> list[str]:
+        """The sources marked done when this compaction was made."""
+        return self._retrying(lambda: json.loads(self._read(self.manifest["done"]["key"])))
+
+
+class _Moved(Exception):
+    """An object of a compaction is gone: a later compaction replaced it."""
+
+
+def _columns_prefix(seq: int) -> str:
+    # Flat keys beside the manifest, not a folder: a local store would keep an empty folder
+    # for every compaction deleted.
+    return f"{seq:012d}.columns-"
+
+
+def _manifest_key(seq: int) -> str:
+    return f"{seq:012d}.columns.json"
+
+
+def _rows_key(part: int) -> str:
+    return f"rows-{part:06d}.jsonl"
 
 
 class ClipStore:
@@ -297,10 +645,20 @@ class ClipStore:
         self.chunk_elements = int(metadata["chunk_elements"])
         self.extra: dict[str, Any] = dict(metadata.get("extra", {}))
         self._saved_extra = json.dumps(self.extra, sort_keys=True)
-        self._records: list[ClipRecord] = []
-        self._by_id: dict[str, int] = {}
+        # The index: the clips of the columnar compaction, read lazily, then every later clip as a
+        # record in memory (from segments, an older store's JSON-lines compaction, appends).
+        self._base: _ColumnIndex | None = None
+        self._tail: list[ClipRecord] = []
+        self._tail_ids: dict[str, int] = {}  # Clip id -> position, for the clips in _tail.
+        # Caption entries for clips of the compaction, by position: their rows hold older captions.
+        self._base_captions: dict[int, dict[str, Any]] = {}
+        # Sources marked done; the compaction's list is added when first needed.
         self._done: set[str] = set()
+        self._base_done_read = False
         self._pending: list[dict[str, Any]] = []  # Staged entries, in order.
+        # What each recaption replaced, (position, record or caption entry or None), so an
+        # atomic() group can undo its own.
+        self._replaced: list[tuple[int, Any]] = []
         self._in_atomic = False
         self._seq = 0  # Highest index segment number seen or written.
         self._live_segments = 0  # Segment objects a reader has to read (for compaction).
@@ -499,50 +857,105 @@ class ClipStore:
     # -- index ------------------------------------------------------------------------------
 
     def _load_index(self) -> None:
-        # A compaction may delete segments between our listing and our reads; list again then.
+        # A compaction may delete objects between our listing and our reads; list again then.
         for _ in range(5):
-            keys = sorted(k.decode() for k in self._index.list().result())
-            segments = [(int(m[1]), bool(m[2]), k) for k in keys if (m := _SEGMENT.match(k))]
-            compacted = max((seq for seq, full, _ in segments if full), default=0)
-            live = [
-                (seq, k)
-                for seq, full, k in segments
-                if (full and seq == compacted) or (not full and seq > compacted)
-            ]
+            keys = [k.decode() for k in self._index.list().result()]
+            columnar = max((int(m[1]) for k in keys if (m := _MANIFEST.match(k))), default=0)
+            legacy = max((int(m[1]) for k in keys if (m := _LEGACY.match(k))), default=0)
+            compacted = max(columnar, legacy)
+            live = [(seq, k) for k in keys if (m := _SEGMENT.match(k)) and (seq := int(m[1])) > compacted]
             live.sort()
+            if columnar and columnar >= legacy:  # A store converted at one seq has both: the columns win.
+                live.insert(0, (columnar, _manifest_key(columnar)))
+            elif legacy:
+                live.insert(0, (legacy, f"{legacy:012d}.all.jsonl"))
             futures = [self._index.read(k) for _, k in live]
             results = [f.result() for f in futures]
             if all(r.state == "value" for r in results):
                 break
         else:
             raise RuntimeError(f"index of {self._path!r} kept changing while being read")
-        self._seq = max((seq for seq, _, _ in segments), default=0)
+        self._seq = max((int(m[1]) for k in keys if (m := _INDEX_OBJECT.match(k))), default=0)
         self._live_segments = len(live)
-        for (_, key), result in zip(live, results, strict=True):
-            for n, line in enumerate(result.value.decode().splitlines()):
+        for (seq, key), result in zip(live, results, strict=True):
+            if _MANIFEST.match(key):
+                try:
+                    self._base = _ColumnIndex(self._index, seq, json.loads(result.value), self._path)
+                    ends = self._base.ends
+                    self._end, self._caption_end, self._audio_end = (
+                        ends["data"],
+                        ends["captions"],
+                        ends["audio"],
+                    )
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{self._path!r}: bad index manifest index/{key}: {e}") from e
+                continue
+            # Only "\n" ends an entry: str.splitlines would also split at U+2028 and the other
+            # separators that json.dumps(ensure_ascii=False) leaves raw inside a caption.
+            for n, line in enumerate(result.value.split(b"\n")):
                 if not line.strip():
                     continue
                 try:
                     self._apply(json.loads(line))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{self._path!r}: bad index entry at index/{key}:{n + 1}: {e}") from e
+        self._replaced.clear()
 
     def _apply(self, entry: dict[str, Any]) -> None:
         if entry["type"] == "clip":
             record = ClipRecord.from_entry(entry)
-            if record.clip_id in self._by_id:
+            if self.has(record.clip_id):
                 raise ValueError(f"duplicate clip id {record.clip_id!r}")
-            self._by_id[record.clip_id] = len(self._records)
-            self._records.append(record)
-            self._end = max(self._end, record.offset + record.size)
-            caption_end = record.caption_offset + record.caption_tokens * self.caption_dim
-            self._caption_end = max(self._caption_end, caption_end)
-            audio_end = record.audio_offset + record.audio_samples * self.audio_channels
-            self._audio_end = max(self._audio_end, audio_end)
+            self._add(record)
+        elif entry["type"] == "caption":
+            self._recaption(entry)
         elif entry["type"] == "done":
             self._done.add(str(entry["source"]))
         else:
             raise ValueError(f"unknown entry type {entry['type']!r}")
+
+    def _add(self, record: ClipRecord) -> None:
+        self._tail_ids[record.clip_id] = len(self)
+        self._tail.append(record)
+        self._end = max(self._end, record.offset + record.size)
+        caption_end = record.caption_offset + record.caption_tokens * self.caption_dim
+        self._caption_end = max(self._caption_end, caption_end)
+        audio_end = record.audio_offset + record.audio_samples * self.audio_channels
+        self._audio_end = max(self._audio_end, audio_end)
+
+    def _recaption(self, entry: dict[str, Any]) -> None:
+        """Applies a caption entry to the clip it names, keeping what it replaced for atomic()."""
+        clip_id, caption = entry["id"], entry["caption"]
+        if not isinstance(clip_id, str) or not isinstance(caption, str):
+            raise ValueError(f"caption entry {entry} needs a str id and caption")
+        position = self._position(clip_id)
+        if position is None:
+            raise ValueError(f"caption entry for unknown clip id {clip_id!r}")
+        change = {
+            "caption": caption,
+            "caption_offset": int(entry.get("caption_offset", 0)),
+            "caption_tokens": int(entry.get("caption_tokens", 0)),
+        }
+        if position < self._base_len:
+            self._replaced.append((position, self._base_captions.get(position)))
+            self._base_captions[position] = change
+        else:
+            old = self._tail[position - self._base_len]
+            self._replaced.append((position, old))
+            self._tail[position - self._base_len] = dataclasses.replace(old, **change)
+        caption_end = change["caption_offset"] + change["caption_tokens"] * self.caption_dim
+        self._caption_end = max(self._caption_end, caption_end)
+
+    def _undo_recaptions(self, keep: int) -> None:
+        """Restores what the recaptions after the first ``keep`` replaced, newest first."""
+        for position, old in reversed(self._replaced[keep:]):
+            if position >= self._base_len:
+                self._tail[position - self._base_len] = old
+            elif old is None:
+                del self._base_captions[position]
+            else:
+                self._base_captions[position] = old
+        del self._replaced[keep:]
 
     def flush(self) -> None:
         """Commits staged entries (one atomic segment write) and any change to :attr:`extra`.
@@ -563,6 +976,7 @@ class ClipStore:
             self._seq += 1
             self._live_segments += 1
             self._pending.clear()
+            self._replaced.clear()
         if extra != self._saved_extra:
             metadata = json.loads(self._root.read(METADATA_KEY).result().value)
             metadata["extra"] = self.extra
@@ -574,49 +988,80 @@ class ClipStore:
         self.flush()
 
     def compact(self, min_segments: int = 2) -> None:
-        """Flushes, then merges the index into one object if it spans ``>= min_segments``.
+        """Flushes, then rewrites the index as one columnar compaction if it spans ``>=
+        min_segments`` objects (segments, plus the previous compaction).
 
-        Opening a store reads every live segment, so a long ingest (a segment per flush) should
-        compact at the end. The merged object is written before older segments are deleted, so a
-        crash at any point leaves a complete index.
+        Opening a store reads every live segment whole, but a compaction only by its manifest,
+        so a long ingest (a segment per flush) should compact at the end; caption entries are
+        folded into the clips' rows. The compaction is complete before older objects are
+        deleted, so a crash at any point leaves a complete index. Its cost grows with the whole
+        store (every row is copied), not with what changed.
         """
         self.flush()
         if self._live_segments < max(min_segments, 1):
             return
-        entries = [r.to_entry() for r in self._records]
-        entries += [{"type": "done", "source": s} for s in sorted(self._done)]
-        key = f"{self._seq:012d}.all.jsonl"
-        stamp = self._index.write(key, _encode_lines(entries), if_equal=_NO_VALUE).result()
-        if not stamp.generation:
-            raise RuntimeError(f"index/{key} of {self._path!r} already exists: another process is writing")
+        if self._live_segments == 1 and self._base is not None:
+            return  # One columnar compaction already: nothing to fold.
+        writer = _ColumnWriter(self._index, self._seq)
+        base = self._base
+        if base is not None:
+            shapes, hashes = base.column("shape"), base.hashes()
+            scores = {name: base.score(name) for name in base.score_names}
+            changes: dict[int, list[int]] = {}  # Recaptioned positions by part.
+            for position in self._base_captions:
+                changes.setdefault(position // base.rows_per_part, []).append(position)
+            for part in range(base.parts):
+                lines = base.part_lines(part)
+                first = part * base.rows_per_part
+                last = first + len(lines)
+                for position in changes.get(part, []):
+                    record = ClipRecord.from_entry(json.loads(lines[position - first]))
+                    change = self._base_captions[position]
+                    lines[position - first] = _entry_line(
+                        dataclasses.replace(record, **change).to_entry()
+                    ).encode()
+                writer.add(
+                    lines,
+                    hashes[first:last],
+                    shapes[first:last],
+                    {name: values[first:last] for name, values in scores.items()},
+                )
+        for first in range(0, len(self._tail), _ROWS_PER_PART):
+            writer.add_records(self._tail[first : first + _ROWS_PER_PART])
+        ends = {"data": self._end, "captions": self._caption_end, "audio": self._audio_end}
+        manifest = writer.commit(self._all_done(), ends)
+        # Segments, older compactions, and objects of one that died before its manifest.
         stale = [k.decode() for k in self._index.list().result()]
-        futures = [self._index.write(k, None) for k in stale if _SEGMENT.match(k) and k != key]
-        for f in futures:
-            f.result()
+        stale = [k for k in stale if _INDEX_OBJECT.match(k) and k not in writer.keys]
+        for future in [self._index.write(k, None) for k in stale]:
+            future.result()
+        self._base = _ColumnIndex(self._index, self._seq, manifest, self._path)
+        self._tail, self._tail_ids, self._base_captions = [], {}, {}
         self._live_segments = 1
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
-        """Groups appends and marks: if the block raises, everything it staged is dropped.
+        """Groups appends, recaptions and marks: if the block raises, everything it staged is dropped.
 
         Entries are committed by a later :meth:`flush`, all or none. Use it to add a source's
         clips and its done mark so an interruption never commits part of a source.
         """
         if self._in_atomic:
             raise RuntimeError("atomic() blocks do not nest")
-        n_pending, n_records = len(self._pending), len(self._records)
+        n_pending, n_tail, n_replaced = len(self._pending), len(self._tail), len(self._replaced)
         end, caption_end, audio_end = self._end, self._caption_end, self._audio_end
         self._in_atomic = True
         try:
             yield
         except BaseException:
+            self._undo_recaptions(n_replaced)
             for entry in self._pending[n_pending:]:
                 if entry["type"] == "clip":
-                    del self._by_id[entry["id"]]
-                else:
+                    del self._tail_ids[entry["id"]]
+                elif entry["type"] == "done":
                     self._done.discard(entry["source"])
             del self._pending[n_pending:]
-            del self._records[n_records:]
+            del self._tail[n_tail:]
             # The dropped clips' space is reused by the next append.
             self._end, self._caption_end, self._audio_end = end, caption_end, audio_end
             raise
@@ -662,7 +1107,7 @@ class ClipStore:
         """
         if not isinstance(clip_id, str) or not clip_id:
             raise ValueError(f"clip_id must be a non-empty str, got {clip_id!r}")
-        if clip_id in self._by_id:
+        if self.has(clip_id):
             raise ValueError(f"duplicate clip id {clip_id!r}")
         if not isinstance(frames, np.ndarray):
             raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
@@ -699,7 +1144,7 @@ class ClipStore:
         embedding = self._check_caption_embedding(clip_id, caption_embedding)
         pcm = self._check_audio(clip_id, audio, frames.shape[0], fps)
 
-        offset, size = self._end, frames.size
+        offset = self._end
         self._data = _write_flat(self._data, offset, frames, self.chunk_elements)
         caption_offset = self._caption_end
         if embedding is not None:
@@ -724,14 +1169,8 @@ class ClipStore:
             scores={name: float(value) for name, value in scores.items()},
             phash=phash,
         )
-        self._by_id[clip_id] = len(self._records)
-        self._records.append(record)
+        self._add(record)
         self._pending.append(record.to_entry())
-        self._end = offset + size
-        if embedding is not None:
-            self._caption_end = caption_offset + embedding.size
-        if pcm is not None:
-            self._audio_end = audio_offset + pcm.size
 
     def _check_audio(
         self, clip_id: str, audio: np.ndarray | None, frames: int, fps: float
@@ -784,6 +1223,30 @@ class ClipStore:
             raise ValueError(f"clip {clip_id!r}: caption embedding overflows {self.caption_dtype}")
         return converted
 
+    def recaption(self, clip_id: str, caption: str, caption_embedding: np.ndarray | None = None) -> None:
+        """Stages a new caption for the committed or staged clip ``clip_id``; later ones win.
+
+        The clip's pixels and sound stay where they are: only its caption (and, in a store with
+        caption embeddings, its embedding, required exactly there and checked as :meth:`append`
+        checks it) changes. The embedding is written to ``captions/`` at once (the old one's
+        space is not reused) and the entry ``{"type": "caption", "id", "caption"}`` (plus
+        ``"caption_offset"``, ``"caption_tokens"``) is committed by the next :meth:`flush`,
+        inside an :meth:`atomic` group like any other. Raises ValueError naming the problem for
+        an unknown clip id, a caption that is not a str or a wrong embedding.
+        """
+        if not (isinstance(clip_id, str) and self.has(clip_id)):
+            raise ValueError(f"no clip {clip_id!r} in {self._path!r} to recaption")
+        if not isinstance(caption, str):
+            raise ValueError(f"clip {clip_id!r}: caption must be a str, got {type(caption).__name__}")
+        embedding = self._check_caption_embedding(clip_id, caption_embedding)
+        entry: dict[str, Any] = {"type": "caption", "id": clip_id, "caption": caption}
+        if embedding is not None:
+            self._captions = _write_flat(self._captions, self._caption_end, embedding, self._caption_chunk)
+            entry |= {"caption_offset": self._caption_end, "caption_tokens": len(embedding)}
+            self._caption_end += embedding.size
+        self._recaption(entry)
+        self._pending.append(entry)
+
     def mark_done(self, source: str) -> None:
         """Stages a mark that ``source`` is fully ingested; committed by the next :meth:`flush`.
 
@@ -792,14 +1255,18 @@ class ClipStore:
         """
         if not isinstance(source, str):
             raise ValueError(f"source must be a str, got {type(source).__name__}")
-        if source not in self._done:
+        if source not in self._all_done():
             self._done.add(source)
             self._pending.append({"type": "done", "source": source})
 
     # -- reading ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._base_len + len(self._tail)
+
+    @property
+    def _base_len(self) -> int:
+        return self._base.limit if self._base is not None else 0
 
     @property
     def path(self) -> str:
@@ -813,8 +1280,16 @@ class ClipStore:
 
     @property
     def records(self) -> list[ClipRecord]:
-        """All clips in append order (a new list each call)."""
-        return list(self._records)
+        """All clips in position order (a new list each call): every record in memory at once,
+        for small stores; code that may meet large ones uses :meth:`record`, :attr:`shapes`
+        and :meth:`scores`."""
+        records = []
+        if self._base is not None:
+            for part in range(self._base.parts):
+                records += [ClipRecord.from_entry(json.loads(line)) for line in self._base.part_lines(part)]
+            for position, change in self._base_captions.items():
+                records[position] = dataclasses.replace(records[position], **change)
+        return records + self._tail
 
     @property
     def shapes(self) -> np.ndarray:
@@ -823,32 +1298,68 @@ class ClipStore:
         What a data pipeline needs of every clip to choose shapes and pack rows; the rest of a
         record is read with :meth:`record` for the clips it draws.
         """
-        return np.asarray([r.shape for r in self._records], np.int64).reshape(-1, 4)
+        shapes = np.empty((len(self), 4), np.int64)  # Filled in place: no second copy of N rows.
+        if self._base is not None:
+            shapes[: self._base_len] = self._base.column("shape")
+        shapes[self._base_len :] = np.asarray([r.shape for r in self._tail], np.int64).reshape(-1, 4)
+        return shapes
 
     def scores(self, name: str) -> np.ndarray:
         """Every clip's score ``name`` in position order: float64 ``[len(self)]``, NaN for clips
         without it (made before the score existed)."""
-        return np.asarray([r.scores.get(name, math.nan) for r in self._records], np.float64)
+        scores = np.full(len(self), math.nan)
+        base = self._base.score(name) if self._base is not None else None
+        if base is not None:
+            scores[: self._base_len] = base
+        scores[self._base_len :] = [r.scores.get(name, math.nan) for r in self._tail]
+        return scores
 
     def score_names(self) -> set[str]:
         """The names of the scores any clip has."""
-        return {name for r in self._records for name in r.scores}
+        names = {name for r in self._tail for name in r.scores}
+        return names | set(self._base.score_names if self._base is not None else ())
 
     def record(self, key: int | str) -> ClipRecord:
-        """The record at position ``key`` (negative counts from the end) or with id ``key``."""
+        """The record at position ``key`` (negative counts from the end) or with id ``key``.
+
+        Raises KeyError for an unknown id and IndexError for a position out of range. A clip
+        of the columnar compaction costs one byte-range read of its row.
+        """
         if isinstance(key, str):
-            try:
-                return self._records[self._by_id[key]]
-            except KeyError:
-                raise KeyError(f"no clip {key!r} in {self._path!r}") from None
-        return self._records[key]
+            position = self._position(key)
+            if position is None:
+                raise KeyError(f"no clip {key!r} in {self._path!r}")
+        else:
+            position = operator.index(key)
+            if position < 0:
+                position += len(self)
+            if not 0 <= position < len(self):
+                raise IndexError(f"clip position {key} out of range: {self._path!r} holds {len(self)} clips")
+        if position >= self._base_len:
+            return self._tail[position - self._base_len]
+        record = ClipRecord.from_entry(self._base.entry(position))  # type: ignore[union-attr]
+        change = self._base_captions.get(position)
+        return dataclasses.replace(record, **change) if change else record
+
+    def _position(self, clip_id: str) -> int | None:
+        position = self._tail_ids.get(clip_id)
+        if position is None and self._base is not None and isinstance(clip_id, str):
+            position = self._base.find(clip_id)
+        return position
 
     def has(self, clip_id: str) -> bool:
-        return clip_id in self._by_id
+        return self._position(clip_id) is not None
+
+    def _all_done(self) -> set[str]:
+        if not self._base_done_read:
+            if self._base is not None:
+                self._done.update(self._base.done())
+            self._base_done_read = True
+        return self._done
 
     def sources_done(self) -> set[str]:
         """Sources marked done (a copy)."""
-        return set(self._done)
+        return set(self._all_done())
 
     def read(self, key: int | str) -> np.ndarray:
         """The clip at position ``key`` or with id ``key``: ``[T, H, W, C]`` in the store's dtype.
