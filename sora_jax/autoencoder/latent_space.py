@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 
 from sora_jax.autoencoder.trained import TrainedAutoencoder
-from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY, ClipStore
+from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY
 from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
+from sora_jax.data.shards import open_clips
 from sora_jax.errors import ConfigError
 
 
@@ -67,8 +68,8 @@ class LatentSpace:
                 that step.
         """
         try:
-            store = ClipStore.open(config.data.store)
-        except FileNotFoundError as error:
+            store = open_clips(config.data.store)
+        except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"config key 'data.store': {error}") from None
         stats, made_by = store.extra.get(STATS_KEY), store.extra.get(AUTOENCODER_KEY)
         if stats is None or made_by is None:

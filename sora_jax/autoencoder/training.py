@@ -39,6 +39,7 @@ from sora_jax.autoencoder.model import VideoAutoencoder
 from sora_jax.data import world
 from sora_jax.data.clip_store import ClipStore
 from sora_jax.data.pipeline import model_to_pixels, pixels_to_model
+from sora_jax.data.shards import ShardedClips, open_clips
 from sora_jax.errors import ConfigError
 from sora_jax.train.optimizer import make_optimizer
 from sora_jax.train.state import TrainState
@@ -116,9 +117,10 @@ class _RenderRows:
 
 
 @functools.cache
-def _open_store(path: str) -> ClipStore:
-    """The store at ``path``, opened once per process (map functions run on grain's threads)."""
-    store = ClipStore.open(path)
+def _open_store(path: str) -> ClipStore | ShardedClips:
+    """The clips at ``path`` (a store or a sharded dataset), opened once per process (map
+    functions run on grain's threads)."""
+    store = open_clips(path)
     if store.dtype != np.uint8 or store.channels != 3 or not len(store):
         raise ConfigError(
             f"config key 'data.store': {path} holds no RGB pixel clips to train an autoencoder on"

@@ -39,6 +39,7 @@ from sora_jax.audio.codec import AudioCodec, audio_token_times, clip_samples, co
 from sora_jax.data.clip_store import AUTOENCODER_KEY, ClipStore
 from sora_jax.data.packing import PackedClip, pack_rows, token_widths
 from sora_jax.data.patches import grid_size, patchify
+from sora_jax.data.shards import ShardedClips, open_clips
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
 from sora_jax.diffusion.conditioning import draw_task, given_groups, given_tokens, only_text
@@ -96,14 +97,15 @@ def make_sources(config: ml_collections.ConfigDict) -> tuple[list, list[float]]:
     return [store, world], [data.store_weight, 1 - data.store_weight]
 
 
-def open_store(path: str) -> ClipStore:
-    """The clip store ``data.store`` names.
+def open_store(path: str) -> ClipStore | ShardedClips:
+    """The clips ``data.store`` names: a clip store, or the shards written so far of a sharded
+    dataset (see :func:`~sora_jax.data.shards.open_clips`).
 
     Raises:
-        ConfigError: naming ``data.store``, when ``path`` holds no clip store or one without clips.
+        ConfigError: naming ``data.store``, when ``path`` holds neither, or no clips.
     """
     try:
-        store = ClipStore.open(path)
+        store = open_clips(path)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"config key 'data.store': {error}") from None
     if not len(store):
@@ -111,7 +113,7 @@ def open_store(path: str) -> ClipStore:
     return store
 
 
-def check_store(config: ml_collections.ConfigDict, store: ClipStore) -> None:
+def check_store(config: ml_collections.ConfigDict, store: ClipStore | ShardedClips) -> None:
     """Raises ValueError, naming the config key, when ``store`` cannot feed the configured model."""
     m, data = config.model, config.data
     made_by = store.extra.get(AUTOENCODER_KEY)

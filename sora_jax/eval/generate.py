@@ -130,10 +130,10 @@ def prompt_encoder(config: ml_collections.ConfigDict) -> Callable[[str], np.ndar
     (``data.store``'s token limit); None for the learned encoder."""
     if config.model.text_encoder == "learned":
         return None
-    from sora_jax.data.clip_store import ClipStore
+    from sora_jax.data.shards import open_clips
     from sora_jax.text.embedder import CaptionEmbedder
 
-    stored = ClipStore.open(config.data.store).caption_encoder
+    stored = open_clips(config.data.store).caption_encoder
     return CaptionEmbedder(config.model.text_encoder, int(stored.get("max_tokens", 64)))
 
 

