@@ -71,8 +71,8 @@ need_value() {
     (($2 >= 2)) || die "$1 needs a value"
 }
 
-# parse_tpu_type TYPE: check a Cloud TPU accelerator type and set TPU_GENERATION (v4, v5e, v5p, v6e)
-# and TPU_MULTI_HOST (1 when the slice spans several VMs).
+# parse_tpu_type TYPE: check a Cloud TPU accelerator type and set TPU_GENERATION (v4, v5e, v5p, v6e),
+# TPU_MULTI_HOST (1 when the slice spans several VMs) and TPU_HOSTS (how many VMs it spans).
 parse_tpu_type() {
     local type=$1 prefix size
     if [[ ! $type =~ ^([a-z0-9]+)-([0-9]+)$ ]]; then
@@ -87,6 +87,8 @@ parse_tpu_type() {
                 die "accelerator type '$type': $prefix sizes count TensorCores and are multiples of 8 (e.g. ${prefix}-64)"
             TPU_GENERATION=$prefix
             TPU_MULTI_HOST=$((size > 8))
+            # shellcheck disable=SC2034  # Read by the scripts that source this file.
+            TPU_HOSTS=$((size / 8))
             ;;
         v5litepod | v6e)
             # Sizes count chips: 1, 4 or 8 on one VM, four chips per VM beyond that.
@@ -96,6 +98,8 @@ parse_tpu_type() {
             esac
             if [[ $prefix == v5litepod ]]; then TPU_GENERATION=v5e; else TPU_GENERATION=v6e; fi
             TPU_MULTI_HOST=$((size > 8))
+            # shellcheck disable=SC2034  # Read by the scripts that source this file.
+            TPU_HOSTS=$((size > 8 ? size / 4 : 1))
             ;;
         v5e | v5lite)
             die "accelerator type '$type': Cloud TPU names v5e slices v5litepod-N (e.g. v5litepod-${size})"
@@ -160,4 +164,35 @@ check_train_args() {
     [[ $file == /* ]] || file=$root/$file
     [[ -f $file ]] ||
         die "--config $config: no experiment file ${config%%:*} in $(cd "$root" 2>/dev/null && pwd || echo "$root") (the checkout the run starts from)"
+}
+
+# check_data_args COMMAND ARG...: the arguments after '--' go to `sora-jax COMMAND` (prepare or encode).
+# They must name the input (--input; for encode also --world) and the dataset's root (--output), and must
+# not choose a shard (--shard, --num-shards): the launcher gives every worker its own. Sets DATA_OUTPUT.
+check_data_args() {
+    local command=$1 arg input=0 output_next=0
+    shift
+    DATA_OUTPUT=""
+    for arg in "$@"; do
+        if ((output_next)); then
+            DATA_OUTPUT=$arg output_next=0
+            continue
+        fi
+        case $arg in
+            --shard | --shard=* | --num-shards | --num-shards=*)
+                die "leave ${arg%%=*} out of the 'sora-jax $command' arguments: the launcher gives every worker its shard"
+                ;;
+            --output) output_next=1 ;;
+            --output=*) DATA_OUTPUT=${arg#--output=} ;;
+            --input | --input=*) input=1 ;;
+            --world | --world=*) [[ $command != encode ]] || input=1 ;;
+        esac
+    done
+    [[ -n $DATA_OUTPUT ]] ||
+        die "the arguments after '--' go to 'sora-jax $command' and must include --output (the dataset's root, e.g. gs://my-bucket/clips)"
+    if ((!input)); then
+        local wanted=--input
+        [[ $command != encode ]] || wanted="--input (or --world)"
+        die "the arguments after '--' go to 'sora-jax $command' and must include $wanted"
+    fi
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create a Cloud TPU slice (or several), install sora_jax on every VM, train, follow the logs, stop and
-# delete it, with the gcloud TPU VM commands. Run `launch/tpu_vm.sh --help` for the options.
+# Create a Cloud TPU slice (or several), install sora_jax on every VM, train (or prepare and encode a
+# sharded dataset, one shard per VM), follow the logs, stop and delete it, with the gcloud TPU VM
+# commands. Run `launch/tpu_vm.sh --help` for the options.
 set -euo pipefail
 
 SCRIPT_NAME=tpu_vm.sh
@@ -21,7 +22,7 @@ UV_INSTALLER=https://astral.sh/uv/install.sh
 
 usage() {
     cat <<'EOF'
-Usage: launch/tpu_vm.sh SUBCOMMAND --name NAME --zone ZONE [options] [--dry-run] [-- TRAIN ARGS]
+Usage: launch/tpu_vm.sh SUBCOMMAND --name NAME --zone ZONE [options] [--dry-run] [-- ARGS]
 
 Run sora_jax on Cloud TPU VMs with gcloud: a slice is NAME; several slices (Multislice) are a queued
 resource NAME whose slices are NAME-0, NAME-1, ... Give every subcommand the same --name, --zone,
@@ -36,6 +37,9 @@ Subcommands:
             into ~/sora_jax_venv (Python from uv; the TPU images ship an older one)
   train     start `sora-jax train ARGS --workdir WORKDIR` on every VM at once, in the background
             (nohup), with the generation's LIBTPU_INIT_ARGS; each VM logs to ~/sora_jax_logs/RUN.log
+  prepare   start `sora-jax prepare ARGS` on every VM at once, in the background like train: each VM
+            is one shard worker of one dataset (see "prepare, encode" below)
+  encode    the same with `sora-jax encode ARGS`: each VM encodes its shard's clips on its own chips
   logs      stream worker 0's log until the run ends; with --all-workers, or when the run failed,
             fetch the last lines of every worker's log into --logs-dir
   stop      send SIGTERM to the run on every VM (it saves a checkpoint at the next step and exits),
@@ -46,7 +50,7 @@ Options (all subcommands):
   --name NAME             TPU VM / queued resource name (lowercase letters, digits, hyphens)
   --zone ZONE             e.g. us-east5-a
   --project PROJECT       default: gcloud's configured project
-  --accelerator TYPE      v4-N, v5p-N, v5litepod-N or v6e-N; required by create and train
+  --accelerator TYPE      v4-N, v5p-N, v5litepod-N or v6e-N; required by create, train, prepare and encode
   --num-slices N          slices joined over the data-center network (default 1)
   --dry-run               print the commands, one per line after "+ ", and run nothing
   -h, --help              this help
@@ -76,6 +80,20 @@ train:
                           With --num-slices N > 1, --config.mesh.dcn_data=N is added unless ARGS set a
                           mesh.dcn_* key.
 
+prepare, encode:
+  --run RUN               run name for the log and pid files (default: NAME-prepare, NAME-encode)
+  -- ARGS                 arguments for `sora-jax prepare` or `sora-jax encode`: --input (which every VM
+                          must see at the same path: a gs:// store for encode; for prepare a folder
+                          each VM has, e.g. a mounted bucket) and --output gs://BUCKET/DATASET, and the
+                          rest of the command's flags; not --shard or --num-shards
+                          VM w of slice s is shard s * H + w of S * H (H VMs a slice, S slices), its
+                          number w read from the VM's metadata server (agent-worker-number). The VMs
+                          of a multi-host slice run as independent single-VM TPUs
+                          (TPU_PROCESS_BOUNDS=1,1,1 TPU_CHIPS_PER_PROCESS_BOUNDS=2,2,1), so each
+                          finishes, fails and resumes on its own, and encode spreads its clips over
+                          its own 4 chips. Rerunning resumes every shard; `logs --run` and `stop --run`
+                          follow and stop it like a training run.
+
 logs:
   --run RUN               (default: NAME)
   --lines N               lines of history to show (default 200)
@@ -87,7 +105,7 @@ stop:
   --grace SECONDS         how long to wait for the checkpoint before SIGKILL (default 600)
   --force                 SIGKILL at once
 
-Example (a v5p-64 slice; the whole walk-through is docs/pod_run.md):
+Example (a v5p-64 slice; the whole walk-through is docs/pod_run.md, data in its step 3):
   launch/tpu_vm.sh create --name sora-1b --zone us-east5-a --accelerator v5p-64
   launch/tpu_vm.sh setup  --name sora-1b --zone us-east5-a
   launch/tpu_vm.sh train  --name sora-1b --zone us-east5-a --accelerator v5p-64 \
@@ -106,8 +124,8 @@ case $1 in
         usage
         exit 0
         ;;
-    create | status | setup | train | logs | stop | delete) SUBCOMMAND=$1 ;;
-    *) die "unknown subcommand '$1'; expected create, status, setup, train, logs, stop or delete (see --help)" ;;
+    create | status | setup | train | prepare | encode | logs | stop | delete) SUBCOMMAND=$1 ;;
+    *) die "unknown subcommand '$1'; expected create, status, setup, train, prepare, encode, logs, stop or delete (see --help)" ;;
 esac
 shift
 
@@ -126,6 +144,8 @@ declare -A OPTIONS=(
     [status]="--spot --reserved --queued"
     [setup]="--repo --ref --python"
     [train]="--workdir --run --libtpu-args --"
+    [prepare]="--run --"
+    [encode]="--run --"
     [logs]="--run --lines --all-workers --logs-dir"
     [stop]="--run --grace --force"
     [delete]="--spot --reserved --queued --yes"
@@ -142,7 +162,7 @@ while [[ $# -gt 0 ]]; do
     fi
     if [[ " $COMMON_OPTIONS ${OPTIONS[$SUBCOMMAND]} " != *" $option "* ]]; then
         case $option in
-            --) die "only train takes arguments after '--'" ;;
+            --) die "only train, prepare and encode take arguments after '--'" ;;
             -*) [[ " ${OPTIONS[*]} " == *" $option "* ]] && die "$option does not apply to $SUBCOMMAND (see --help)" ;;
         esac
         die "unknown option '$option' (see --help)"
@@ -204,12 +224,15 @@ done
 [[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] || die "--zone '$ZONE' is not a zone name (e.g. us-east5-a)"
 if [[ -n $ACCELERATOR ]]; then
     parse_tpu_type "$ACCELERATOR"
-elif [[ $SUBCOMMAND == create || $SUBCOMMAND == train ]]; then
+elif [[ " create train prepare encode " == *" $SUBCOMMAND "* ]]; then
     die "--accelerator is required by $SUBCOMMAND (e.g. v5p-64)"
 fi
 check_num_slices "$NUM_SLICES"
 ((SPOT + RESERVED < 2)) || die "--spot and --reserved exclude each other"
-RUN=${RUN:-$NAME}
+case $SUBCOMMAND in
+    prepare | encode) RUN=${RUN:-$NAME-$SUBCOMMAND} ;;
+    *) RUN=${RUN:-$NAME} ;;
+esac
 [[ $RUN =~ ^[A-Za-z0-9._-]+$ ]] || die "--run '$RUN': use letters, digits, '.', '_' and '-'"
 LOGS_DIR=${LOGS_DIR:-logs/$RUN}
 [[ $LINES =~ ^[0-9]+$ ]] || die "--lines must be a number, got '$LINES'"
@@ -231,6 +254,16 @@ ssh_all() {
             --command="$1"
     else
         run gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_WHERE[@]}" --worker=all --command="$1"
+    fi
+}
+
+# ssh_slice SLICE COMMAND: run COMMAND on every VM of slice SLICE (0 when there is one) at once.
+ssh_slice() {
+    if ((MULTISLICE)); then
+        run gcloud compute tpus queued-resources ssh "$NAME" "${GCLOUD_WHERE[@]}" --node="$1" --worker=all \
+            --command="$2"
+    else
+        run gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_WHERE[@]}" --worker=all --command="$2"
     fi
 }
 
@@ -333,6 +366,36 @@ do_train() {
     remote+=" > $log.log 2>&1 < /dev/null &"
     ssh_all "$remote"
 }
+
+# do_prepare, do_encode: one shard worker on every VM of every slice; VM w of slice s writes shard
+# s * TPU_HOSTS + w. The VM's number comes from its metadata server (where JAX reads it too), since a
+# TPU VM's shell has no variable that holds it.
+do_data() {
+    check_data_args "$SUBCOMMAND" "${TRAIN_ARGS[@]}"
+    [[ $DATA_OUTPUT == gs://?* ]] ||
+        die "--output '$DATA_OUTPUT' must be a gs:// path: every VM of the pod writes its shard of the same dataset"
+    local shards=$((TPU_HOSTS * NUM_SLICES)) log=$REMOTE_LOGS/$RUN slice
+    local metadata=http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number
+    local inner="$REMOTE_VENV/bin/sora-jax $SUBCOMMAND \"\$@\" & echo \$! > $log.pid; wait \$!; echo \$? > $log.exit"
+    for ((slice = 0; slice < NUM_SLICES; slice++)); do
+        local remote="set -e; mkdir -p $REMOTE_LOGS"
+        remote+="; if [ -f $log.pid ] && kill -0 \"\$(cat $log.pid)\" 2>/dev/null; then"
+        remote+=" echo \"$RUN is already running on \$(hostname); stop it first\" >&2; exit 1; fi"
+        remote+="; rm -f $log.exit; worker=\$(curl -sf -H Metadata-Flavor:Google $metadata)"
+        remote+=" || { echo \"\$(hostname): no TPU worker number from the metadata server\" >&2; exit 1; }"
+        remote+="; shard=\$(($((slice * TPU_HOSTS)) + worker))"
+        if ((TPU_MULTI_HOST)); then
+            # Each VM its own single-VM TPU: without this, libtpu waits for every VM of the slice to join.
+            remote+="; export TPU_PROCESS_BOUNDS=1,1,1 TPU_CHIPS_PER_PROCESS_BOUNDS=2,2,1"
+        fi
+        remote+="; cd $REMOTE_SRC; nohup bash -c $(shell_quote "$inner") sora-jax $(quote_command "${TRAIN_ARGS[@]}")"
+        remote+=" --shard \"\$shard\" --num-shards $shards > $log.log 2>&1 < /dev/null &"
+        ssh_slice "$slice" "$remote"
+    done
+}
+
+do_prepare() { do_data; }
+do_encode() { do_data; }
 
 do_logs() {
     local log=$REMOTE_LOGS/$RUN status=0

@@ -14,19 +14,24 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TPU_VM = "launch/tpu_vm.sh"
 XPK = "launch/xpk.sh"
 SLURM = "launch/slurm.sbatch"
+SLURM_DATA = "launch/slurm_data.sbatch"
+GKE_DATA = "launch/gke_data.sh"
 SLICE = ["--name", "sora-1b", "--zone", "us-east5-a"]
 TINY = "experiments/world_tiny.py"
-STUBBED = ("gcloud", "xpk", "srun", "git", "tar", "mkdir", "rm")
+STUBBED = ("gcloud", "xpk", "srun", "git", "tar", "mkdir", "rm", "kubectl", "curl", "sora-jax")
 
 # What each generation's LIBTPU_INIT_ARGS holds (launch/xla_flags.sh), as name=value words.
 OVERLAP = {
@@ -188,7 +193,7 @@ def test_help_documents_the_options(env, script, args, words):
             "give --workdir before '--'",
         ),
         (TPU_VM, ["logs", *SLICE, "--workdir", "gs://b/r"], "--workdir does not apply to logs"),
-        (TPU_VM, ["logs", *SLICE, "--", "--config", "c.py"], "only train takes arguments after '--'"),
+        (TPU_VM, ["logs", *SLICE, "--", "--config", "c.py"], "only train, prepare and encode take arguments"),
         (TPU_VM, ["stop", *SLICE, "--grace", "soon"], "--grace must be a number"),
         (TPU_VM, ["logs", *SLICE, "--bogus"], "unknown option '--bogus'"),
         (TPU_VM, ["logs", *SLICE, "--dry-run=yes"], "--dry-run takes no value"),
@@ -492,6 +497,8 @@ def test_without_dry_run_the_printed_commands_are_the_ones_run(env, tmp_path):
 FAKE_SORA_JAX = """#!/usr/bin/env bash
 echo "args: $*"
 echo "LIBTPU_INIT_ARGS=$LIBTPU_INIT_ARGS"
+echo "TPU_PROCESS_BOUNDS=${TPU_PROCESS_BOUNDS:-}"
+echo "TPU_CHIPS_PER_PROCESS_BOUNDS=${TPU_CHIPS_PER_PROCESS_BOUNDS:-}"
 echo "cwd: $PWD"
 trap 'echo "SIGTERM: checkpoint saved"; exit 0' TERM
 if [ -n "${FAKE_EXIT:-}" ]; then exit "$FAKE_EXIT"; fi
@@ -723,7 +730,10 @@ def test_every_flag_is_documented_and_commented():
         assert lines[i - 1].strip().startswith("# "), f"{flag} has no comment above it"
 
 
-@pytest.mark.parametrize("script", ["tpu_vm.sh", "xpk.sh", "slurm.sbatch", "lib.sh", "xla_flags.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["tpu_vm.sh", "xpk.sh", "slurm.sbatch", "slurm_data.sbatch", "gke_data.sh", "lib.sh", "xla_flags.sh"],
+)
 def test_scripts_are_strict_and_lint_clean(script):
     path = REPO / "launch" / script
     text = path.read_text()
@@ -771,3 +781,422 @@ def test_the_walk_through_covers_a_first_run_end_to_end():
         "launch/slurm.sbatch",
     ]:
         assert step in text, step
+
+
+# --- sharded data: slurm_data.sbatch, gke_data.sh, tpu_vm.sh prepare/encode -------------------------
+
+DATA_ARGS = [
+    "--input",
+    "/shared/videos",
+    "--output",
+    "gs://my-bucket/clips",
+    "--caption-default",
+    "a 'quoted' clip",
+]
+ENCODE_ARGS = ["--autoencoder", "gs://b/runs/vae", "--input", "gs://b/clips", "--output", "gs://b/latents"]
+ARRAY_ENV = {  # What sbatch --array=0-15 sets in task 3.
+    "SLURM_ARRAY_TASK_ID": "3",
+    "SLURM_ARRAY_TASK_COUNT": "16",
+    "SLURM_ARRAY_TASK_MIN": "0",
+    "SLURM_ARRAY_TASK_MAX": "15",
+}
+GKE = ["--job", "prepare-clips", "--image", "gcr.io/p/sora:1", "--shards", "64"]
+
+
+def worker_shard(argv: list[str], environ: dict[str, str]) -> tuple[str, tuple[int, int] | None]:
+    """The sora-jax command a printed worker line runs and the shard it writes, as sora-jax itself
+    reads them: its own argument parser on ``argv`` (``sora-jax COMMAND ARGS``), then its engine's
+    ``environ``."""
+    from sora_jax.cli import _parser
+    from sora_jax.data.shards import shard_from_environment
+
+    assert Path(argv[0]).name == "sora-jax", argv
+    args = _parser().parse_args(argv[1:])
+    shard = shard_from_environment(args.shard, args.num_shards, environ)
+    return args.command, None if shard is None else (shard.index, shard.count)
+
+
+def usage_covers_every_option(script: str, usage: str) -> None:
+    """Every option the script's argument loop (and its option tables) accepts is in its --help."""
+    text = (REPO / script).read_text()
+    loop = text[
+        text.index("while [[ $# -gt 0 ]]") : text.index("\ndone\n", text.index("while [[ $# -gt 0 ]]"))
+    ]
+    tables = re.findall(r"^(?:declare -A OPTIONS=\(.*?^\)|COMMON_OPTIONS=.*?)$", text, re.S | re.M)
+    code = "\n".join(line.split(" #")[0] for line in "\n".join([loop, *tables]).splitlines())
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code)) - {"--option"}
+    assert options, script
+    for name in sorted(options):
+        assert name in usage, f"{script} --help does not document {name}"
+
+
+@pytest.mark.parametrize("script", [TPU_VM, XPK, SLURM, SLURM_DATA, GKE_DATA])
+def test_help_documents_every_option_the_script_takes(env, script):
+    result = launch(env, script, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("Usage:")
+    usage_covers_every_option(script, result.stdout)
+
+
+@pytest.mark.parametrize(
+    "script, args, words",
+    [
+        (
+            TPU_VM,
+            ["--help"],
+            ["prepare", "encode", "agent-worker-number", "TPU_PROCESS_BOUNDS", "NAME-prepare"],
+        ),
+        (
+            SLURM_DATA,
+            ["--help"],
+            ["--array=0-15", "SLURM_ARRAY_TASK_ID", "--num-shards", "shard-0000I-of-0000N"],
+        ),
+        (GKE_DATA, ["--help"], ["completionMode: Indexed", "JOB_COMPLETION_INDEX", "backoffLimitPerIndex"]),
+    ],
+)
+def test_data_help_says_how_workers_find_their_shard(env, script, args, words):
+    result = launch(env, script, *args)
+    assert result.returncode == 0, result.stderr
+    for word in words:
+        assert word in result.stdout, word
+
+
+@pytest.mark.parametrize(
+    "script, args, extra_env, message",
+    [
+        (SLURM_DATA, ["prepare", *DATA_ARGS], {}, "not a SLURM array task (SLURM_ARRAY_TASK_ID is unset)"),
+        (
+            SLURM_DATA,
+            ["prepare", *DATA_ARGS],
+            {**ARRAY_ENV, "SLURM_ARRAY_TASK_MAX": "30"},
+            "is not contiguous",
+        ),
+        (
+            SLURM_DATA,
+            ["prepare", *DATA_ARGS],
+            {**ARRAY_ENV, "SLURM_ARRAY_TASK_STEP": "2"},
+            "is not contiguous",
+        ),
+        (
+            SLURM_DATA,
+            ["prepare", "--num-shards", "3", *DATA_ARGS],
+            ARRAY_ENV,
+            "array task 3 is not a shard of 3: with --num-shards the task ids are shard numbers, 0 to 2",
+        ),
+        (
+            SLURM_DATA,
+            ["prepare", "--num-shards", "x", *DATA_ARGS],
+            ARRAY_ENV,
+            "--num-shards must be a positive",
+        ),
+        (
+            SLURM_DATA,
+            ["prepare", *DATA_ARGS, "--shard", "1"],
+            ARRAY_ENV,
+            "leave --shard out of the 'sora-jax prepare'",
+        ),
+        (SLURM_DATA, ["encode", *ENCODE_ARGS, "--num-shards=4"], ARRAY_ENV, "leave --num-shards out"),
+        (SLURM_DATA, ["prepare", "--input", "v"], ARRAY_ENV, "must include --output"),
+        (SLURM_DATA, ["encode", "--output", "gs://b/l"], ARRAY_ENV, "must include --input (or --world)"),
+        (
+            SLURM_DATA,
+            ["prepare", "--input", "v", "--output", "out"],
+            ARRAY_ENV,
+            "--output 'out' must be an absolute",
+        ),
+        (
+            SLURM_DATA,
+            ["prepare", "--input", "v", "--sora-jax", "x"],
+            ARRAY_ENV,
+            "--sora-jax goes right after",
+        ),
+        (
+            SLURM_DATA,
+            ["train", "--config", "c.py"],
+            ARRAY_ENV,
+            "unknown command 'train'; expected prepare or encode",
+        ),
+        (GKE_DATA, ["prepare", "--image", "i", "--shards", "4", "--", *DATA_ARGS], {}, "--job is required"),
+        (GKE_DATA, ["prepare", "--job", "j", "--shards", "4", "--", *DATA_ARGS], {}, "--image is required"),
+        (GKE_DATA, ["prepare", "--job", "j", "--image", "i", "--", *DATA_ARGS], {}, "--shards is required"),
+        (
+            GKE_DATA,
+            ["prepare", *GKE, "--shards", "0", "--", *DATA_ARGS],
+            {},
+            "--shards must be a positive integer",
+        ),
+        (
+            GKE_DATA,
+            ["prepare", "--job", "Prep_1", "--image", "i", "--shards", "2", "--", *DATA_ARGS],
+            {},
+            "lowercase",
+        ),
+        (
+            GKE_DATA,
+            ["prepare", *GKE, "--memory", "lots", "--", *DATA_ARGS],
+            {},
+            "--memory 'lots' is not a memory",
+        ),
+        (
+            GKE_DATA,
+            ["prepare", *GKE, "--gpus", "1", "--tpus", "4", "--", *DATA_ARGS],
+            {},
+            "exclude each other",
+        ),
+        (GKE_DATA, ["encode", *GKE, "--tpus", "4", "--", *ENCODE_ARGS], {}, "--tpus needs --node-selector"),
+        (GKE_DATA, ["prepare", *GKE, "--mount", "videos", "--", *DATA_ARGS], {}, "is not BUCKET:/PATH"),
+        (GKE_DATA, ["prepare", *GKE, "--node-selector", "pool", "--", *DATA_ARGS], {}, "is not KEY=VALUE"),
+        (
+            GKE_DATA,
+            ["prepare", *GKE, "--", "--input", "v", "--output", "/data/c"],
+            {},
+            "must be a URL every pod",
+        ),
+        (GKE_DATA, ["prepare", *GKE, "--", *DATA_ARGS, "--shard=2"], {}, "leave --shard out"),
+        (GKE_DATA, ["prepare", *GKE], {}, "the arguments for 'sora-jax prepare' go after '--'"),
+        (GKE_DATA, ["prepare", *GKE, "--workers", "8"], {}, "unknown option '--workers'"),
+        (TPU_VM, ["prepare", *SLICE, "--", *DATA_ARGS], {}, "--accelerator is required by prepare"),
+        (
+            TPU_VM,
+            [
+                "encode",
+                *SLICE,
+                "--accelerator",
+                "v5p-64",
+                "--",
+                "--autoencoder",
+                "r",
+                "--world",
+                "8",
+                "--output",
+                "/x",
+            ],
+            {},
+            "--output '/x' must be a gs:// path",
+        ),
+        (
+            TPU_VM,
+            ["prepare", *SLICE, "--accelerator", "v5p-64", "--", *DATA_ARGS, "--num-shards", "8"],
+            {},
+            "leave",
+        ),
+        (
+            TPU_VM,
+            ["encode", *SLICE, "--accelerator", "v5p-64", "--workdir", "gs://b/r"],
+            {},
+            "does not apply to encode",
+        ),
+    ],
+)
+def test_bad_data_arguments_fail_with_a_message_naming_the_problem(env, script, args, extra_env, message):
+    cut = args.index("--") if "--" in args else len(args)
+    result = launch(env, script, *args[:1], "--dry-run", *args[1:cut], *args[cut:], **extra_env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"{Path(script).name}: error: ")
+
+
+def test_slurm_array_task_runs_one_shard_worker_and_reruns_chosen_shards(env):
+    [worker] = plan(env, SLURM_DATA, "prepare", "--dry-run", *DATA_ARGS, **ARRAY_ENV)
+    assert worker == [".venv/bin/sora-jax", "prepare", *DATA_ARGS, "--num-shards", "16"]
+    assert worker_shard(worker, ARRAY_ENV) == ("prepare", (3, 16))  # The index from the task's id.
+    # An array that does not start at 0 still numbers its shards from 0.
+    shifted = {
+        **ARRAY_ENV,
+        "SLURM_ARRAY_TASK_ID": "12",
+        "SLURM_ARRAY_TASK_MIN": "10",
+        "SLURM_ARRAY_TASK_MAX": "25",
+    }
+    [worker] = plan(env, SLURM_DATA, "encode", "--dry-run", "--", *ENCODE_ARGS, **shifted)
+    assert worker_shard(worker, shifted) == ("encode", (2, 16))
+    # A rerun of shards 3 and 7 of 16 (sbatch --array=3,7): the task ids are the shard numbers.
+    rerun = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3"}
+    args = ["--num-shards=16", "--sora-jax", "/opt/bin/sora-jax", "--dry-run", "--", *ENCODE_ARGS]
+    [worker] = plan(env, SLURM_DATA, "encode", *args, **rerun)
+    assert worker == ["/opt/bin/sora-jax", "encode", *ENCODE_ARGS, "--shard", "7", "--num-shards", "16"]
+    assert worker_shard(worker, rerun) == ("encode", (7, 16))
+
+
+def gke_manifest(env, *args: str) -> dict:
+    result = launch(env, GKE_DATA, *args)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_gke_indexed_job_runs_shard_i_in_pod_i(env):
+    args = [*GKE, "--parallelism", "16", "--cpu", "8", "--memory", "32Gi", "--service-account", "sora-data"]
+    args += ["--mount", "my-videos:/videos", "--namespace", "data"]
+    result = launch(env, GKE_DATA, "prepare", *args, "--dry-run", "--", *DATA_ARGS)
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == "+ kubectl apply -f - --namespace=data" and lines[1].startswith("# with this manifest")
+    shown = yaml.safe_load("\n".join(line[2:] for line in lines[2:]))
+    job = gke_manifest(env, "prepare", *args, "--print-manifest", "--", *DATA_ARGS)
+    assert shown == job  # The dry run shows what kubectl is given.
+    assert (job["apiVersion"], job["kind"], job["metadata"]["name"]) == ("batch/v1", "Job", "prepare-clips")
+    assert job["metadata"]["namespace"] == "data"
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 64 and spec["parallelism"] == 16
+    assert spec["backoffLimitPerIndex"] == 3  # A failed shard is retried alone (and resumes).
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "sora-data"
+    [container] = pod["containers"]
+    assert container["image"] == "gcr.io/p/sora:1"
+    assert container["command"] == ["sora-jax", "prepare", *DATA_ARGS, "--num-shards", "64"]
+    assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi"}}
+    for index in (0, 41, 63):  # Kubernetes gives pod I its index; sora-jax makes it the shard.
+        assert worker_shard(container["command"], {"JOB_COMPLETION_INDEX": str(index)}) == (
+            "prepare",
+            (index, 64),
+        )
+    # The videos' bucket, mounted read-only through GKE's Cloud Storage FUSE driver.
+    assert spec["template"]["metadata"]["annotations"] == {"gke-gcsfuse/volumes": "true"}
+    assert container["volumeMounts"] == [{"name": "bucket-0", "mountPath": "/videos", "readOnly": True}]
+    [volume] = pod["volumes"]
+    assert volume["csi"]["driver"] == "gcsfuse.csi.storage.gke.io" and volume["csi"]["readOnly"] is True
+    assert volume["csi"]["volumeAttributes"]["bucketName"] == "my-videos"
+
+
+def test_gke_encode_on_gpu_or_tpu_nodes(env):
+    job = gke_manifest(
+        env, "encode", *GKE, "--gpus", "8", "--retries", "0", "--print-manifest", "--", *ENCODE_ARGS
+    )
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 8} and job["spec"]["parallelism"] == 64
+    assert job["spec"]["backoffLimitPerIndex"] == 0 and "volumes" not in job["spec"]["template"]["spec"]
+    tpu = ["--tpus", "4", "--node-selector", "cloud.google.com/gke-tpu-accelerator=tpu-v5-lite-podslice"]
+    tpu += ["--node-selector=cloud.google.com/gke-tpu-topology=2x2"]
+    job = gke_manifest(env, "encode", *GKE, *tpu, "--print-manifest", "--", *ENCODE_ARGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+        "cloud.google.com/gke-tpu-topology": "2x2",
+    }
+    assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
+    assert worker_shard(pod["containers"][0]["command"], {"JOB_COMPLETION_INDEX": "5"}) == ("encode", (5, 64))
+
+
+def test_gke_without_dry_run_gives_kubectl_the_manifest(env, tmp_path):
+    stubs = Path(env["PATH"].split(":")[0])
+    (stubs / "kubectl").write_text('#!/bin/sh\necho "$*" > "$KUBECTL_ARGS"\ncat > "$KUBECTL_STDIN"\n')
+    args, stdin = tmp_path / "kubectl_args", tmp_path / "kubectl_stdin"
+    run_env = {**env, "KUBECTL_ARGS": str(args), "KUBECTL_STDIN": str(stdin)}
+    result = launch(run_env, GKE_DATA, "encode", *GKE, "--", *ENCODE_ARGS)
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    assert (
+        result.stderr.startswith("+ kubectl apply -f -\n")
+        and "kubectl logs job/prepare-clips" in result.stderr
+    )
+    assert args.read_text() == "apply -f -\n"
+    printed = launch(env, GKE_DATA, "encode", *GKE, "--print-manifest", "--", *ENCODE_ARGS).stdout
+    assert stdin.read_text() == printed
+
+
+@pytest.mark.parametrize(
+    "accelerator, slices, shards, bounds",
+    [("v5p-64", 1, 8, True), ("v6e-64", 2, 32, True), ("v5litepod-8", 1, 1, False), ("v4-32", 1, 4, True)],
+)
+def test_tpu_vm_data_runs_one_shard_worker_on_every_vm(env, accelerator, slices, shards, bounds):
+    args = [*SLICE, "--accelerator", accelerator, "--num-slices", str(slices), "--dry-run"]
+    commands = plan(env, TPU_VM, "prepare", *args, "--", *DATA_ARGS)
+    assert len(commands) == slices  # One ssh per slice: each knows its slice's first shard.
+    for slice_index, ssh in enumerate(commands):
+        if slices > 1:
+            assert ssh[3:6] == ["queued-resources", "ssh", "sora-1b"] and option(ssh, "--node") == str(
+                slice_index
+            )
+        else:
+            assert ssh[3:6] == ["tpu-vm", "ssh", "sora-1b"]
+        assert option(ssh, "--worker") == "all"
+        remote = option(ssh, "--command")
+        assert_bash_syntax(remote)
+        assert ("export TPU_PROCESS_BOUNDS=1,1,1 TPU_CHIPS_PER_PROCESS_BOUNDS=2,2,1" in remote) == bounds
+        assert "LIBTPU_INIT_ARGS" not in remote  # Training's collective flags: nothing to do here.
+        words = shlex.split(remote.split("nohup bash -c ", 1)[1])
+        argv = words[2 : words.index(">")]
+        first = slice_index * shards // slices  # VM w of slice s: shard s * (VMs a slice) + w.
+        assert f"; shard=$(({first} + worker)); " in remote
+        assert argv == [*DATA_ARGS, "--shard", "$shard", "--num-shards", str(shards)]
+        assert "> ~/sora_jax_logs/sora-1b-prepare.log" in remote
+
+
+def test_tpu_vm_shell_starts_the_vms_shard_from_its_worker_number(env, vm):
+    home, shell_env = vm
+    bin_dir = home / "bin"
+    bin_dir.mkdir()
+    curl = bin_dir / "curl"  # The VM's metadata server, as JAX and this script ask it.
+    curl.write_text(
+        '#!/bin/sh\ncase "$*" in *Metadata-Flavor:Google*agent-worker-number) echo 5 ;; *) exit 22 ;; esac\n'
+    )
+    curl.chmod(0o755)
+    shell_env = {**shell_env, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    args = [*SLICE, "--run", "r", "--accelerator", "v5p-64", "--dry-run", "--", *ENCODE_ARGS]
+    [ssh] = plan(env, TPU_VM, "encode", *args)
+    logs = home / "sora_jax_logs"
+    started = on_vm(shell_env, option(ssh, "--command"), FAKE_EXIT="0")
+    assert started.returncode == 0, started.stderr
+    assert wait_for(logs / "r.exit") == "0"
+    log = (logs / "r.log").read_text()
+    assert f"args: encode {' '.join(ENCODE_ARGS)} --shard 5 --num-shards 8" in log
+    assert "TPU_PROCESS_BOUNDS=1,1,1\nTPU_CHIPS_PER_PROCESS_BOUNDS=2,2,1\n" in log
+    # Not on a TPU VM (no metadata server): nothing starts, and the message says why.
+    curl.write_text("#!/bin/sh\nexit 7\n")
+    (logs / "r.exit").unlink()
+    failed = on_vm(shell_env, option(ssh, "--command"))
+    assert failed.returncode == 1 and "no TPU worker number from the metadata server" in failed.stderr
+    assert not (logs / "r.exit").exists()
+
+
+def _videos(folder: Path, count: int) -> set[str]:
+    """``count`` captioned two-second videos, 32x32 at 8 fps: a ramp drifting a pixel a frame, each
+    video in its own brightness."""
+    from sora_jax.data.video_io import write_video
+
+    folder.mkdir()
+    drift = (np.arange(32)[None, None, :, None] + np.arange(16)[:, None, None, None]) % 32
+    for index in range(count):
+        frames = (drift * 4 + 30 * index).astype(np.uint8).repeat(32, 1).repeat(3, 3)
+        write_video(folder / f"v{index}.mp4", frames, 8)
+        (folder / f"v{index}.txt").write_text(f"a ramp drifting right, brightness {index}\n")
+    return {f"v{index}.mp4" for index in range(count)}
+
+
+def test_two_slurm_array_tasks_prepare_the_union_of_one_unsharded_prepare(tmp_path):
+    """slurm_data.sbatch run for real as tasks 0 and 1 of a 2-task array (no SLURM needed: the
+    environment is all a task has), beside one unsharded prepare of the same videos."""
+    from sora_jax.data.clip_store import ClipStore
+    from sora_jax.data.shards import open_clips, shard_of
+
+    sources = _videos(tmp_path / "videos", 5)
+    sora_jax = Path(sys.executable).with_name("sora-jax")
+    settings = ["--input", str(tmp_path / "videos"), "--workers", "1", "--max-seconds", "1", "--no-audio"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JOB_", "TPU_WORKER"))}
+    pipes = {"cwd": REPO, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    dataset, plain = tmp_path / "dataset", tmp_path / "plain"
+    runs = [
+        subprocess.Popen(
+            ["bash", SLURM_DATA, "prepare", "--sora-jax", str(sora_jax), *settings, "--output", str(dataset)],
+            env={
+                **env,
+                "SLURM_ARRAY_TASK_ID": str(task),
+                "SLURM_ARRAY_TASK_COUNT": "2",
+                "SLURM_ARRAY_TASK_MIN": "0",
+            },
+            **pipes,
+        )
+        for task in (0, 1)
+    ]
+    runs.append(
+        subprocess.Popen([str(sora_jax), "prepare", *settings, "--output", str(plain)], env=env, **pipes)
+    )
+    for process in runs:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    union, whole = open_clips(dataset), ClipStore.open(plain)
+    assert union.count == 2 and not union.missing and len(union) == len(whole) > 0
+    assert all(len(store) for _, store in union.shards)  # Both tasks had sources of their own.
+    assert union.sources_done() == whole.sources_done() == sources
+    for shard, store in union.shards:  # Each task took the sources of its shard, and only those.
+        assert store.sources_done() == {source for source in sources if shard_of(source, 2) == shard.index}
+    for record in whole.records:
+        assert union.record(record.clip_id).caption == record.caption
+        np.testing.assert_array_equal(union.read(record.clip_id), whole.read(record.clip_id))
