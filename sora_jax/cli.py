@@ -149,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--input", required=True, help="folder or video file (sidecar .txt captions), or a CSV"
     )
-    prepare.add_argument("--output", required=True, help="clip store path or URL (e.g. gs://...)")
+    prepare.add_argument(
+        "--output", required=True, help="clip store path or URL (e.g. gs://...); sharded: the dataset's root"
+    )
     prepare.add_argument("--workers", type=int, default=2, help="decoding processes (at least 1)")
     prepare.add_argument("--max-seconds", type=float, default=4.0, help="longest clip")
     prepare.add_argument("--fps", type=float, default=8.0, help="target frame rate (0: keep)")
@@ -165,19 +167,43 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--audio-rate", type=int, default=16000, help="sample rate of the sound kept (Hz)")
     prepare.add_argument("--audio-channels", type=int, default=1, help="1 (mono) or 2 (stereo)")
     prepare.add_argument("--no-audio", action="store_true", help="drop the videos' sound")
+    filters = prepare.add_argument_group(
+        "filters", "every clip's motion, brightness, letterbox and hash are kept"
+    )
+    filters.add_argument(
+        "--scene-cuts", action=argparse.BooleanOptionalAction, default=True, help="split videos at cuts"
+    )
+    filters.add_argument("--scene-threshold", type=float, default=27.0, help="cut detector threshold")
+    filters.add_argument(
+        "--letterbox-crop", action=argparse.BooleanOptionalAction, default=True, help="crop black bars"
+    )
+    sharding = prepare.add_argument_group(
+        "sharding (one of N workers writing one dataset)",
+        "Each worker takes the sources of its shard and writes them to OUTPUT/shard-I-of-N/; a SLURM "
+        "array task, Kubernetes Indexed Job pod or TPU VM host finds its shard without --shard.",
+    )
+    sharding.add_argument("--shard", type=int, default=None, metavar="I", help="this worker's shard")
+    sharding.add_argument("--num-shards", type=int, default=None, metavar="N", help="how many shards")
 
     encode = commands.add_parser(
         "encode",
         help="cache latents: encode a pixel store (or physics-world clips) with a trained autoencoder",
-        epilog="Rerunning resumes: clips already in --output are skipped.",
+        epilog="Rerunning resumes: clips already in --output are skipped. Clips are spread over this "
+        "host's accelerators. Sharded (--shard/--num-shards, or a SLURM array task, Kubernetes Indexed "
+        "Job or TPU VM worker): worker I of N encodes the clips whose id falls in shard I into "
+        "OUTPUT/shard-0000I-of-0000N; the shards together are one dataset.",
     )
     encode.add_argument(
         "--autoencoder", required=True, help="workdir of an autoencoder run, or a diffusers Wan directory"
     )
     encode.add_argument("--step", type=int, default=None, help="its checkpoint (default: latest)")
-    encode.add_argument("--output", required=True, help="latent clip store path or URL")
+    encode.add_argument(
+        "--output", required=True, help="latent clip store path or URL (sharded: the dataset's root)"
+    )
     source = encode.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="pixel clip store made by sora-jax prepare")
+    source.add_argument(
+        "--input", help="pixel clip store or sharded dataset made by sora-jax prepare (path or URL)"
+    )
     source.add_argument("--world", type=int, metavar="N", help="encode N physics-world clips instead")
     world = encode.add_argument_group("physics world (--world)")
     world.add_argument("--frames", type=int, default=17, help="frames a clip")
@@ -193,6 +219,18 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument(
         "--tile", type=int, default=None, help="encode larger frames in tiles of this many pixels a side"
     )
+    sharding = encode.add_argument_group("sharding (one of N workers writing one dataset)")
+    sharding.add_argument(
+        "--shard", type=int, default=None, metavar="I", help="this worker's shard, 0 .. N-1"
+    )
+    sharding.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="how many shards the dataset has (without these flags: the SLURM array task's, Indexed Job "
+        "pod's or TPU worker's environment says; an Indexed Job gives only the shard)",
+    )
 
     export = commands.add_parser(
         "export", help="write a fine-tuned Wan run as a diffusers directory (LoRA merged)"
@@ -201,6 +239,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the diffusers directory to write")
     export.add_argument("--step", type=int, default=None, help="checkpoint (default: the newest readable)")
     export.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+
+    recaption = commands.add_parser(
+        "recaption",
+        help="replace stored clips' captions with a captioning model's (CSV or JSONL)",
+        epilog="CSV columns id,caption (a clip each) or Open-Sora's path,text (every clip of a source); "
+        'JSONL lines {"id": ..., "caption": ...}. Rows naming no stored clip are counted, not fatal.',
+    )
+    recaption.add_argument("--store", required=True, help="clip store or sharded dataset (path or URL)")
+    recaption.add_argument("--captions", required=True, help="FILE.csv or FILE.jsonl")
+    recaption.add_argument(
+        "--text-encoder", default=None, help="a store with caption embeddings: the encoder that made them"
+    )
     return parser
 
 
@@ -226,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _encode(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "recaption":
+            return _recaption(args)
         return _prepare(args) if args.command == "prepare" else _sample(args)
     except ConfigError as error:
         print(f"sora-jax {args.command}: {error}", file=sys.stderr)
@@ -293,12 +345,18 @@ def _data_stats(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
     from sora_jax.config import load_config
-    from sora_jax.data.stats import pipeline_stats
+    from sora_jax.data.stats import pipeline_stats, score_table, store_score_stats
 
+    config = load_config(args.config, overrides)
     try:
-        stats = pipeline_stats(load_config(args.config, overrides), args.batches)
+        scores = store_score_stats(config)  # First: it says why a selection may leave no clip.
+        if scores is not None:
+            print("\n".join(score_table(scores)))
+        stats = pipeline_stats(config, args.batches)
     except ValueError as error:  # A data source that cannot feed the run (e.g. a mismatched store).
         raise ConfigError(str(error)) from None
+    if scores is not None:
+        stats["clip_scores"] = scores
     print(json.dumps(stats))
     return 0
 
@@ -382,6 +440,7 @@ def _prepare(args: argparse.Namespace) -> int:
     import math
 
     from sora_jax.data.prepare import prepare
+    from sora_jax.data.shards import shard_from_environment
 
     # Checked here, before anything is read or written, and named by flag.
     if not (args.max_seconds > 0 and math.isfinite(args.max_seconds)):
@@ -400,6 +459,14 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--audio-rate must be from 1000 to 192000 Hz, got {args.audio_rate}")
     if args.audio_channels not in (1, 2):
         raise ConfigError(f"--audio-channels must be 1 (mono) or 2 (stereo), got {args.audio_channels}")
+    if not (args.scene_threshold > 0 and math.isfinite(args.scene_threshold)):
+        raise ConfigError(f"--scene-threshold must be positive (27 is usual), got {args.scene_threshold:g}")
+    if args.num_shards is not None and args.num_shards < 1:
+        raise ConfigError(f"--num-shards must be at least 1, got {args.num_shards}")
+    too_high = args.num_shards is not None and args.shard is not None and args.shard >= args.num_shards
+    if args.shard is not None and (args.shard < 0 or too_high):
+        raise ConfigError(f"--shard must be from 0 to --num-shards - 1, got {args.shard}")
+    shard = shard_from_environment(args.shard, args.num_shards)
     report = prepare(
         args.input,
         args.output,
@@ -413,7 +480,12 @@ def _prepare(args: argparse.Namespace) -> int:
         caption_tokens=args.caption_tokens,
         audio_rate=None if args.no_audio else args.audio_rate,
         audio_channels=args.audio_channels,
+        shard=shard,
+        scene_threshold=args.scene_threshold if args.scene_cuts else None,
+        letterbox_crop=args.letterbox_crop,
     )
+    if report.shard:
+        print("shard {index} of {count}: took {sources} of {of} sources".format(**report.shard))
     changed = f"; captions changed: {report.caption_changes}" if report.caption_changes else ""
     heard = ""
     if report.audio:
@@ -424,7 +496,18 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{report.sources_done} sources; {report.skipped_done} already done; "
         f"skipped {sum(report.failures.values())}: {report.failures}{changed}{heard}"
     )
-    print(f"report: {args.output.rstrip('/')}/prepare_report.json")
+    print(
+        f"{report.scene_cuts} scene cuts, {report.short_scenes} short scenes dropped, "
+        f"{report.letterboxed} clips with bars cropped; stored, for data.* keys to select: {report.flagged}"
+    )
+    print(f"report: {report.output.rstrip('/')}/prepare_report.json")
+    return 0
+
+
+def _recaption(args: argparse.Namespace) -> int:
+    from sora_jax.data.recaption import recaption, summary
+
+    print(summary(recaption(args.store, args.captions, args.text_encoder)))
     return 0
 
 
@@ -437,9 +520,51 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from sora_jax.autoencoder.latent_space import load_autoencoder
-    from sora_jax.data.clip_store import ClipStore
     from sora_jax.data.encode import encode_into_store, store_clips, world_clips
+    from sora_jax.data.shards import (
+        claim_dataset,
+        dataset_shards,
+        open_clips,
+        shard_from_environment,
+        shard_path,
+    )
+
+    # The layout is checked first, by reading only: nothing is loaded or written for a wrong one.
+    shard = shard_from_environment(args.shard, args.num_shards)
+    output = args.output
+    held = dataset_shards(output)
+    if shard is None and held is not None:
+        raise ConfigError(
+            f"--output {output} is a dataset of {held} shards: give --shard I --num-shards {held} "
+            "(or run as a SLURM array task, Indexed Job or TPU VM worker), or encode into a new store"
+        )
+    if shard is not None:
+        if held is not None and held != shard.count:
+            raise ConfigError(
+                f"--num-shards {shard.count}: --output {output} is a dataset of {held} shards "
+                "(every worker must use the same count, or write a new dataset)"
+            )
+        if _holds_store(output):
+            raise ConfigError(
+                f"--output {output} is an unsharded latent store: leave out --shard and --num-shards "
+                "to resume it, or give a new --output for a sharded dataset"
+            )
+        output = shard_path(output, shard)
+    owns = shard.owns if shard is not None else None
+    source = None
+    if args.input:
+        try:
+            source = open_clips(args.input)  # A plain store or a sharded dataset's union.
+        except FileNotFoundError as error:
+            raise ConfigError(f"--input: {error}") from None
+        if source.dtype != np.uint8 or source.channels != 3:
+            raise ConfigError(
+                f"--input {args.input} holds {source.dtype} clips of {source.channels} channels, not the "
+                "RGB pixels of sora-jax prepare to encode"
+            )
 
     autoencoder = load_autoencoder(args.autoencoder, args.step)
     autoencoder.chunk_frames, autoencoder.tile = args.chunk_frames, args.tile
@@ -449,12 +574,8 @@ def _encode(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise ConfigError(f"--tile: {error}") from None
     caption_dim, caption_encoder, sound = 0, None, {}
-    if args.input:
-        try:
-            source = ClipStore.open(args.input)
-        except FileNotFoundError as error:
-            raise ConfigError(str(error)) from None
-        clips = store_clips(source)
+    if source is not None:
+        clips = store_clips(source, owns)
         caption_dim, caption_encoder = source.caption_dim, source.caption_encoder or None
         if source.audio_sample_rate:  # The latent store keeps the clips' sound as it is.
             sound = {"audio_sample_rate": source.audio_sample_rate, "audio_channels": source.audio_channels}
@@ -466,23 +587,37 @@ def _encode(args: argparse.Namespace) -> int:
             embedder = CaptionEmbedder(args.text_encoder, args.caption_tokens)
             caption_dim, caption_encoder = embedder.dim, embedder.description
         shape = (args.frames, args.height, args.width)
-        clips = world_clips(args.world, args.seed, shape, tuple(args.fps), embedder)
+        clips = world_clips(args.world, args.seed, shape, tuple(args.fps), embedder, owns)
+    if shard is not None:
+        claim_dataset(args.output, shard.count)
     try:
         report = encode_into_store(
             autoencoder,
             clips,
-            args.output,
+            output,
             caption_dim=caption_dim,
             caption_encoder=caption_encoder,
+            empty_ok=shard is not None,
             **sound,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
     print(
-        f"{report.clips_written} clips encoded into {args.output}; {report.clips_present} already there; "
+        f"{report.clips_written} clips encoded into {output}; {report.clips_present} already there; "
         f"skipped {sum(report.skipped.values())}: {report.skipped}"
     )
     return 0
+
+
+def _holds_store(path: str) -> bool:
+    """Whether ``path`` is a clip store (an unsharded one, since a dataset's root is not)."""
+    from sora_jax.data.clip_store import ClipStore
+
+    try:
+        ClipStore.open(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -135,6 +135,17 @@ def base_config() -> ConfigDict:
     d.side = (32, 48)  # Inclusive range of clip height and width in pixels.
     d.fps = (4.0, 8.0)  # Range of frame rates a clip is rendered at.
     d.caption_dropout = 0.1  # Fraction of clips trained with the empty caption (for guidance).
+    # Which clips of data.store train, by the scores `sora-jax prepare` measured of each (see
+    # sora_jax/data/clip_selection.py; `sora-jax data-stats` shows their distributions). The
+    # defaults select every clip; a clip without the score (a store made before it) is kept.
+    d.min_motion = 0.0  # Mean optical-flow speed, frame lengths a second; static clips are < ~0.005.
+    d.max_motion = -1.0  # -1: no upper limit.
+    d.min_brightness = 0.0  # Mean luma, 0 (black) .. 1 (white).
+    d.max_brightness = 1.0
+    d.max_letterbox = 1.0  # Largest share of the frame that (cropped) letterbox bars covered.
+    # Keep only the first clip of each group whose perceptual hashes (of the middle frame) differ
+    # in at most this many of 64 bits, 0 .. 10 (a few bits: the same picture); -1: off.
+    d.dedup_distance = -1
     d.workers = 0  # Background worker processes producing batches; 0 = in the main process.
     d.prefetch = 2  # Batches prepared ahead per worker.
 
@@ -534,6 +545,7 @@ def validate(config: ConfigDict) -> None:
         ConfigError: naming the first key whose value cannot work, and why.
     """
     from sora_jax.audio.config import validate_audio_section
+    from sora_jax.data.clip_selection import validate_selection
     from sora_jax.kinds.registry import kind_class
     from sora_jax.parallel.mesh import validate_mesh_section
     from sora_jax.train.optimizer import validate_optim_section
@@ -547,6 +559,10 @@ def validate(config: ConfigDict) -> None:
         _fail("data.store_weight", f"must be in (0, 1], got {d.store_weight}")
     if d.workers < 0:
         _fail("data.workers", "must be >= 0")
+    problem = validate_selection(d)
+    if problem is not None:
+        key, _, why = problem.partition(": ")
+        _fail(f"data.{key}", why)
     validate_audio_section(config.audio)
     if config.audio.enabled and config.task != "dit":
         _fail("audio.enabled", f"task {config.task!r} trains no sound yet; only task 'dit' does")

@@ -16,6 +16,19 @@ Each source becomes clips of uint8 RGB frames ``[T, H, W, 3]``:
   area averaging on the decoded frame, which also does the YUV->RGB conversion, and only for
   sampled frames; frames are never upscaled.
 * Images are one-frame clips with ``fps = 0.0`` and ``start = 0.0``.
+* Scene cuts (``scene_threshold``, None: off): the sampled frames are checked for cuts as they
+  come (:class:`~sora_jax.data.clip_filters.SceneCuts`); each scene is cut into clips as a
+  whole video would be (tail merged with the clip before it), so no clip spans a cut. The
+  frames from one cut to the next are a scene when they last
+  :data:`~sora_jax.data.clip_filters.MIN_SCENE_SECONDS` (at least one frame, at most a clip).
+  Shorter stretches in a row (cuts faster than that: noise, a strobe light, a montage) make one
+  scene together once they last that long; a shorter one (a flash between two shots, a black
+  frame before the first) is dropped and counted. A video without cuts is one scene, however
+  short.
+* Letterbox (``letterbox_crop``): dark bars on opposite sides of a clip's frames are cropped
+  away before it is stored (its sides stay multiples of 8). Every clip is measured
+  (:func:`~sora_jax.data.clip_filters.measure_clip`: motion, brightness, letterbox, and a
+  perceptual hash of its middle frame), whatever the settings.
 * Sound (unless ``audio_rate`` is None): each video clip keeps the first audio track's sound of
   exactly its time span, from its first frame's time for ``T / fps`` s (``round(T / fps *
   audio_rate)`` samples), resampled to ``audio_rate`` Hz and ``audio_channels`` channels by
@@ -36,6 +49,13 @@ from typing import Any
 
 import numpy as np
 
+from sora_jax.data.clip_filters import (
+    DEFAULT_SCENE_THRESHOLD,
+    MIN_SCENE_SECONDS,
+    MeasuredClip,
+    SceneCuts,
+    measure_clip,
+)
 from sora_jax.data.isolated_pool import TaskFailure
 from sora_jax.data.video_io import (
     DecodedFrame,
@@ -54,8 +74,9 @@ class SkipSource(TaskFailure):
 class ClipSettings:
     """What clips are cut to (``max_seconds`` s, ``fps`` frames/s or None to keep every frame,
     ``max_area`` pixels a frame, sound at ``audio_rate`` Hz or None to drop it, ``audio_channels``
-    1 or 2) and which sources are usable (a side of at least ``min_side`` px, at most
-    ``max_input_pixels`` px a frame)."""
+    1 or 2, videos split at scene cuts by a ``scene_threshold`` or None for no splitting, and
+    letterbox bars cropped when ``letterbox_crop``) and which sources are usable (a side of at
+    least ``min_side`` px, at most ``max_input_pixels`` px a frame)."""
 
     max_seconds: float
     fps: float | None
@@ -64,16 +85,21 @@ class ClipSettings:
     max_input_pixels: int
     audio_rate: int | None = 16000
     audio_channels: int = 1
+    scene_threshold: float | None = DEFAULT_SCENE_THRESHOLD
+    letterbox_crop: bool = True
 
     def shaping(self) -> dict[str, Any]:
         """The settings a store's clips depend on, as kept under ``PREPARE_KEY`` (a store kept
-        before sound existed has no ``audio_*`` keys: it was made without it)."""
+        before sound existed has no ``audio_*`` keys: it was made without it; one kept before scene
+        cuts and letterbox cropping has neither key)."""
         return {
             "max_seconds": self.max_seconds,
             "fps": self.fps,
             "max_area": self.max_area,
             "audio_rate": self.audio_rate,
             "audio_channels": self.audio_channels if self.audio_rate else None,
+            "scene_threshold": self.scene_threshold,
+            "letterbox_crop": self.letterbox_crop,
         }
 
 
@@ -88,19 +114,50 @@ def target_size(height: int, width: int, max_area: int) -> tuple[int, int, int, 
     return max(crop_h, round(height * scale)), max(crop_w, round(width * scale)), crop_h, crop_w
 
 
+@dataclasses.dataclass(frozen=True)
+class SpooledClip:
+    """One clip a decoding worker wrote: its frames' ``.npy`` ``file``, ``start`` seconds into the
+    source, its ``sound`` file (float32 ``[samples, audio_channels]`` ``.npy``, None without an audio
+    track or with sound off), its ``scores`` and ``phash`` (see :mod:`sora_jax.data.clip_filters`),
+    and whether letterbox bars were ``cropped`` from it."""
+
+    file: str
+    start: float
+    sound: str | None
+    scores: dict[str, float]
+    phash: str
+    cropped: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedSource:
+    """What :func:`decode_source` made of a source: its clips' frame rate ``fps`` (0.0 for an
+    image), the ``clips`` in order, the ``scene_cuts`` found, and the scenes shorter than
+    :data:`~sora_jax.data.clip_filters.MIN_SCENE_SECONDS` dropped (``short_scenes``, holding
+    ``short_scene_frames`` frames)."""
+
+    fps: float
+    clips: list[SpooledClip]
+    scene_cuts: int = 0
+    short_scenes: int = 0
+    short_scene_frames: int = 0
+
+
 class _ClipSpool:
     """Cuts a stream of ``(time, frame)`` into clips saved as ``.npy`` files in ``directory``.
 
-    Holds at most two clips in memory: the last full clip is kept back until the stream ends so
-    a short tail can be merged with it and split evenly.
+    Holds at most two clips in memory: the last full clip of a scene is kept back until the
+    scene ends (:meth:`end_scene`, or the end of the stream) so a short tail can be merged with it
+    and split evenly. Each clip is measured, and cropped when ``crop_letterbox``, as it is written.
     """
 
-    def __init__(self, directory: str, clip_len: int) -> None:
+    def __init__(self, directory: str, clip_len: int, fps: float, crop_letterbox: bool) -> None:
         self.directory = directory
-        self.clip_len = clip_len
+        self.clip_len, self.fps, self.crop_letterbox = clip_len, fps, crop_letterbox
         self.current: list[tuple[float, np.ndarray]] = []
         self.held: list[tuple[float, np.ndarray]] | None = None
         self.written: list[tuple[str, float, int]] = []
+        self.measured: list[MeasuredClip] = []  # Of each written clip, without its frames.
         # Not makedirs: a worker left running by a killed run must not recreate scratch that a
         # later run removed.
         os.mkdir(directory)
@@ -112,8 +169,8 @@ class _ClipSpool:
                 self._write(self.held)
             self.held, self.current = self.current, []
 
-    def finish(self) -> list[tuple[str, float, int]]:
-        """Writes what is left; returns ``(file, start seconds, frames)`` per clip in order."""
+    def end_scene(self) -> None:
+        """Writes the scene's last clips; the next frame added starts a new clip."""
         held, tail = self.held, self.current
         if held is not None and tail and 2 * len(tail) < self.clip_len:
             both = held + tail
@@ -124,23 +181,93 @@ class _ClipSpool:
         for group in groups:
             self._write(group)
         self.held, self.current = None, []
+
+    def finish(self) -> list[tuple[str, float, int]]:
+        """Writes what is left; returns ``(file, start seconds, frames)`` per clip in order."""
+        self.end_scene()
         return self.written
 
     def _write(self, frames: list[tuple[float, np.ndarray]]) -> None:
         file = os.path.join(self.directory, f"{len(self.written):06d}.npy")
-        np.save(file, np.stack([f for _, f in frames]))
+        measured = measure_clip(np.stack([f for _, f in frames]), self.fps, self.crop_letterbox)
+        np.save(file, measured.frames)
         self.written.append((file, frames[0][0], len(frames)))
+        # The frames are in the file: keep only what describes them.
+        self.measured.append(dataclasses.replace(measured, frames=np.empty((0,), np.uint8)))
 
 
-def decode_source(
-    path: str, spool: str, settings: ClipSettings, fps_hint: float
-) -> tuple[float, list[tuple[str, float, str | None]]]:
-    """Decodes, resamples, resizes and cuts one source into ``.npy`` clips under ``spool``.
+class _SceneSplitter:
+    """Feeds a :class:`_ClipSpool` scene by scene, as the module docstring says.
 
-    Returns ``(fps, [(file, start_seconds, sound_file), ...])``; ``fps`` is the clips' frame
-    rate (0.0 for an image); ``sound_file`` the clip's float32 ``[samples, audio_channels]``
-    sound as ``.npy``, None when the source has no audio track or sound is off. Raises
-    SkipSource for anything that makes the source unusable.
+    A fragment (the frames from one cut to the next) of ``min_scene`` frames or more is a scene;
+    shorter ones in a row form a run, which is a scene once it holds ``min_scene`` frames and is
+    dropped if it ends (at a scene, or the end) shorter. Only undecided frames are held here: at
+    most ``min_scene`` of the fragment and fewer than ``min_scene`` of a run.
+    """
+
+    def __init__(self, spool: _ClipSpool, scenes: SceneCuts, min_scene: int) -> None:
+        self.spool, self.scenes, self.min_scene = spool, scenes, min_scene
+        self.fragment: list[tuple[float, np.ndarray]] = []  # Since the last cut, while undecided.
+        self.fragment_is_scene = False  # It reached min_scene frames: it streams into the spool.
+        self.run: list[tuple[float, np.ndarray]] = []  # Short fragments in a row, while too short.
+        self.run_is_scene = False  # The run reached min_scene frames: it streams into the spool.
+        self.cuts = self.short_scenes = self.short_scene_frames = 0
+
+    def add(self, t: float, frame: np.ndarray) -> None:
+        if self.scenes.starts_scene(frame):
+            self.cuts += 1
+            self._end_fragment()
+        if self.fragment_is_scene:
+            self.spool.add(t, frame)
+            return
+        self.fragment.append((t, frame))
+        if len(self.fragment) == self.min_scene:  # A scene: the run before it ends here.
+            self._end_run()
+            self.fragment_is_scene = True
+            self._feed(self.fragment)
+
+    def finish(self) -> list[tuple[str, float, int]]:
+        if not self.cuts and self.fragment:  # A short video without cuts is one scene all the same.
+            self._feed(self.fragment)
+        elif not self.fragment_is_scene:
+            self._end_fragment()
+            self._end_run()
+        return self.spool.finish()
+
+    def _end_fragment(self) -> None:
+        """At a cut: a scene ends; a short fragment joins the run."""
+        if self.fragment_is_scene:
+            self.spool.end_scene()
+            self.fragment_is_scene = False
+        elif self.run_is_scene:
+            self._feed(self.fragment)
+        else:
+            self.run += self.fragment
+            if len(self.run) >= self.min_scene:
+                self.run_is_scene = True
+                self._feed(self.run)
+        self.fragment = []
+
+    def _end_run(self) -> None:
+        if self.run_is_scene:
+            self.spool.end_scene()
+            self.run_is_scene = False
+        elif self.run:
+            self.short_scenes += 1
+            self.short_scene_frames += len(self.run)
+        self.run = []
+
+    def _feed(self, frames: list[tuple[float, np.ndarray]]) -> None:
+        for t, frame in frames:
+            self.spool.add(t, frame)
+        frames.clear()
+
+
+def decode_source(path: str, spool: str, settings: ClipSettings, fps_hint: float) -> DecodedSource:
+    """Decodes, resamples, resizes, cuts and measures one source into ``.npy`` clips under ``spool``.
+
+    Raises SkipSource for anything that makes the source unusable (``"short_scenes"`` when scene
+    cuts leave no scene long enough to keep).
     """
     try:
         size = os.stat(path).st_size
@@ -182,7 +309,13 @@ def decode_source(
     else:
         out_fps, step = settings.fps, 1.0 / settings.fps
     clip_len = 1 if still else max(1, math.floor(settings.max_seconds * out_fps + 1e-6))
-    clips = _ClipSpool(spool, clip_len)
+    clips = _ClipSpool(spool, clip_len, out_fps, settings.letterbox_crop)
+    scenes = None
+    if settings.scene_threshold is not None and not still:
+        # At least a frame, at most a clip (so a scene's first clip is decided before it is full).
+        min_scene = min(clip_len, max(1, math.ceil(MIN_SCENE_SECONDS * out_fps - 1e-6)))
+        scenes = _SceneSplitter(clips, SceneCuts(settings.scene_threshold), min_scene)
+    sink = scenes or clips
 
     eps = 1e-6  # Seconds: float sample times vs exact rational timestamps.
     t0 = prev = None
@@ -206,15 +339,15 @@ def decode_source(
                     continue
                 last_t = t
                 if still:
-                    clips.add(0.0, convert(frame))
+                    sink.add(0.0, convert(frame))
                     break
                 if step is None:
-                    clips.add(t, convert(frame))
+                    sink.add(t, convert(frame))
                     continue
                 if t0 is None:
                     t0 = t
                 while t0 + j * step < t - eps:  # Samples before this frame show the previous one.
-                    clips.add(t0 + j * step, sample(prev))
+                    sink.add(t0 + j * step, sample(prev))
                     j += 1
                 prev = frame
     except VideoDecodeError as e:
@@ -223,17 +356,27 @@ def decode_source(
         # The last frame stays on screen for one source frame interval.
         end = last_t + (1.0 / source_fps if source_fps else step)
         while t0 + j * step < end - eps:
-            clips.add(t0 + j * step, sample(prev))
+            sink.add(t0 + j * step, sample(prev))
             j += 1
-    written = clips.finish()
+    written = sink.finish()
+    if not written and scenes is not None and scenes.short_scenes:
+        raise SkipSource(
+            "short_scenes",
+            f"{scenes.cuts} scene cuts leave no scene of {MIN_SCENE_SECONDS:g} s "
+            "(--no-scene-cuts or a higher --scene-threshold keeps them)",
+        )
     if not written:
         raise SkipSource("no_frames", "no decodable video frames")
     sound_files: list[str | None] = [None] * len(written)
     if settings.audio_rate and out_fps > 0:
         sound_files = _cut_sound(path, written, out_fps, settings)
-    return out_fps, [
-        (file, start, sound) for (file, start, _), sound in zip(written, sound_files, strict=True)
+    spooled = [
+        SpooledClip(file, start, sound, measured.scores, measured.phash, measured.cropped)
+        for (file, start, _), sound, measured in zip(written, sound_files, clips.measured, strict=True)
     ]
+    if scenes is None:
+        return DecodedSource(out_fps, spooled)
+    return DecodedSource(out_fps, spooled, scenes.cuts, scenes.short_scenes, scenes.short_scene_frames)
 
 
 def _cut_sound(

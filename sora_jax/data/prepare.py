@@ -34,6 +34,12 @@ and when the run is stopped by SIGINT or SIGTERM (within half a second it commit
 already stored and exits, leaving those still decoding to the next run; a second signal stops it
 at once), so a killed run (even by SIGKILL) loses only the last few seconds of work. Failed
 sources are retried by later runs. A report is written to ``<output>/prepare_report.json``.
+
+Many workers can prepare one dataset together, each run given its ``shard`` (see
+:mod:`sora_jax.data.shards`): the output is then a sharded dataset's root, and the run takes only
+the sources whose key falls in its shard and writes them, as above, into its shard's own store
+(``<output>/shard-00003-of-00016/``, with its own report). A root is written either by one worker
+or sharded, never both; every worker of a root must use the same shard count.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -52,10 +59,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sora_jax.data.clip_shaping import ClipSettings, decode_source
+from sora_jax.data.clip_filters import DEFAULT_SCENE_THRESHOLD, flagged, setting_changes
+from sora_jax.data.clip_shaping import ClipSettings, DecodedSource, decode_source
 from sora_jax.data.clip_store import AUDIO_STATES, METADATA_KEY, PREPARE_KEY, ClipStore
 from sora_jax.data.isolated_pool import IsolatedPool, call_task
 from sora_jax.data.run_control import StopOnSignal, logs_above_progress, new_scratch, progress_bar
+from sora_jax.data.shards import DATASET_KEY, Shard, claim_dataset, dataset_shards, shard_path
 from sora_jax.data.source_list import CAPTION_CHANGES, Source, clean_caption, find_sources
 from sora_jax.errors import ConfigError
 from sora_jax.paths import cannot_write_in
@@ -71,6 +80,7 @@ REASONS = {
     "unreadable": "the file (or its sidecar .txt) cannot be opened (permissions, I/O error)",
     "decode_error": "FFmpeg cannot demux or decode it or its sound (corrupt, truncated, no video stream)",
     "no_frames": "opens but yields no decodable frame",
+    "short_scenes": "scene cuts leave no scene of at least MIN_SCENE_SECONDS (sora_jax.data.clip_filters)",
     "unknown_fps": "fps=None and the file reports no frame rate",
     "too_small": "a side below min_side, or under 8 pixels after scaling to max_area",
     "too_large": "more than max_input_pixels pixels per frame",
@@ -91,6 +101,8 @@ _COMPACT_SEGMENTS = 32
 # Entries a clip store holds at its root (anything else means the folder is something else).
 _STORE_NAMES = {METADATA_KEY, REPORT_KEY, "data", "captions", "audio", "index"}
 _STORE_ARRAYS = ("index", "data", "captions", "audio")
+# Entries of a sharded dataset's root; "<key>.__lock" is tensorstore's, while a worker writes that key.
+_DATASET_NAME = re.compile(rf"shard-\d{{5}}-of-\d{{5}}|{re.escape(DATASET_KEY)}(\.__lock)?")
 # Sample rates prepare takes (Hz): telephone-band speech up to studio audio.
 _AUDIO_RATES = (1000, 192_000)
 
@@ -108,7 +120,12 @@ class PrepareReport:
     ``{"sound" | "silent" | "none": count}`` over the videos ingested by this run with sound on
     (a video is ``"sound"`` if any of its clips is, ``"silent"`` if it has a track but no clip
     reaches -60 dBFS, ``"none"`` without a track); ``without_sound``: ``{"path", "audio"}`` for
-    each silent or soundless one, sorted by path.
+    each silent or soundless one, sorted by path. ``scene_cuts``: cuts found in the videos
+    ingested; ``short_scenes``: scenes dropped for being shorter than ``MIN_SCENE_SECONDS`` next to
+    a cut; ``letterboxed``: clips whose bars were cropped; ``flagged``: ``{name: count}`` of clips
+    under the thresholds of :data:`~sora_jax.data.clip_filters.FLAGS` (stored all the same:
+    training selects by the scores). ``shard``: for a worker of a sharded dataset,
+    ``{"index", "count", "sources", "of"}``: its shard, and how many of the input's sources it took.
     """
 
     input: str
@@ -124,6 +141,11 @@ class PrepareReport:
     captions_changed: list[dict[str, str]] = dataclasses.field(default_factory=list)
     audio: dict[str, int] = dataclasses.field(default_factory=dict)
     without_sound: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    scene_cuts: int = 0
+    short_scenes: int = 0
+    letterboxed: int = 0
+    flagged: dict[str, int] = dataclasses.field(default_factory=dict)
+    shard: dict[str, int] | None = None
     elapsed_s: float = 0.0
 
     def fail(self, path: str, reason: str, detail: str) -> None:
@@ -160,7 +182,10 @@ def prepare(
     caption_tokens: int = 64,
     audio_rate: int | None = 16000,
     audio_channels: int = 1,
+    scene_threshold: float | None = DEFAULT_SCENE_THRESHOLD,
+    letterbox_crop: bool = True,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> PrepareReport:
     """Decodes the videos/images under ``input`` into uint8 clips in the store at ``output``.
 
@@ -176,9 +201,12 @@ def prepare(
     before its process is killed (None: no limit; ignored with ``workers=0``). ``text_encoder``:
     a frozen encoder's directory, to store caption embeddings of at most ``caption_tokens``
     tokens. ``audio_rate``: sample rate (Hz) of the sound kept with each video clip (None: no
-    sound); ``audio_channels``: 1 (mono) or 2 (stereo). ``progress``: a progress line on stderr
+    sound); ``audio_channels``: 1 (mono) or 2 (stereo). ``scene_threshold``: split videos at
+    scene cuts found at this ContentDetector threshold (None: do not split); ``letterbox_crop``:
+    crop dark bars from clips (see :mod:`sora_jax.data.clip_filters`). ``progress``: a progress line on stderr
     (sources done of those to do, clips written), redrawn every 0.5 s on a terminal and every
-    30 s into a file.
+    30 s into a file. ``shard``: this worker's shard of a sharded dataset at ``output`` (None: the
+    output is one store, written by this run alone).
 
     Sources already marked done in the store are skipped, so an interrupted run resumes where
     it stopped. Every mistake in the arguments, the input (a missing path, a CSV that cannot be
@@ -197,13 +225,29 @@ def prepare(
         max_input_pixels,
         audio_rate,
         audio_channels,
+        None if scene_threshold is None else float(scene_threshold),
+        bool(letterbox_crop),
     )
     _check_arguments(settings, workers, file_timeout, caption_tokens, caption_default)
     started = time.monotonic()
+    root, output = output, _shard_output(output, shard)
     _check_output(output)
     report = PrepareReport(input=os.fspath(input), output=output)
     found = find_sources(Path(input))
     report.inputs_seen = found.inputs_seen
+    if shard is not None:
+        of = len(found.sources)
+        found.sources = [source for source in found.sources if shard.owns(source.key)]
+        found.rejected = [row for row in found.rejected if shard.owns(row[0])]
+        report.shard = {"index": shard.index, "count": shard.count, "sources": len(found.sources), "of": of}
+        log.info(
+            "shard %d of %d (%s): %d of %d sources",
+            shard.index,
+            shard.count,
+            shard.name,
+            len(found.sources),
+            of,
+        )
     for key, reason, detail in found.rejected:
         report.fail(key, reason, detail)
     existing = _open_existing(output)
@@ -217,6 +261,8 @@ def prepare(
             embedder = CaptionEmbedder(text_encoder, caption_tokens)
         except (OSError, ValueError) as error:
             raise ConfigError(f"text encoder {os.fspath(text_encoder)!r}: {error}") from None
+    if shard is not None:  # Everything is checked: the root becomes (or stays) a sharded dataset.
+        claim_dataset(root, shard.count)
     store = _open_store(output, existing, settings, embedder)
 
     done = store.sources_done()
@@ -274,6 +320,15 @@ def prepare(
         report.failures,
         f", audio {report.audio}" if report.audio else "",
     )
+    if report.clips_written:
+        log.info(
+            "%d scene cuts, %d short scenes dropped, %d clips with bars cropped; clips stored that "
+            "training can leave out by their scores (data.min_brightness, ...): %s",
+            report.scene_cuts,
+            report.short_scenes,
+            report.letterboxed,
+            report.flagged or "none",
+        )
     for change, count in report.caption_changes.items():
         first = next(c for c in report.captions_changed if c["change"] == change)
         log.warning(
@@ -319,7 +374,7 @@ def _ingest_all(
                 source = todo[i]
                 try:
                     if ok:
-                        _ingest(store, source, *value, report, embedder)
+                        _ingest(store, source, value, report, embedder)
                         staged += 1
                     else:
                         report.fail(source.key, *value)
@@ -345,19 +400,20 @@ def _ingest_all(
 def _ingest(
     store: ClipStore,
     source: Source,
-    fps: float,
-    clips: list[tuple[str, float, str | None]],
+    decoded: DecodedSource,
     report: PrepareReport,
     embedder: Any = None,
 ) -> None:
-    """Appends one source's spooled clips (with their sound) and its done mark as one atomic group."""
+    """Appends one source's spooled clips (with their sound, scores and hash) and its done mark as
+    one atomic group."""
+    fps, clips = decoded.fps, decoded.clips
     frames_written = 0
     # One caption per source: encoded once, stored with each of its clips.
     embedding = embedder(source.caption) if embedder is not None else None
     heard = set()
     with store.atomic():
-        for k, (file, start, sound) in enumerate(clips):
-            frames = np.load(file)
+        for k, clip in enumerate(clips):
+            frames = np.load(clip.file)
             clip_id = f"{source.key}#{k}"
             store.append(
                 frames,
@@ -365,9 +421,11 @@ def _ingest(
                 fps=fps,
                 caption=source.caption,
                 source=source.key,
-                start=start,
+                start=clip.start,
                 caption_embedding=embedding,
-                audio=None if sound is None else np.load(sound),
+                audio=None if clip.sound is None else np.load(clip.sound),
+                scores=clip.scores,
+                phash=clip.phash,
             )
             frames_written += frames.shape[0]
             heard.add(store.record(clip_id).audio)
@@ -377,6 +435,11 @@ def _ingest(
     report.sources_done += 1
     report.clips_written += len(clips)
     report.frames_written += frames_written
+    report.scene_cuts += decoded.scene_cuts
+    report.short_scenes += decoded.short_scenes
+    report.letterboxed += sum(clip.cropped for clip in clips)
+    for name in (name for clip in clips for name in flagged(clip.scores)):
+        report.flagged[name] = report.flagged.get(name, 0) + 1
     for change, detail in source.caption_changes:
         report.caption_changed(source.key, change, detail)
 
@@ -418,6 +481,42 @@ def _check_arguments(
         )
     if settings.audio_channels not in (1, 2):
         raise ConfigError(f"audio_channels must be 1 (mono) or 2 (stereo), got {settings.audio_channels}")
+    threshold = settings.scene_threshold
+    if threshold is not None and not (threshold > 0 and math.isfinite(threshold)):
+        raise ConfigError(f"scene_threshold must be positive, or None (no scene cuts); got {threshold}")
+
+
+def _shard_output(output: str, shard: Shard | None) -> str:
+    """The store this run writes: ``output`` itself, or ``shard``'s store under the sharded root
+    ``output``. Refuses a run sharded unlike what ``output`` holds."""
+    held = dataset_shards(output)
+    if shard is None:
+        if held is not None:
+            raise ConfigError(
+                f"output {output!r} is a dataset of {held} shards: prepare into it with --shard I "
+                f"--num-shards {held} (one worker a shard), or give a new --output"
+            )
+        return output
+    if held is not None and held != shard.count:
+        raise ConfigError(
+            f"output {output!r} is a dataset of {held} shards, not {shard.count}: every worker must "
+            f"pass --num-shards {held}, or give a new --output"
+        )
+    if _open_existing(output) is not None:
+        raise ConfigError(
+            f"output {output!r} is a clip store written by one worker, not a sharded dataset: drop "
+            "--shard/--num-shards (and any SLURM array, Indexed Job or TPU VM shard) to add to it, "
+            "or give a new --output"
+        )
+    path = Path(output).absolute()
+    if "://" not in output and path.is_dir():
+        names = {name for name in os.listdir(path) if not name.startswith(".")}
+        if any(not _DATASET_NAME.fullmatch(name) for name in names):
+            raise ConfigError(
+                f"output {output!r} is a folder of other files, not a sharded dataset: "
+                "give a new or empty --output"
+            )
+    return shard_path(output, shard)
 
 
 def _check_output(output: str) -> None:
@@ -483,6 +582,7 @@ def _check_resumable(
             if stored.get(key) != asked[key]:
                 clip_changes.append(f"{_flag(key)} {_shown(stored.get(key))} -> {_shown(asked[key])}")
         clip_changes += _sound_changes(stored, asked)
+        clip_changes += setting_changes(stored, asked)
     held_encoder = store.caption_encoder.get("name") if store.caption_dim else None
     asked_encoder = Path(text_encoder).resolve().name if text_encoder is not None else None
     held_tokens = store.caption_encoder.get("max_tokens")

@@ -24,7 +24,9 @@ from PIL import Image
 
 from sora_jax.audio.codec import clip_samples
 from sora_jax.data import world
+from sora_jax.data.clip_selection import select_clips
 from sora_jax.data.clip_store import AUTOENCODER_KEY, STATS_KEY, ClipRecord, ClipStore
+from sora_jax.data.shards import ShardedClips, open_clips
 
 log = logging.getLogger("sora_jax")
 
@@ -118,7 +120,10 @@ class StoreSource:
 
     Sizes keep the clip's aspect ratio, with an area between ``data.side[0]**2`` and
     ``data.side[1]**2`` and never above the stored size (no upscaling); durations run from one
-    frame (an image) up to the stored length, starting at a random frame.
+    frame (an image) up to the stored length, starting at a random frame. Only the clips the
+    selection keys keep (``data.min_motion``, ..., ``data.dedup_distance``; see
+    :mod:`sora_jax.data.clip_selection`) are drawn: clip ``index`` of this source is the store's
+    clip ``positions[index]``.
     """
 
     name = "store"
@@ -138,18 +143,19 @@ class StoreSource:
         self.embeddings = bool(self.store.caption_dim)
         if not len(self.store):
             raise ValueError(f"clip store {path} is empty")
+        self.positions = select_clips(store, data)
         self.data, self.patch = data, patch
         _note_sound_format(store, audio)
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.positions)
 
     def record(self, index: int) -> ClipRecord:
         """The stored record of this source's clip ``index``."""
-        return self.store.record(index)
+        return self.store.record(int(self.positions[index]))
 
     def shapes(self, index: int) -> ShapeOptions:
-        frames, height, width, _ = self.store.record(index).shape
+        frames, height, width, _ = self.record(index).shape
         _, ph, pw = self.patch
         low, high = self.data.side[0] ** 2, min(self.data.side[1] ** 2, height * width)
         sizes = set()
@@ -164,6 +170,7 @@ class StoreSource:
         return ShapeOptions(np.arange(1, longest + 1), np.asarray(sorted(sizes)))
 
     def load(self, index: int, frames: int, height: int, width: int, rng: np.random.Generator) -> LoadedClip:
+        index = int(self.positions[index])
         record = self.store.record(index)
         video = self.store.read(index)
         start = int(rng.integers(0, video.shape[0] - frames + 1))
@@ -182,8 +189,8 @@ class StoreSource:
         )
 
 
-def _opened(store: str | ClipStore) -> ClipStore:
-    return store if isinstance(store, ClipStore) else ClipStore.open(store)
+def _opened(store: str | ClipStore | ShardedClips) -> ClipStore | ShardedClips:
+    return open_clips(store) if isinstance(store, str) else store
 
 
 def _embedding(store: ClipStore, index: int, wanted: bool) -> np.ndarray | None:
@@ -271,14 +278,16 @@ class LatentStoreSource:
         self.mean = np.asarray(stats["mean"], np.float32)
         self.std = np.asarray(stats["std"], np.float32)
         _, ph, pw = patch
-        # Store positions of the clips at least one patch in size; smaller ones are skipped.
+        # Store positions of the clips at least one patch in size (smaller ones are skipped) that
+        # the selection keys keep (data.min_motion, ...; see sora_jax.data.clip_selection).
         shapes = store.shapes
-        self.usable = np.flatnonzero((shapes[:, 1] >= ph) & (shapes[:, 2] >= pw))
-        if not len(self.usable):
+        fits = (shapes[:, 1] >= ph) & (shapes[:, 2] >= pw)
+        if not fits.any():
             raise ValueError(f"clip store {path} holds no clip of at least one patch ({ph}x{pw} latents)")
-        self.skipped = len(shapes) - len(self.usable)
+        self.skipped = len(shapes) - int(fits.sum())
         if self.skipped:
             log.warning("%s: skipping %d clips smaller than one %dx%d patch", path, self.skipped, ph, pw)
+        self.usable = select_clips(store, data, eligible=fits)
         self.data, self.patch = data, patch
         self.embeddings = bool(self.store.caption_dim)
         # Latent frame 0 encodes video frame 0, each later one the next temporal_factor frames.

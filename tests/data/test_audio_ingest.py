@@ -148,6 +148,7 @@ def test_prepare_keeps_each_clips_sound_lined_up_with_its_frames(made):
     assert abs(_onset(avi, 16000) - 0.6) <= 1e-3 and np.abs(avi[:, 1]).max() < 1e-3
     assert store.extra[PREPARE_KEY] | {"max_seconds": 1.0} == {
         "max_seconds": 1.0, "fps": 8.0, "max_area": 1024, "audio_rate": 16000, "audio_channels": 2,
+        "scene_threshold": 27.0, "letterbox_crop": True,
     }  # fmt: skip
 
 
@@ -198,7 +199,9 @@ def test_a_store_made_before_sound_reads_none_and_resumes_only_without_audio(mad
     assert loaded.audio is None
     with pytest.raises(ConfigError, match="--no-audio -> --audio-rate 16000 --audio-channels 1"):
         prepare(sources / "mute.mp4", tmp_path / "old", **SHAPE)
-    report = prepare(sources / "mute.mp4", tmp_path / "old", audio_rate=None, **SHAPE)
+    # Made before scene cuts and letterbox crops too: it resumes with them off.
+    old_filters = {"scene_threshold": None, "letterbox_crop": False}
+    report = prepare(sources / "mute.mp4", tmp_path / "old", audio_rate=None, **old_filters, **SHAPE)
     assert report.sources_done == 1 and report.audio == {}
     assert [r.audio for r in ClipStore.open(tmp_path / "old").records] == ["none"] * 3
 
