@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import machine_description, replace_section
-from sora_jax.data.clip_store import ClipRecord, ClipStore, _ColumnWriter, _encode_lines
+from sora_jax.data.clip_index import ColumnWriter
+from sora_jax.data.clip_store import ClipRecord, ClipStore, _encode_lines
 
 CLIPS_PER_SOURCE = 10
 CAPTION_DIM = 512
@@ -122,7 +123,7 @@ def build_columnar(path: Path, clips: int) -> float:
     """A store whose index is one columnar compaction, written part by part; seconds taken."""
     start = time.perf_counter()
     store = _empty_store(path)
-    writer = _ColumnWriter(store.kvstore / "index/", 1)  # The writer ClipStore.compact uses.
+    writer = ColumnWriter(store.kvstore / "index/", 1)  # The writer ClipStore.compact uses.
     for first in range(0, clips, 65536):
         writer.add_records(synthetic_records(first, min(65536, clips - first)))
     last = synthetic_records(clips - 1, 1)[0]
@@ -290,7 +291,11 @@ def main() -> None:
             "memory grow with the store (it is still read, for stores compacted before the columnar "
             "layout). A columnar compaction opens by reading one small manifest; a clip's record "
             "is a byte-range read of its JSON row, and `shapes`, `scores` and the id lookup read "
-            "one column each when first used, so a host holds a few bytes a clip for what it uses.",
+            "one column each when first used, so a host holds a few bytes a clip for what it uses. "
+            "Perceptual hashes (`phashes()`, for `data.dedup_distance`) are a column too (a bit "
+            "per clip saying which have one, and 8 bytes per hashed clip), and the sources that "
+            "have clips (`sources()`, for a resumed `prepare`) one object of per-source clip "
+            "counts: neither reads the rows.",
         ]
     )
     print(body)

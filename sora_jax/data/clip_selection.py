@@ -99,8 +99,9 @@ def select_clips(
     ``[N]``, None: all) that the ``data`` section's keys keep (a key the section lacks selects
     everything). Logs what each key removed.
 
-    ``store``: anything with the clip store reader API (``len``, ``scores``, ``record``,
-    ``path``). Raises ValueError when nothing is left, naming the keys that removed clips.
+    ``store``: anything with the clip store reader API (``len``, ``scores``, ``phashes``,
+    ``path``): columns read once, never a record per clip. Raises ValueError when nothing is
+    left, naming the keys that removed clips.
     """
     count = len(store)
     keep = np.ones(count, bool) if eligible is None else np.asarray(eligible, bool).copy()
@@ -132,7 +133,7 @@ def select_clips(
             )
     distance = int(data.get("dedup_distance", -1))
     if distance >= 0:
-        hashes, known = clip_phashes(store)
+        hashes, known = store.phashes()
         candidates = np.flatnonzero(keep & known)
         duplicate = near_duplicates(hashes[candidates], distance)
         keep[candidates[duplicate]] = False
@@ -150,15 +151,6 @@ def select_clips(
         said = ", ".join(f"data.{key} {n}" for key, n in removed_by.items() if n)
         raise ValueError(f"clip store {store.path}: the selection keys leave no clip to train on ({said})")
     return positions
-
-
-def clip_phashes(store: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Every clip's perceptual hash, uint64 ``[N]`` in position order, and bool ``[N]``: which
-    clips have one. Reads each record (the store keeps no hash column yet)."""
-    texts = [store.record(i).phash for i in range(len(store))]
-    known = np.asarray([bool(text) for text in texts], bool)
-    hashes = np.asarray([int(text, 16) if text else 0 for text in texts], np.uint64)
-    return hashes, known
 
 
 def near_duplicates(hashes: np.ndarray, max_distance: int) -> np.ndarray:
@@ -280,7 +272,7 @@ def score_summary(store: Any, data: ml_collections.ConfigDict) -> dict[str, Any]
         summary["scores"][name] = entry
     distance = int(data.get("dedup_distance", -1))
     distance = distance if distance >= 0 else 4
-    hashes, known = clip_phashes(store)
+    hashes, known = store.phashes()
     summary["near_duplicates"] = {
         "distance": distance,
         "hashed": int(known.sum()),

@@ -55,29 +55,11 @@ and sound alike): a crash before the flush loses the staged clips (their space i
 next writer) but never leaves an entry pointing at missing data.
 
 :meth:`ClipStore.compact` rewrites everything up to the last segment ``N`` as one columnar
-compaction, so that opening a store of millions of clips reads a few objects, not every entry::
-
-    N.columns.json              manifest: clip count, rows per part, the first free element of
-                                each flat array, and each object's key, dtype and shape
-    N.columns-rows-000000.jsonl the clip entries of positions [0, 65536), one JSON line each,
-    N.columns-rows-000001.jsonl   with later captions folded in; the next 65536; ...
-    N.columns-row_ends          uint: where each row ends in its part (bytes)
-    N.columns-shape             uint [N, 4]: every clip's (T, H, W, C)
-    N.columns-score-00000       float64 [N] per score name (NaN: absent; names in the manifest)
-    N.columns-id_hash           uint64 [N]: BLAKE2b-64 of every clip id, sorted ...
-    N.columns-id_order          uint [N]:   ... and the position of each
-    N.columns-done.json         the sources marked done
-
-Integer columns take the narrowest unsigned type that holds them, little-endian. A reader reads
-only the manifest at open; a column when it first needs it (:attr:`ClipStore.shapes`,
-:meth:`ClipStore.scores`, the id lookup of :meth:`ClipStore.has`), and a clip's record as one
-byte-range read of its row, so a host holds a few bytes a clip of what it uses and never the
-captions of every clip. Segments written after the compaction (``N+1.jsonl`` ...) are read whole,
-as before. The manifest is written last and only if absent, and older objects are deleted only
-after it, so a reader listing the index at any moment finds a complete one; a reader whose
-compaction is later replaced follows the newer one, which holds the same clips at the same
-positions. Stores compacted before this layout have ``N.all.jsonl``, every entry as JSON lines;
-they still open (every entry parsed, as before), and their next compaction converts them.
+compaction (see :mod:`sora_jax.data.clip_index`): opening a store of millions of clips reads its
+small manifest, and a column or a clip's row only when first needed. Segments written after the
+compaction (``N+1.jsonl`` ...) are read whole. Stores compacted before the columnar layout have
+``N.all.jsonl``, every entry as JSON lines; they still open (every entry parsed), and their next
+compaction converts them.
 
 Concurrency: one writer at a time. Ingest decodes in worker processes that return frames to one
 parent process, and only that parent opens the store for writing, so no locking is needed.
@@ -90,17 +72,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
+
+from sora_jax.data import clip_index
+from sora_jax.data.clip_index import (
+    MANIFEST,
+    ColumnIndex,
+    ColumnWriter,
+    entry_line,
+    manifest_key,
+    phash_values,
+    row_facts,
+)
 
 FORMAT = "sora_jax.clip_store"
 VERSION = 1
@@ -138,13 +130,7 @@ _SILENT_PCM = math.floor(10 ** (SILENCE_DBFS / 20) * _PCM_SCALE)
 _NO_VALUE = b"\x02"
 _SEGMENT = re.compile(r"^(\d{12})\.jsonl$")
 _LEGACY = re.compile(r"^(\d{12})\.all\.jsonl$")  # The whole index as JSON lines: older stores' compaction.
-_MANIFEST = re.compile(r"^(\d{12})\.columns\.json$")
 _INDEX_OBJECT = re.compile(r"^(\d{12})\.(?:jsonl|all\.jsonl|columns\.json|columns-.+)$")
-INDEX_FORMAT = "sora_jax.clip_index"
-INDEX_VERSION = 1
-# Clips a row object holds: ~20 MB of entries, a part a compaction holds in memory at once.
-_ROWS_PER_PART = 1 << 16
-_T = TypeVar("_T")
 _GROWTH = 1.25  # Geometric growth keeps zarr metadata rewrites O(log size).
 
 
@@ -293,314 +279,7 @@ def _read_flat(array: ts.TensorStore, offset: int, size: int) -> tuple[np.ndarra
 
 
 def _encode_lines(entries: list[dict[str, Any]]) -> bytes:
-    return "".join(_entry_line(e) + "\n" for e in entries).encode()
-
-
-def _entry_line(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-
-
-def _id_hashes(clip_ids: Iterable[str]) -> np.ndarray:
-    """Each clip id's stable 64-bit hash (BLAKE2b; Python's hash() differs between processes)."""
-    digests = b"".join(hashlib.blake2b(i.encode(), digest_size=8).digest() for i in clip_ids)
-    return np.frombuffer(digests, "<u8")
-
-
-def _narrowest(values: np.ndarray) -> np.ndarray:
-    """Non-negative integers in the narrowest little-endian unsigned type that holds them all."""
-    top = int(values.max(initial=0))
-    for dtype in ("<u1", "<u2", "<u4"):
-        if top <= np.iinfo(dtype).max:
-            return values.astype(dtype)
-    return values.astype("<u8")
-
-
-class _ColumnWriter:
-    """Writes one columnar compaction ``index/{seq}.columns.json`` and its objects.
-
-    Rows (the clip entries, one JSON line each) go out a part at a time as they fill, so a
-    compaction holds one part of text in memory, never the whole index; the columns follow
-    in :meth:`commit`, and the manifest last, only if absent: until it exists no reader knows
-    the compaction, so a crash anywhere leaves the index as it was.
-    """
-
-    def __init__(self, index: ts.KvStore, seq: int) -> None:
-        self._index, self._seq, self._rows_per_part = index, seq, _ROWS_PER_PART
-        self._prefix = _columns_prefix(seq)
-        self._lines: list[bytes] = []  # Rows of the part being filled.
-        self._parts = 0
-        self._count = 0
-        self._row_ends: list[np.ndarray] = []
-        self._shapes: list[np.ndarray] = []
-        self._hashes: list[np.ndarray] = []
-        self._scores: dict[str, list[tuple[int, np.ndarray]]] = {}
-        self._writes: list[ts.Future] = []
-        self.keys: set[str] = set()  # Every object written, relative to index/.
-
-    def add(
-        self, rows: list[bytes], hashes: np.ndarray, shapes: np.ndarray, scores: dict[str, np.ndarray]
-    ) -> None:
-        """Appends clips: their entries as JSON lines (no newline), id hashes (:func:`_id_hashes`),
-        ``[n, 4]`` shapes and, by name, the scores the clips have (NaN where one has not)."""
-        n = len(rows)
-        if len(hashes) != n or shapes.shape != (n, 4) or any(len(v) != n for v in scores.values()):
-            raise ValueError("rows, hashes, shapes and scores must describe the same clips")
-        for name, values in scores.items():
-            self._scores.setdefault(name, []).append((self._count, np.asarray(values, "<f8")))
-        self._shapes.append(_narrowest(np.asarray(shapes, np.uint64)))
-        self._hashes.append(np.asarray(hashes, "<u8"))
-        self._count += n
-        self._lines.extend(rows)
-        while len(self._lines) >= self._rows_per_part:
-            self._write_part(self._lines[: self._rows_per_part])
-            del self._lines[: self._rows_per_part]
-
-    def add_records(self, records: Sequence[ClipRecord]) -> None:
-        """Appends clips given as records."""
-        names = {name for r in records for name in r.scores}
-        self.add(
-            [_entry_line(r.to_entry()).encode() for r in records],
-            _id_hashes(r.clip_id for r in records),
-            np.asarray([r.shape for r in records], np.uint64).reshape(-1, 4),
-            {name: np.asarray([r.scores.get(name, math.nan) for r in records]) for name in names},
-        )
-
-    def _write_part(self, lines: list[bytes]) -> None:
-        ends = np.cumsum(np.fromiter((len(s) + 1 for s in lines), np.uint64, len(lines)))
-        self._row_ends.append(_narrowest(ends))
-        self._put(_rows_key(self._parts), b"\n".join(lines) + b"\n")
-        self._parts += 1
-
-    def _put(self, key: str, value: bytes) -> None:
-        if len(self._writes) >= 4:  # Bounds the parts held in memory while they are written.
-            self._writes.pop(0).result()
-        self._writes.append(self._index.write(self._prefix + key, value))
-        self.keys.add(self._prefix + key)
-
-    def _column(self, key: str, values: np.ndarray) -> dict[str, Any]:
-        self._put(key, values.tobytes())
-        return {"key": key, "dtype": values.dtype.str, "shape": list(values.shape)}
-
-    def commit(self, done: Iterable[str], ends: dict[str, int]) -> dict[str, Any]:
-        """Writes the last part, the columns and ``done`` (the sources marked done), then the
-        manifest, and returns it; ``ends`` holds the first free element of each flat array
-        (``"data"``, ``"captions"``, ``"audio"``). Raises RuntimeError if the manifest already
-        exists (another writer)."""
-        if self._lines:
-            self._write_part(self._lines)
-            self._lines = []
-        n = self._count
-        hashes = np.concatenate([np.zeros(0, "<u8"), *self._hashes])
-        order = np.argsort(hashes, kind="stable")
-        columns = {
-            # Each piece is already in its narrowest type: concatenating keeps the widest of them.
-            "shape": self._column("shape", np.concatenate([np.zeros((0, 4), "<u1"), *self._shapes])),
-            "row_ends": self._column("row_ends", np.concatenate([np.zeros(0, "<u1"), *self._row_ends])),
-            "id_hash": self._column("id_hash", hashes[order]),
-            "id_order": self._column("id_order", _narrowest(order)),
-        }
-        scores = {}
-        for i, (name, pieces) in enumerate(sorted(self._scores.items())):
-            values = np.full(n, np.nan, "<f8")
-            for start, piece in pieces:
-                values[start : start + len(piece)] = piece
-            scores[name] = self._column(f"score-{i:05d}", values)
-        done = sorted(done)
-        self._put("done.json", json.dumps(done, ensure_ascii=False).encode())
-        for future in self._writes:
-            future.result()
-        self._writes.clear()
-        manifest = {
-            "format": INDEX_FORMAT,
-            "version": INDEX_VERSION,
-            "clips": n,
-            "rows_per_part": self._rows_per_part,
-            "parts": self._parts,
-            "ends": {name: int(end) for name, end in ends.items()},
-            "columns": columns,
-            "scores": scores,
-            "done": {"key": "done.json", "count": len(done)},
-        }
-        key = _manifest_key(self._seq)
-        stamp = self._index.write(key, json.dumps(manifest, indent=1), if_equal=_NO_VALUE).result()
-        if not stamp.generation:
-            raise RuntimeError(f"index/{key} already exists: another process is writing")
-        self.keys.add(key)
-        return manifest
-
-
-class _ColumnIndex:
-    """The clips of a columnar compaction, read lazily: opening reads only its manifest.
-
-    ``shape``, ``row_ends``, the id lookup and each score are read whole the first time they
-    are needed (one object each, a few bytes a clip); a clip's entry is a byte-range read of its
-    row. Only the first ``limit`` clips are seen (a reader keeps the snapshot it opened). If a
-    later compaction removes these objects while the reader lives, it follows that compaction,
-    which holds the same clips at the same positions (possibly with later captions).
-    """
-
-    def __init__(self, index: ts.KvStore, seq: int, manifest: dict[str, Any], where: str) -> None:
-        self._index, self._where = index, where
-        self.limit = int(manifest["clips"])
-        self._use(seq, manifest)
-
-    def _use(self, seq: int, manifest: dict[str, Any]) -> None:
-        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
-            raise ValueError(
-                f"format {manifest.get('format')!r} version {manifest.get('version')!r}, "
-                f"expected {INDEX_FORMAT!r} version {INDEX_VERSION}"
-            )
-        if int(manifest["clips"]) < self.limit:
-            raise ValueError(f"{manifest['clips']} clips, fewer than the {self.limit} this reader holds")
-        self.seq, self.manifest = seq, manifest
-        self._prefix = _columns_prefix(seq)
-        self._rows_per_part = int(manifest["rows_per_part"])
-        self._cache: dict[str, np.ndarray] = {}
-
-    @property
-    def ends(self) -> dict[str, int]:
-        return {name: int(end) for name, end in self.manifest["ends"].items()}
-
-    @property
-    def score_names(self) -> list[str]:
-        return list(self.manifest["scores"])
-
-    def _read(self, key: str, byte_range: slice | None = None) -> bytes:
-        result = self._index.read(self._prefix + key, byte_range=byte_range).result()
-        if result.state != "value":
-            raise _Moved(key)
-        return result.value
-
-    def _retrying(self, compute: Callable[[], _T]) -> _T:
-        """``compute()``, again on a later compaction while a compaction removes the objects."""
-        for _ in range(5):
-            try:
-                return compute()
-            except _Moved:
-                self._follow()
-        raise RuntimeError(f"{self._where}: the index kept changing while being read; open the store again")
-
-    def _follow(self) -> None:
-        """Moves to the newest compaction after a later one removed this one's objects."""
-        manifests = [int(m[1]) for k in self._index.list().result() if (m := _MANIFEST.match(k.decode()))]
-        newest = max(manifests, default=0)
-        if newest <= self.seq:
-            raise RuntimeError(
-                f"{self._where}: objects of index/{_manifest_key(self.seq)} are missing and no later "
-                "compaction holds its clips"
-            )
-        result = self._index.read(_manifest_key(newest)).result()
-        if result.state == "value":
-            try:
-                self._use(newest, json.loads(result.value))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise RuntimeError(
-                    f"{self._where}: bad index manifest index/{_manifest_key(newest)}: {e}"
-                ) from e
-
-    def _array(self, column: dict[str, Any]) -> np.ndarray:
-        values = np.frombuffer(self._read(column["key"]), np.dtype(column["dtype"]))
-        return values.reshape(column["shape"])
-
-    def column(self, name: str) -> np.ndarray:
-        """A whole column (read once, then kept), its rows limited to this reader's clips."""
-        if name not in self._cache:
-            values = self._retrying(lambda: self._array(self.manifest["columns"][name]))
-            self._cache[name] = values if name in ("id_hash", "id_order") else values[: self.limit]
-        return self._cache[name]
-
-    def score(self, name: str) -> np.ndarray | None:
-        """Score ``name`` of every clip (NaN: absent), or None when no clip has it."""
-        key = f"score:{name}"
-        if key not in self._cache:
-            if name not in self.manifest["scores"]:
-                return None
-            values = self._retrying(lambda: self._array(self.manifest["scores"][name]))
-            self._cache[key] = values[: self.limit]
-        return self._cache[key]
-
-    def _row_range(self, position: int) -> tuple[int, int, int]:
-        part, first = divmod(position, self._rows_per_part)
-        ends = self.column("row_ends")
-        start = int(ends[position - 1]) if first else 0
-        return part, start, int(ends[position])
-
-    def entry(self, position: int) -> dict[str, Any]:
-        """The clip entry at ``position`` (``0 <= position < limit``): one byte-range read."""
-
-        def read() -> tuple[int, bytes]:
-            part, start, end = self._row_range(position)
-            return part, self._read(_rows_key(part), byte_range=slice(start, end))
-
-        part, line = self._retrying(read)
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{self._where}: bad index entry at index/{self._prefix}{_rows_key(part)}:"
-                f"{position - part * self._rows_per_part + 1}: {e}"
-            ) from e
-
-    @property
-    def parts(self) -> int:
-        return -(-self.limit // self._rows_per_part)
-
-    @property
-    def rows_per_part(self) -> int:
-        return self._rows_per_part
-
-    def part_lines(self, part: int) -> list[bytes]:
-        """The JSON lines (no newline) of the clips of part ``part``, within ``limit``."""
-
-        def read() -> list[bytes]:
-            first = part * self._rows_per_part
-            last = min(first + self._rows_per_part, self.limit)
-            if last <= first:
-                return []
-            _, _, end = self._row_range(last - 1)
-            return self._read(_rows_key(part), byte_range=slice(0, end)).split(b"\n")[: last - first]
-
-        return self._retrying(read)
-
-    def find(self, clip_id: str) -> int | None:
-        """The position of clip ``clip_id``, or None: a binary search of the hashes, then a row
-        read to rule out a hash collision."""
-        hashes, order = self.column("id_hash"), self.column("id_order")
-        target = _id_hashes([clip_id])[0]
-        first, last = np.searchsorted(hashes, target, "left"), np.searchsorted(hashes, target, "right")
-        for position in order[first:last]:
-            if position < self.limit and self.entry(int(position)).get("id") == clip_id:
-                return int(position)
-        return None
-
-    def hashes(self) -> np.ndarray:
-        """Every clip's id hash, by position."""
-        hashes, order = self.column("id_hash"), self.column("id_order")
-        by_position = np.empty(len(hashes), "<u8")
-        by_position[order] = hashes
-        return by_position[: self.limit]
-
-    def done(self) -> list[str]:
-        """The sources marked done when this compaction was made."""
-        return self._retrying(lambda: json.loads(self._read(self.manifest["done"]["key"])))
-
-
-class _Moved(Exception):
-    """An object of a compaction is gone: a later compaction replaced it."""
-
-
-def _columns_prefix(seq: int) -> str:
-    # Flat keys beside the manifest, not a folder: a local store would keep an empty folder
-    # for every compaction deleted.
-    return f"{seq:012d}.columns-"
-
-
-def _manifest_key(seq: int) -> str:
-    return f"{seq:012d}.columns.json"
-
-
-def _rows_key(part: int) -> str:
-    return f"rows-{part:06d}.jsonl"
+    return "".join(entry_line(e) + "\n" for e in entries).encode()
 
 
 class ClipStore:
@@ -647,7 +326,7 @@ class ClipStore:
         self._saved_extra = json.dumps(self.extra, sort_keys=True)
         # The index: the clips of the columnar compaction, read lazily, then every later clip as a
         # record in memory (from segments, an older store's JSON-lines compaction, appends).
-        self._base: _ColumnIndex | None = None
+        self._base: ColumnIndex | None = None
         self._tail: list[ClipRecord] = []
         self._tail_ids: dict[str, int] = {}  # Clip id -> position, for the clips in _tail.
         # Caption entries for clips of the compaction, by position: their rows hold older captions.
@@ -662,6 +341,7 @@ class ClipStore:
         self._in_atomic = False
         self._seq = 0  # Highest index segment number seen or written.
         self._live_segments = 0  # Segment objects a reader has to read (for compaction).
+        self._tail_entries = 0  # Entries of those segments (or of an older JSON-lines compaction).
         self._end = 0  # First element past all committed and staged data.
         self._caption_end = 0  # The same in the caption embeddings.
         self._audio_end = 0  # The same in the sound.
@@ -860,13 +540,13 @@ class ClipStore:
         # A compaction may delete objects between our listing and our reads; list again then.
         for _ in range(5):
             keys = [k.decode() for k in self._index.list().result()]
-            columnar = max((int(m[1]) for k in keys if (m := _MANIFEST.match(k))), default=0)
+            columnar = max((int(m[1]) for k in keys if (m := MANIFEST.match(k))), default=0)
             legacy = max((int(m[1]) for k in keys if (m := _LEGACY.match(k))), default=0)
             compacted = max(columnar, legacy)
             live = [(seq, k) for k in keys if (m := _SEGMENT.match(k)) and (seq := int(m[1])) > compacted]
             live.sort()
             if columnar and columnar >= legacy:  # A store converted at one seq has both: the columns win.
-                live.insert(0, (columnar, _manifest_key(columnar)))
+                live.insert(0, (columnar, manifest_key(columnar)))
             elif legacy:
                 live.insert(0, (legacy, f"{legacy:012d}.all.jsonl"))
             futures = [self._index.read(k) for _, k in live]
@@ -878,9 +558,9 @@ class ClipStore:
         self._seq = max((int(m[1]) for k in keys if (m := _INDEX_OBJECT.match(k))), default=0)
         self._live_segments = len(live)
         for (seq, key), result in zip(live, results, strict=True):
-            if _MANIFEST.match(key):
+            if MANIFEST.match(key):
                 try:
-                    self._base = _ColumnIndex(self._index, seq, json.loads(result.value), self._path)
+                    self._base = ColumnIndex(self._index, seq, json.loads(result.value), self._path)
                     ends = self._base.ends
                     self._end, self._caption_end, self._audio_end = (
                         ends["data"],
@@ -897,6 +577,7 @@ class ClipStore:
                     continue
                 try:
                     self._apply(json.loads(line))
+                    self._tail_entries += 1
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{self._path!r}: bad index entry at index/{key}:{n + 1}: {e}") from e
         self._replaced.clear()
@@ -975,6 +656,7 @@ class ClipStore:
                 )
             self._seq += 1
             self._live_segments += 1
+            self._tail_entries += len(self._pending)
             self._pending.clear()
             self._replaced.clear()
         if extra != self._saved_extra:
@@ -987,26 +669,37 @@ class ClipStore:
         """Flushes; the store stays usable."""
         self.flush()
 
-    def compact(self, min_segments: int = 2) -> None:
+    def compact(self, min_segments: int = 2, min_growth: float = 0.0) -> bool:
         """Flushes, then rewrites the index as one columnar compaction if it spans ``>=
-        min_segments`` objects (segments, plus the previous compaction).
+        min_segments`` objects (segments, plus the previous compaction) and the entries written
+        since the previous compaction number at least ``min_growth`` times its clips. Returns
+        whether it compacted.
 
         Opening a store reads every live segment whole, but a compaction only by its manifest,
         so a long ingest (a segment per flush) should compact at the end; caption entries are
         folded into the clips' rows. The compaction is complete before older objects are
         deleted, so a crash at any point leaves a complete index. Its cost grows with the whole
-        store (every row is copied), not with what changed.
+        store (every row is copied), not with what changed: a writer that compacts as it goes
+        passes ``min_growth`` so that the compactions' sizes grow geometrically, and their total
+        cost stays within ``(1 + min_growth) / min_growth`` times one of the final index.
         """
         self.flush()
         if self._live_segments < max(min_segments, 1):
-            return
+            return False
         if self._live_segments == 1 and self._base is not None:
-            return  # One columnar compaction already: nothing to fold.
-        writer = _ColumnWriter(self._index, self._seq)
+            return False  # One columnar compaction already: nothing to fold.
+        if self._tail_entries < min_growth * self._base_len:
+            return False
+        writer = ColumnWriter(self._index, self._seq)
         base = self._base
         if base is not None:
             shapes, hashes = base.column("shape"), base.hashes()
             scores = {name: base.score(name) for name in base.score_names}
+            # A compaction made before the hash and source objects: read from the rows copied.
+            facts = base.has_facts()
+            if facts:
+                phashes, known = base.phashes()
+                writer.sources.update(base.source_counts())
             changes: dict[int, list[int]] = {}  # Recaptioned positions by part.
             for position in self._base_captions:
                 changes.setdefault(position // base.rows_per_part, []).append(position)
@@ -1017,17 +710,25 @@ class ClipStore:
                 for position in changes.get(part, []):
                     record = ClipRecord.from_entry(json.loads(lines[position - first]))
                     change = self._base_captions[position]
-                    lines[position - first] = _entry_line(
+                    lines[position - first] = entry_line(
                         dataclasses.replace(record, **change).to_entry()
                     ).encode()
+                if facts:
+                    part_phashes = (phashes[first:last], known[first:last])
+                else:
+                    part_hashes, part_known, part_sources = row_facts(lines)
+                    part_phashes = (part_hashes, part_known)
+                    writer.sources.update(part_sources)
                 writer.add(
                     lines,
                     hashes[first:last],
                     shapes[first:last],
                     {name: values[first:last] for name, values in scores.items()},
+                    part_phashes,
                 )
-        for first in range(0, len(self._tail), _ROWS_PER_PART):
-            writer.add_records(self._tail[first : first + _ROWS_PER_PART])
+        step = clip_index.ROWS_PER_PART  # Bounds the rows in memory as text at once.
+        for first in range(0, len(self._tail), step):
+            writer.add_records(self._tail[first : first + step])
         ends = {"data": self._end, "captions": self._caption_end, "audio": self._audio_end}
         manifest = writer.commit(self._all_done(), ends)
         # Segments, older compactions, and objects of one that died before its manifest.
@@ -1035,9 +736,10 @@ class ClipStore:
         stale = [k for k in stale if _INDEX_OBJECT.match(k) and k not in writer.keys]
         for future in [self._index.write(k, None) for k in stale]:
             future.result()
-        self._base = _ColumnIndex(self._index, self._seq, manifest, self._path)
+        self._base = ColumnIndex(self._index, self._seq, manifest, self._path)
         self._tail, self._tail_ids, self._base_captions = [], {}, {}
-        self._live_segments = 1
+        self._live_segments, self._tail_entries = 1, 0
+        return True
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
@@ -1283,13 +985,7 @@ class ClipStore:
         """All clips in position order (a new list each call): every record in memory at once,
         for small stores; code that may meet large ones uses :meth:`record`, :attr:`shapes`
         and :meth:`scores`."""
-        records = []
-        if self._base is not None:
-            for part in range(self._base.parts):
-                records += [ClipRecord.from_entry(json.loads(line)) for line in self._base.part_lines(part)]
-            for position, change in self._base_captions.items():
-                records[position] = dataclasses.replace(records[position], **change)
-        return records + self._tail
+        return list(self.iter_records())
 
     @property
     def shapes(self) -> np.ndarray:
@@ -1318,6 +1014,43 @@ class ClipStore:
         """The names of the scores any clip has."""
         names = {name for r in self._tail for name in r.scores}
         return names | set(self._base.score_names if self._base is not None else ())
+
+    def phashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every clip's perceptual hash in position order, uint64 ``[len(self)]``, and bool
+        ``[len(self)]``: which clips have one (a clip without, made before hashes were measured,
+        has 0 in the first array, which is also a real hash's value: read the second).
+
+        The compaction's clips come from two small objects read once (a compaction made before
+        them has its rows read once, a part at a time, and says so in the log); later clips from
+        their records in memory.
+        """
+        hashes, known = np.zeros(len(self), np.uint64), np.zeros(len(self), bool)
+        if self._base is not None:
+            hashes[: self._base_len], known[: self._base_len] = self._base.phashes()
+        hashes[self._base_len :], known[self._base_len :] = phash_values([r.phash for r in self._tail])
+        return hashes, known
+
+    def sources(self) -> set[str]:
+        """The sources that have clips in the store (a new set): of the compaction from one
+        object of its source names, read once (written by :meth:`compact` with each source's
+        clip count); of later clips from their records. Unlike :attr:`records`, it never reads
+        every clip's row."""
+        found = set(self._base.source_counts()) if self._base is not None else set()
+        return found | {r.source for r in self._tail}
+
+    def iter_records(self) -> Iterator[ClipRecord]:
+        """Every clip's record in position order, as :meth:`record` gives them, reading the
+        compaction's rows a part (65,536 clips) at a time: one read a part rather than one a
+        clip, and memory for one part. Sees the clips the store held when iteration began."""
+        count = len(self)
+        if self._base is not None:
+            for part in range(self._base.parts):
+                first = part * self._base.rows_per_part
+                for position, line in enumerate(self._base.part_lines(part), first):
+                    record = ClipRecord.from_entry(json.loads(line))
+                    change = self._base_captions.get(position)
+                    yield dataclasses.replace(record, **change) if change else record
+        yield from self._tail[: count - self._base_len]
 
     def record(self, key: int | str) -> ClipRecord:
         """The record at position ``key`` (negative counts from the end) or with id ``key``.

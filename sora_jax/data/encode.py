@@ -19,9 +19,9 @@ Its ``extra`` metadata holds (keys and schema defined in :mod:`sora_jax.data.cli
   clips spread through the store, written when encoding finishes. Training normalises latents with
   them and sampling undoes it, so the DiT sees unit-scale data whatever scale the autoencoder chose.
 
-Clips are committed in groups of ``flush_every``; a rerun skips the ids already in the output, so an
-interrupted encode resumes where it stopped. A clip the encoder cannot take (smaller than one latent
-pixel) or whose latents are not finite is skipped and counted, never fatal.
+Clips are committed in groups of ``flush_every``; a rerun skips the ids already in the output (without
+reading their pixels), so an interrupted encode resumes where it stopped. A clip the encoder cannot
+take (smaller than one latent pixel) or whose latents are not finite is skipped and counted, never fatal.
 
 Data parallel over the host's accelerators: each device gets its own copy of the autoencoder's weights
 and one thread that encodes a clip at a time on it (:class:`DataParallelEncoder`), so clips of any
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import queue
@@ -74,7 +75,7 @@ class EncodeReport:
 @dataclasses.dataclass(frozen=True)
 class _Clip:
     clip_id: str
-    frames: np.ndarray  # uint8 [T, H, W, 3]
+    frames: np.ndarray | None  # uint8 [T, H, W, 3]; None until loaded() for a stored clip
     fps: float
     caption: str
     source: str
@@ -83,6 +84,12 @@ class _Clip:
     audio: np.ndarray | None = None  # float32 [samples, C], the clip's sound as its store keeps it
     scores: dict[str, float] | None = None  # The pixel clip's ingest scores, kept for clip selection.
     phash: str = ""  # Its perceptual hash ("" when none).
+    # Reads the frames, caption embedding and sound of a clip listed without them.
+    load: Callable[[], _Clip] | None = None
+
+    def loaded(self) -> _Clip:
+        """The clip with its data: itself, or what :attr:`load` reads."""
+        return self.load() if self.frames is None and self.load is not None else self
 
 
 def world_clip_id(seed: int, index: int) -> str:
@@ -113,8 +120,13 @@ def world_clips(
 
 def store_clips(store: Any, keep: Callable[[str], bool] | None = None) -> Iterator[_Clip]:
     """Every clip of a pixel store (a :class:`ClipStore` or any reader with its API, such as a sharded
-    dataset's), with its caption embedding when the store has them and its sound when it has one;
-    only those whose id ``keep`` takes when given (the others are never read).
+    dataset's) in position order, with its caption embedding when the store has them and its sound
+    when it has one; only those whose id ``keep`` takes when given.
+
+    The records are read a part of the index at a time (``store.iter_records()``), so the first clip
+    comes at once and memory stays flat however large the store; a clip's data is read only when
+    :meth:`_Clip.loaded` asks for it, so clips another shard owns, or a resumed encode already holds,
+    cost no pixel reads.
 
     Raises:
         ValueError: the store holds latents, not RGB pixels.
@@ -123,23 +135,33 @@ def store_clips(store: Any, keep: Callable[[str], bool] | None = None) -> Iterat
         raise ValueError(
             f"{store.path} holds {store.dtype} x{store.channels} clips, not RGB pixels to encode"
         )
-    for index in range(len(store)):
-        record = store.record(index)
+
+    def load(position: int, listed: _Clip) -> _Clip:
+        embedding = store.read_caption_embedding(position) if store.caption_dim else None
+        return dataclasses.replace(
+            listed,
+            frames=store.read(position),
+            caption_embedding=embedding,
+            audio=store.read_audio(position),
+            load=None,
+        )
+
+    for position, record in enumerate(store.iter_records()):
         if keep is not None and not keep(record.clip_id):
             continue
-        embedding = store.read_caption_embedding(index) if store.caption_dim else None
-        yield _Clip(
+        listed = _Clip(
             record.clip_id,
-            store.read(index),
+            None,
             record.fps,
             record.caption,
             record.source,
             record.start,
-            embedding,
-            store.read_audio(index),
+            None,
+            None,
             dict(record.scores),
             record.phash,
         )
+        yield dataclasses.replace(listed, load=functools.partial(load, position, listed))
 
 
 def encode_devices() -> list[jax.Device]:
@@ -289,6 +311,7 @@ def encode_into_store(
             if store.has(clip.clip_id) or clip.clip_id in in_flight_ids:
                 report.clips_present += 1
                 continue
+            clip = clip.loaded()  # Only now: a clip already present is never read.
             in_flight.append((clip, encoder.submit(clip.frames)))
             in_flight_ids.add(clip.clip_id)
             while len(in_flight) > encoder.depth:

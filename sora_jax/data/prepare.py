@@ -94,9 +94,16 @@ REASONS = {
 _COMMIT_SECONDS = 3.0
 _COMMIT_SOURCES = 256  # Also commit after this many, so one commit stays a small write.
 _TICK_SECONDS = 0.5  # How often a run waiting on decoders looks at the clock and at signals.
-# Every commit is an index segment that each open of the store reads: merge them into one object
-# when a run has written this many, and at the end of a run when there are more than a few.
+# Every commit is an index segment that each open of the store reads: merge them into one
+# compaction while a run goes on, and at the end of a run when there are more than a few. A
+# compaction copies the whole index (~36 s at 10M clips), so compacting every N segments would make
+# a long ingest's compaction work grow with the square of its size: while running, compact once
+# there are _COMPACT_RUNNING segments AND the entries since the last compaction reach
+# _COMPACT_GROWTH of the clips it holds. The compactions then grow geometrically and cost at most
+# (1 + g) / g = 9 times one copy of the final index in all, while a reader (or a resumed run)
+# parses at most ~1/8 of the store's entries beyond the compaction.
 _COMPACT_RUNNING = 512
+_COMPACT_GROWTH = 0.125
 _COMPACT_SEGMENTS = 32
 # Entries a clip store holds at its root (anything else means the folder is something else).
 _STORE_NAMES = {METADATA_KEY, REPORT_KEY, "data", "captions", "audio", "index"}
@@ -266,7 +273,8 @@ def prepare(
     store = _open_store(output, existing, settings, embedder)
 
     done = store.sources_done()
-    partial = {r.source for r in store.records} - done
+    # From the index's per-source summary and the later records: never every clip's row.
+    partial = store.sources() - done
     todo: list[Source] = []
     for source in found.sources:
         if source.key in done:
@@ -386,7 +394,7 @@ def _ingest_all(
             now = time.monotonic()
             if staged and (now - last_commit >= _COMMIT_SECONDS or staged >= _COMMIT_SOURCES):
                 store.flush()
-                store.compact(min_segments=_COMPACT_RUNNING)
+                store.compact(min_segments=_COMPACT_RUNNING, min_growth=_COMPACT_GROWTH)
                 staged, last_commit = 0, now
             if stop.signum is not None:
                 return

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -208,8 +208,9 @@ class ShardedClips:
     """The union of a sharded dataset's shard stores, read like one :class:`ClipStore`.
 
     Offers the reader API every consumer of clips uses: ``len``, :meth:`record`, :attr:`shapes`,
-    :meth:`scores`, :meth:`score_names`, :meth:`read`, :meth:`read_audio`,
-    :meth:`read_caption_embedding`, :meth:`has`, :meth:`sources_done`, the format attributes and
+    :meth:`scores`, :meth:`score_names`, :meth:`phashes`, :meth:`iter_records`, :meth:`read`,
+    :meth:`read_audio`, :meth:`read_caption_embedding`, :meth:`has`, :meth:`sources`,
+    :meth:`sources_done`, the format attributes and
     pickling (a fresh reader of the same root). Positions are shard-major: the clips of the first
     written shard in its own order, then the next shard's. An id is looked up in the shard its
     source hashes to first, then in the others.
@@ -317,7 +318,13 @@ class ShardedClips:
     @property
     def records(self) -> list[ClipRecord]:
         """All clips in position order (a new list each call; small datasets only)."""
-        return [record for _, store in self.shards for record in store.records]
+        return list(self.iter_records())
+
+    def iter_records(self) -> Iterator[ClipRecord]:
+        """Every clip's record in position order, each shard's read a part at a time (see
+        :meth:`ClipStore.iter_records`)."""
+        for _, store in self.shards:
+            yield from store.iter_records()
 
     @property
     def shapes(self) -> np.ndarray:
@@ -333,6 +340,19 @@ class ShardedClips:
     def score_names(self) -> set[str]:
         """The names of the scores any clip of any shard has."""
         return set().union(*(store.score_names() for _, store in self.shards))
+
+    def phashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every clip's perceptual hash in position order, uint64 ``[len(self)]``, and bool
+        ``[len(self)]``: which clips have one (see :meth:`ClipStore.phashes`)."""
+        parts = [store.phashes() for _, store in self.shards]
+        return (
+            np.concatenate([hashes for hashes, _ in parts]).astype(np.uint64),
+            np.concatenate([known for _, known in parts]).astype(bool),
+        )
+
+    def sources(self) -> set[str]:
+        """The sources that have clips in any shard (see :meth:`ClipStore.sources`)."""
+        return set().union(*(store.sources() for _, store in self.shards))
 
     def sources_done(self) -> set[str]:
         """Sources marked done in any shard."""

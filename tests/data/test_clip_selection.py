@@ -18,6 +18,7 @@ from sora_jax.data.clip_selection import (
     select_clips,
 )
 from sora_jax.data.clip_store import STATS_KEY, ClipStore
+from sora_jax.data.shards import Shard, claim_dataset, open_clips, shard_path
 from sora_jax.data.sources import LatentStoreSource, StoreSource
 from sora_jax.data.stats import score_table
 from sora_jax.errors import ConfigError
@@ -193,3 +194,27 @@ def test_data_stats_show_each_score_and_what_the_keys_remove(store, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[0].startswith("8 clips") and "near-duplicates within 1 bits: 2 of 7" in printed[4]
     assert json.loads(printed[-1])["clip_scores"] == summary
+
+
+def test_a_compacted_sharded_dataset_is_selected_from_its_columns(store, tmp_path, monkeypatch):
+    """The clips of ``store`` split over two compacted shards select the same clips, across the
+    shards, without reading a single record."""
+    root = str(tmp_path / "dataset")
+    claim_dataset(root, 2)
+    for index, positions in enumerate((range(0, 3), range(3, 8))):  # 2 ~ 3 ~ 4 spans both.
+        shard = ClipStore.create(shard_path(root, Shard(index, 2)))
+        for position in positions:
+            record = store.record(position)
+            shard.append(
+                store.read(position), clip_id=record.clip_id, fps=record.fps, caption=record.caption,
+                source=record.source, start=record.start, scores=record.scores, phash=record.phash,
+            )  # fmt: skip
+        shard.compact(min_segments=1)
+    dataset = open_clips(root)
+    monkeypatch.setattr(ClipStore, "record", lambda *_: pytest.fail("read a record"))
+    hashes, known = dataset.phashes()
+    assert hashes.dtype == np.uint64 and known.tolist() == [i != 6 for i in range(8)]
+    assert hashes[1] == 2**64 - 1 and hashes[4] == 0x0F0F0F0F0F0F0F0C
+    keys = _data(min_motion=0.01, dedup_distance=1)
+    np.testing.assert_array_equal(select_clips(dataset, keys), [1, 2, 5, 6, 7])
+    assert score_summary(dataset, keys)["near_duplicates"] == {"distance": 1, "hashed": 7, "removed": 2}

@@ -1,13 +1,14 @@
 """Tests for the clip store's index: re-captioning, columnar compaction, old layouts, racing readers."""
 
 import json
+import logging
 import pickle
 import re
 
 import numpy as np
 import pytest
 
-from sora_jax.data import clip_store
+from sora_jax.data import clip_index
 from sora_jax.data.clip_store import ClipStore
 
 
@@ -141,6 +142,12 @@ def _assert_same_index(got: ClipStore, want: ClipStore) -> None:
         np.testing.assert_array_equal(got.scores(name), want.scores(name))
         assert got.scores(name).dtype == np.float64
     assert got.sources_done() == want.sources_done()
+    hashes, known = got.phashes()
+    assert hashes.dtype == np.uint64 and known.dtype == bool and len(hashes) == len(known) == len(want)
+    assert [f"{h:016x}" if k else "" for h, k in zip(hashes, known, strict=True)] == [
+        r.phash for r in want.records
+    ]
+    assert got.sources() == {r.source for r in want.records}
     for i in range(len(want)):
         np.testing.assert_array_equal(got.read(i), want.read(i))
         np.testing.assert_array_equal(got.read_caption_embedding(i), want.read_caption_embedding(i))
@@ -151,7 +158,7 @@ def _assert_same_index(got: ClipStore, want: ClipStore) -> None:
 
 
 def test_columnar_compaction_round_trips_every_field(tmp_path, monkeypatch):
-    monkeypatch.setattr(clip_store, "_ROWS_PER_PART", 3)  # Rows in three parts, the last one short.
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)  # Rows in three parts, the last one short.
     path = tmp_path / "s"
     store, expected = _varied_store(path)
     before = ClipStore.open(path)  # From the JSON-lines segments.
@@ -185,7 +192,7 @@ def test_columnar_compaction_round_trips_every_field(tmp_path, monkeypatch):
 
 
 def test_tail_and_recaption_after_compaction(tmp_path, monkeypatch):
-    monkeypatch.setattr(clip_store, "_ROWS_PER_PART", 3)
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
     path = tmp_path / "s"
     store, _ = _varied_store(path)
     store.compact()
@@ -216,7 +223,7 @@ def test_tail_and_recaption_after_compaction(tmp_path, monkeypatch):
 
 
 def test_reader_racing_compactions_sees_a_complete_index(tmp_path, monkeypatch):
-    monkeypatch.setattr(clip_store, "_ROWS_PER_PART", 3)
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
     path = tmp_path / "s"
     store, _ = _varied_store(path)
     store.compact()
@@ -241,7 +248,7 @@ def test_reader_racing_compactions_sees_a_complete_index(tmp_path, monkeypatch):
 
 
 def test_compaction_that_died_before_its_manifest_is_invisible(tmp_path, monkeypatch):
-    monkeypatch.setattr(clip_store, "_ROWS_PER_PART", 3)
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
     path = tmp_path / "s"
     store, _ = _varied_store(path)
     store.compact()
@@ -284,7 +291,7 @@ def test_json_lines_compaction_of_older_stores_still_opens(tmp_path):
 def test_columnar_index_in_a_bucket(monkeypatch):
     from tests.gcs_emulator import emulated_bucket  # Skips this test without the emulator.
 
-    monkeypatch.setattr(clip_store, "_ROWS_PER_PART", 3)
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
     with emulated_bucket() as bucket:
         path = f"{bucket}/store"
         store, _ = _varied_store(path)
@@ -297,3 +304,104 @@ def test_columnar_index_in_a_bucket(monkeypatch):
         store.compact()  # Replaces the objects the reader opened: it follows, captions and all.
         assert reader.records == [ClipStore.open(path).record(0), *before.records[1:]]
         assert reader.record(0).caption == "in a bucket"
+
+
+def _rows_unread(monkeypatch) -> None:
+    """Makes reading any row of a columnar compaction fail the test."""
+
+    def unread(*_):
+        pytest.fail("read a row of the compaction")
+
+    monkeypatch.setattr(clip_index.ColumnIndex, "entry", unread)
+    monkeypatch.setattr(clip_index.ColumnIndex, "part_lines", unread)
+
+
+def test_perceptual_hashes_and_sources_come_from_their_objects(tmp_path, monkeypatch):
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
+    path = tmp_path / "s"
+    store = ClipStore.create(path)
+    # The all-zero and all-one hashes are real ones: only the mask tells a missing hash apart.
+    for i, phash in enumerate(["0000000000000000", "", "ffffffffffffffff", "8000000000000001", ""]):
+        _append(store, f"v{i % 2}.mp4#{i}", i, phash=phash)
+    store.compact()
+    _append(store, "w.mp4#0", 9, phash="00000000000000ff")  # The tail, read from its record.
+    store.flush()
+    reader = ClipStore.open(path)
+    _rows_unread(monkeypatch)
+    hashes, known = reader.phashes()
+    np.testing.assert_array_equal(hashes, np.asarray([0, 0, 2**64 - 1, 2**63 + 1, 0, 255], np.uint64))
+    np.testing.assert_array_equal(known, [True, False, True, True, False, True])
+    assert reader.sources() == {"v0.mp4", "v1.mp4", "w.mp4"}
+    # The compaction keeps every source's clip count, so the next one carries them over unread.
+    store.compact()
+    [summary] = (path / "index").glob("*.columns-sources.json")
+    assert json.loads(summary.read_text()) == {"v0.mp4": 3, "v1.mp4": 2, "w.mp4": 1}
+    np.testing.assert_array_equal(ClipStore.open(path).phashes()[0], hashes)
+
+
+def test_compactions_made_before_the_hash_and_source_objects_still_read(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
+    path = tmp_path / "s"
+    store, _ = _varied_store(path)
+    want = ClipStore.open(path)
+    store.compact()
+    index = path / "index"
+    manifest = json.loads((index / "000000000008.columns.json").read_text())
+    for name in ("phash", "phash_known", "sources.json"):
+        (index / f"000000000008.columns-{name}").unlink()
+    del manifest["phash"], manifest["sources"]
+    (index / "000000000008.columns.json").write_text(json.dumps(manifest))
+
+    old = ClipStore.open(path)
+    with caplog.at_level(logging.INFO, logger="sora_jax"):
+        _assert_same_index(old, want)
+        old.phashes(), old.sources()
+    assert sum("predates its perceptual-hash and source objects" in m for m in caplog.messages) == 1
+    # Its next compaction writes them, from the rows it copies.
+    _append(old, "w.mp4#0", 30, caption_embedding=_embedding(2, 30), phash="0123456789abcdef")
+    old.compact()
+    assert {"phash", "sources"} <= set(json.loads((index / "000000000009.columns.json").read_text()))
+    converted = ClipStore.open(path)
+    _rows_unread(monkeypatch)
+    assert converted.sources() == want.sources() | {"w.mp4"}
+    hashes, known = converted.phashes()
+    np.testing.assert_array_equal(hashes[:8], want.phashes()[0])
+    assert hashes[8] == 0x0123456789ABCDEF and known[8]
+
+
+def test_compaction_waits_for_the_index_to_grow_by_min_growth(tmp_path):
+    path = tmp_path / "s"
+    store = ClipStore.create(path)
+    for i in range(8):
+        _append(store, f"v{i}.mp4#0", i)
+    assert store.compact(min_segments=1)
+    # Three segments of one entry each: a clip, a caption entry, a done mark.
+    _append(store, "w0.mp4#0", 0)
+    store.flush()
+    store.recaption("v0.mp4#0", "new")
+    store.flush()
+    store.mark_done("w0.mp4")
+    store.flush()
+    assert not store.compact(min_segments=2, min_growth=0.5)  # 3 entries since, < 0.5 * 8 clips.
+    assert not ClipStore.open(path).compact(min_segments=5)  # 4 objects: the compaction, 3 segments.
+    _append(store, "w9.mp4#0", 9)
+    store.flush()
+    assert ClipStore.open(path).compact(min_segments=2, min_growth=0.5)  # Counted at open too.
+    assert _index_objects(path) == _columns(5)
+    assert ClipStore.open(path).record("v0.mp4#0").caption == "new"
+
+
+def test_iter_records_reads_a_part_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(clip_index, "ROWS_PER_PART", 3)
+    path = tmp_path / "s"
+    store, _ = _varied_store(path)
+    store.compact()
+    store.recaption("v1.mp4#0", "recaptioned", _embedding(2, 20))
+    _append(store, "w.mp4#0", 30, caption_embedding=_embedding(2, 30))
+    store.flush()
+    reader = ClipStore.open(path)
+    want = [reader.record(i) for i in range(len(reader))]
+    monkeypatch.setattr(clip_index.ColumnIndex, "entry", lambda *_: pytest.fail("read one row"))
+    records = reader.iter_records()
+    assert next(records) == want[0]  # The first record before the other parts are read.
+    assert [want[0], *records] == want and want[3].caption == "recaptioned"

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,4 +154,22 @@ def test_a_sharded_dataset_is_recaptioned_in_the_shards_that_hold_the_clips(tmp_
         "a.mp4#1": "a",
         "sub/b.mp4#0": "b",
         "c.png#0": "c",
+    }
+
+
+def test_the_recaptioned_store_is_left_compacted(store, tmp_path):
+    """Caption entries are folded into the index's rows, not left in segments every open parses."""
+    ClipStore.open(store).compact(min_segments=1)  # As prepare leaves a big store.
+    (tmp_path / "ids.csv").write_text("id,caption\na.mp4#1,first\nc.png#0,second\n")
+    assert recaption(store, tmp_path / "ids.csv").clips == 2
+    index = sorted(p.name for p in (Path(store) / "index").iterdir())
+    assert not [name for name in index if re.fullmatch(r"\d{12}\.jsonl", name)], index
+    assert len([name for name in index if name.endswith(".columns.json")]) == 1
+    reopened = ClipStore.open(store)
+    assert reopened._tail == [] and reopened._base_captions == {}  # Nothing left to parse at open.
+    assert _captions(store) == {
+        "a.mp4#0": "old caption of a.mp4",
+        "a.mp4#1": "first",
+        "sub/b.mp4#0": "old caption of sub/b.mp4",
+        "c.png#0": "second",
     }
