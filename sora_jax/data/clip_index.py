@@ -44,13 +44,24 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import tensorstore as ts
 
-if TYPE_CHECKING:
-    from sora_jax.data.clip_store import ClipRecord
+
+class IndexedClip(Protocol):
+    """What the index needs of a clip's record (a :class:`~sora_jax.data.clip_store.ClipRecord`;
+    named structurally so that this module does not import the store that imports it)."""
+
+    clip_id: str
+    shape: tuple[int, int, int, int]
+    source: str
+    scores: dict[str, float]
+    phash: str
+
+    def to_entry(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("sora_jax")
 
@@ -155,7 +166,7 @@ class ColumnWriter:
             self._write_part(self._lines[: self._rows_per_part])
             del self._lines[: self._rows_per_part]
 
-    def add_records(self, records: Sequence[ClipRecord]) -> None:
+    def add_records(self, records: Sequence[IndexedClip]) -> None:
         """Appends clips given as records, counting their sources."""
         names = {name for r in records for name in r.scores}
         self.add(
