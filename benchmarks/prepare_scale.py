@@ -158,9 +158,14 @@ def main() -> None:
         )
     sharded = results["2 shard workers, 1 decoding process each"]
     body = (
-        f"Machine: {machine_description()}; a 2-core CPU shared with other work while this ran (load "
-        f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), so wall times carry its load: "
-        "with the load above the core count, a second worker has no idle core to gain from. Input: the "
+        f"Machine: {machine_description()}; a CPU shared with other work while this ran (load "
+        f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), so wall times carry its load"
+        + (
+            ": with the load above the core count, a second worker has no idle core to gain from"
+            if max(load) > (os.cpu_count() or 1)
+            else ""
+        )
+        + ". Input: the "
         "full-length sample videos of Debian's opencv-doc "
         f"({', '.join(names)}), each linked {args.copies} times: {len(names) * args.copies} sources, "
         f"{baseline['clips']} clips and {baseline['skipped']} skipped sources "

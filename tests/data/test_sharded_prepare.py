@@ -7,6 +7,7 @@ Indexed Job starts them; the videos are the real ones under ``tests/data/videos`
 cinepak, H.264; AC-3, MP3 and AAC sound, or none).
 """
 
+import contextlib
 import itertools
 import json
 import logging
@@ -125,7 +126,22 @@ def test_concurrent_shard_workers_write_exactly_the_clips_of_one_worker(single, 
     assert again.path == clips.path and np.array_equal(again.read(len(clips) - 1), clips.read(-1))
 
 
-def test_a_killed_worker_resumes_and_the_union_loses_and_repeats_nothing(single, tmp_path):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_a_killed_worker_resumes_and_the_union_loses_and_repeats_nothing(single, tmp_path, where):
+    with contextlib.ExitStack() as stack:
+        if where == "bucket":
+            from tests.gcs_emulator import emulated_bucket  # Skips this case without the emulator.
+
+            root = f"{stack.enter_context(emulated_bucket())}/dataset"
+        else:
+            root = str(tmp_path / "dataset")
+        _kill_one_worker_and_resume_it(single, tmp_path, root)
+
+
+def _kill_one_worker_and_resume_it(single: dict[str, tuple], tmp_path: Path, root: str) -> None:
+    """Two shard workers into ``root``; worker 0 is killed with SIGKILL once it has committed a
+    source, then run again: the union must be exactly the clips of one worker, at every step
+    holding whole sources only."""
     # 6 copies of the videos (links in folders of their own): enough work that a worker is still
     # busy once it has committed its first source.
     copies = [f"copy{n}" for n in range(6)]
@@ -137,12 +153,11 @@ def test_a_killed_worker_resumes_and_the_union_loses_and_repeats_nothing(single,
     expected = {}
     for copy, (clip_id, value) in itertools.product(copies, single.items()):
         expected[f"{copy}/{clip_id}"] = (*value[:3], f"{copy}/{value[3]}", *value[4:])
-    root = tmp_path / "dataset"
     victim, other = _start(root, 0, 2, tmp_path / "videos"), _start(root, 1, 2, tmp_path / "videos")
     deadline = time.monotonic() + 120
     while True:  # Until the victim has committed a source.
         try:
-            if ClipStore.open(shard_path(str(root), Shard(0, 2))).sources_done():
+            if ClipStore.open(shard_path(root, Shard(0, 2))).sources_done():
                 break
         except FileNotFoundError:
             pass
