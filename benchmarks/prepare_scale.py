@@ -162,7 +162,7 @@ def main() -> None:
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end), so wall times carry its load"
         + (
             ": with the load above the core count, a second worker has no idle core to gain from"
-            if max(load) > (os.cpu_count() or 1)
+            if load[0] > (os.cpu_count() or 1)  # At the end the load is mostly this run's own.
             else ""
         )
         + ". Input: the "
