@@ -180,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     sharding = prepare.add_argument_group(
         "sharding (one of N workers writing one dataset)",
         "Each worker takes the sources of its shard and writes them to OUTPUT/shard-I-of-N/; a SLURM "
-        "array task, Kubernetes Indexed Job pod or TPU VM host finds its shard without --shard.",
+        "array task, Kubernetes Indexed Job pod or TPU worker on GKE (TPU_WORKER_ID) finds its shard "
+        "without --shard.",
     )
     sharding.add_argument("--shard", type=int, default=None, metavar="I", help="this worker's shard")
     sharding.add_argument("--num-shards", type=int, default=None, metavar="N", help="how many shards")
@@ -190,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         help="cache latents: encode a pixel store (or physics-world clips) with a trained autoencoder",
         epilog="Rerunning resumes: clips already in --output are skipped. Clips are spread over this "
         "host's accelerators. Sharded (--shard/--num-shards, or a SLURM array task, Kubernetes Indexed "
-        "Job or TPU VM worker): worker I of N encodes the clips whose id falls in shard I into "
+        "Job or TPU worker on GKE): worker I of N encodes the clips whose id falls in shard I into "
         "OUTPUT/shard-0000I-of-0000N; the shards together are one dataset.",
     )
     encode.add_argument(
@@ -539,7 +540,7 @@ def _encode(args: argparse.Namespace) -> int:
     if shard is None and held is not None:
         raise ConfigError(
             f"--output {output} is a dataset of {held} shards: give --shard I --num-shards {held} "
-            "(or run as a SLURM array task, Indexed Job or TPU VM worker), or encode into a new store"
+            "(or run as a SLURM array task, Indexed Job or GKE TPU worker), or encode into a new store"
         )
     if shard is not None:
         if held is not None and held != shard.count:

@@ -84,7 +84,8 @@ def shard_path(root: str, shard: Shard) -> str:
 ENGINES = (
     ("SLURM array task", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
     ("Kubernetes Indexed Job", "JOB_COMPLETION_INDEX", None),
-    ("TPU VM worker", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"),
+    # Set on GKE's TPU nodes; a TPU VM does not set it (launch/tpu_vm.sh passes --shard instead).
+    ("TPU worker", "TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"),
 )
 
 
@@ -94,7 +95,7 @@ def shard_from_environment(
     """The shard a worker writes: from ``index``/``count`` (the ``--shard``/``--num-shards``
     flags) where given, else from its engine's environment (see :data:`ENGINES`: a SLURM array
     task's id counted from ``SLURM_ARRAY_TASK_MIN``, a Kubernetes Indexed Job's completion index,
-    a TPU VM's worker id with one worker per host of ``TPU_WORKER_HOSTNAMES``). None when neither
+    a TPU worker's id with one worker per host of ``TPU_WORKER_HOSTNAMES``). None when neither
     says anything: an unsharded run.
 
     Raises:
@@ -124,7 +125,9 @@ def shard_from_environment(
     if index is None and count is None:
         return None
     if index is None:
-        raise ConfigError(f"--num-shards {count} needs --shard (or a SLURM array, Indexed Job or TPU VM)")
+        raise ConfigError(
+            f"--num-shards {count} needs --shard (or a SLURM array task, Indexed Job or GKE TPU worker)"
+        )
     if count is None:
         raise ConfigError(f"--shard {index} needs --num-shards")
     return Shard(index, count)
