@@ -513,7 +513,7 @@ def _shard_output(output: str, shard: Shard | None) -> str:
     if _open_existing(output) is not None:
         raise ConfigError(
             f"output {output!r} is a clip store written by one worker, not a sharded dataset: drop "
-            "--shard/--num-shards (and any SLURM array, Indexed Job or TPU VM shard) to add to it, "
+            "--shard/--num-shards (and any SLURM array, Indexed Job or GKE TPU shard) to add to it, "
             "or give a new --output"
         )
     path = Path(output).absolute()
