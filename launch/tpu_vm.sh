@@ -358,13 +358,21 @@ do_train() {
     local log=$REMOTE_LOGS/$RUN
     # The inner bash records the trainer's pid (for stop and logs) and its exit status (for logs).
     local inner="$REMOTE_VENV/bin/sora-jax train \"\$@\" & echo \$! > $log.pid; wait \$!; echo \$? > $log.exit"
-    local remote="set -e; mkdir -p $REMOTE_LOGS"
-    remote+="; if [ -f $log.pid ] && kill -0 \"\$(cat $log.pid)\" 2>/dev/null; then"
-    remote+=" echo \"$RUN is already running on \$(hostname); stop it first\" >&2; exit 1; fi"
-    remote+="; rm -f $log.exit; export LIBTPU_INIT_ARGS=\"$flags\"; cd $REMOTE_SRC"
+    local remote
+    remote="$(remote_run_start "$log"); export LIBTPU_INIT_ARGS=\"$flags\"; cd $REMOTE_SRC"
     remote+="; nohup bash -c $(shell_quote "$inner") sora-jax $(quote_command "${args[@]}")"
     remote+=" > $log.log 2>&1 < /dev/null &"
     ssh_all "$remote"
+}
+
+# The start of a VM's shell command that runs $RUN detached, logging under $1 (a path without
+# suffix): refuse a second start while $1.pid is alive, then forget the last run's exit status.
+remote_run_start() {
+    local log=$1
+    printf '%s' "set -e; mkdir -p $REMOTE_LOGS"
+    printf '%s' "; if [ -f $log.pid ] && kill -0 \"\$(cat $log.pid)\" 2>/dev/null; then"
+    printf '%s' " echo \"$RUN is already running on \$(hostname); stop it first\" >&2; exit 1; fi"
+    printf '%s' "; rm -f $log.exit"
 }
 
 # do_prepare, do_encode: one shard worker on every VM of every slice; VM w of slice s writes shard
@@ -378,10 +386,8 @@ do_data() {
     local metadata=http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number
     local inner="$REMOTE_VENV/bin/sora-jax $SUBCOMMAND \"\$@\" & echo \$! > $log.pid; wait \$!; echo \$? > $log.exit"
     for ((slice = 0; slice < NUM_SLICES; slice++)); do
-        local remote="set -e; mkdir -p $REMOTE_LOGS"
-        remote+="; if [ -f $log.pid ] && kill -0 \"\$(cat $log.pid)\" 2>/dev/null; then"
-        remote+=" echo \"$RUN is already running on \$(hostname); stop it first\" >&2; exit 1; fi"
-        remote+="; rm -f $log.exit; worker=\$(curl -sf -H Metadata-Flavor:Google $metadata)"
+        local remote
+        remote="$(remote_run_start "$log"); worker=\$(curl -sf -H Metadata-Flavor:Google $metadata)"
         remote+=" || { echo \"\$(hostname): no TPU worker number from the metadata server\" >&2; exit 1; }"
         remote+="; shard=\$(($((slice * TPU_HOSTS)) + worker))"
         if ((TPU_MULTI_HOST)); then
