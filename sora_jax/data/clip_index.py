@@ -38,6 +38,7 @@ them, from the rows it copies anyway.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -73,6 +74,7 @@ ROWS_PER_PART = 1 << 16
 # A key's generation when it does not exist: a write conditioned on it only creates.
 _NO_VALUE = b"\x02"
 _T = TypeVar("_T")
+_RECENT_ROWS = 64  # Rows a reader keeps after reading them (a few KiB).
 
 
 def entry_line(entry: dict[str, Any]) -> str:
@@ -280,6 +282,9 @@ class ColumnIndex:
         self._rows_per_part = int(manifest["rows_per_part"])
         self._cache: dict[str, np.ndarray] = {}
         self._sources: dict[str, int] | None = None
+        # The rows read last: a data loader asks for a drawn clip's record several times in a row
+        # (its shape, then its frames, sound and caption embedding), one byte-range read is enough.
+        self._recent_rows: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
 
     @property
     def ends(self) -> dict[str, int]:
@@ -416,7 +421,15 @@ class ColumnIndex:
             part, start, end = self._row_range(position)
             return part, self._read(_rows_key(part), byte_range=slice(start, end))
 
-        part, line = self._retrying(read)
+        # Loaders may read from several threads: no step below assumes another left the rows as
+        # they were (a row dropped meanwhile is just read again).
+        row = self._recent_rows.get(position)
+        if row is None:
+            row = self._recent_rows[position] = self._retrying(read)
+            while len(self._recent_rows) > _RECENT_ROWS:
+                with contextlib.suppress(KeyError):
+                    self._recent_rows.popitem(last=False)
+        part, line = row
         try:
             return json.loads(line)
         except json.JSONDecodeError as e:

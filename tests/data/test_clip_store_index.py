@@ -405,3 +405,35 @@ def test_iter_records_reads_a_part_at_a_time(tmp_path, monkeypatch):
     records = reader.iter_records()
     assert next(records) == want[0]  # The first record before the other parts are read.
     assert [want[0], *records] == want and want[3].caption == "recaptioned"
+
+
+def test_a_clip_read_again_reuses_its_row_and_a_recaption_still_shows(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    store = ClipStore.create(path)
+    for i in range(100):
+        _append(store, f"v{i}#0", i)
+    store.compact(min_segments=1)
+    reader = ClipStore.open(path)
+    reads = []
+    read = clip_index.ColumnIndex._read
+
+    def counted(self, key, byte_range=None):
+        if byte_range is not None:
+            reads.append(key)
+        return read(self, key, byte_range)
+
+    monkeypatch.setattr(clip_index.ColumnIndex, "_read", counted)
+    # A loader's draw: the record for its shape, then its frames (which look the record up again).
+    assert reader.record(7).clip_id == "v7#0"
+    assert reader.read(7).shape == reader.record(7).shape
+    assert len(reads) == 1
+    for position in range(100):  # Every row once more, but 7's, which is still kept.
+        reader.record(position)
+    assert len(reads) == 100
+    reader.record(0)  # Past the rows a reader keeps: the oldest is read again.
+    assert len(reads) == 101
+    # A recaption is applied on top of the kept row, not hidden by it.
+    store.recaption("v99#0", "a new caption")
+    store.flush()
+    reader = ClipStore.open(path)
+    assert reader.record(99).caption == "a new caption" and reader.record(99).caption == "a new caption"
