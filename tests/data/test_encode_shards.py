@@ -1,7 +1,8 @@
 """Encoding spread over a host's devices, and sharded over workers that write one latent dataset.
 
 The in-process tests use an untrained micro autoencoder (its latents are as deterministic as a trained
-one's); the command-line test trains one tiny autoencoder run (vae_world:test) for the module.
+one's); the command-line test reads a tiny trained autoencoder run (vae_world:test) shared by the
+data tests (tests/data/conftest.py).
 """
 
 import os
@@ -19,7 +20,6 @@ from sora_jax.cli import main
 from sora_jax.data.clip_store import STATS_KEY, ClipStore
 from sora_jax.data.encode import encode_into_store, store_clips, world_clip_id, world_clips
 from sora_jax.data.shards import DATASET_KEY, ENGINES, Shard, claim_dataset, open_clips, shard_of
-from tests.cli import sora_jax
 
 SHAPES = [(5, 16, 16), (7, 16, 24), (5, 16, 16), (5, 16, 16), (7, 16, 24), (5, 16, 16)]  # Two programs.
 
@@ -155,19 +155,14 @@ def test_mismatched_layouts_are_refused_naming_the_flag_before_anything_is_writt
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dataset", "plain"]  # Nothing else made.
 
 
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("encode_shards") / "vae"
-    result = sora_jax("train", "--config", "experiments/vae_world.py:test", "--workdir", str(run))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run
-
-
 WORLD = ["--world", "8", "--frames", "5", "--height", "16", "--width", "16", "--seed", "3"]
 
 
-def test_two_concurrent_shard_workers_write_the_union_of_one_unsharded_encode(vae_run, tmp_path):
-    """Worker 0 by flags, worker 1 as task 1 of a 2-task SLURM array, beside one unsharded encode."""
+def test_two_concurrent_shard_workers_write_the_union_of_one_unsharded_encode(
+    vae_run, no_engine, tmp_path, capsys
+):
+    """Worker 0 by flags, worker 1 as task 1 of a 2-task SLURM array, beside one unsharded encode
+    (``vae_run``: the shared trained run of tests/data/conftest.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JOB_", "TPU_WORKER"))}
     base = [sys.executable, "-m", "sora_jax.cli", "encode", "--autoencoder", str(vae_run), *WORLD]
     dataset, plain = tmp_path / "dataset", tmp_path / "plain"
@@ -195,8 +190,9 @@ def test_two_concurrent_shard_workers_write_the_union_of_one_unsharded_encode(va
     np.testing.assert_allclose(pooled["mean"], unsharded["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled["std"], unsharded["std"], rtol=1e-5)
 
-    # Each shard resumes on its own.
+    # Each shard resumes on its own (the command in this process, with no array job around).
     shard_0 = ["--output", str(dataset), "--shard", "0", "--num-shards", "2"]
-    again = sora_jax("encode", "--autoencoder", str(vae_run), *WORLD, *shard_0)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"0 clips encoded into {dataset}/shard-00000-of-00002; {owned[0]} already there" in again.stdout
+    capsys.readouterr()
+    assert main(["encode", "--autoencoder", str(vae_run), *WORLD, *shard_0]) == 0
+    again = capsys.readouterr().out
+    assert f"0 clips encoded into {dataset}/shard-00000-of-00002; {owned[0]} already there" in again

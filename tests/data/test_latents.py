@@ -1,7 +1,7 @@
 """Latent caching and the latent DiT: encode with a trained autoencoder, train on latents, decode samples.
 
-One tiny autoencoder run (vae_world:test) and one latent store with caption embeddings of a tiny
-BERT are made once for the module; the tests read them.
+One tiny autoencoder run (vae_world:test, shared with the other data tests) and one latent store with
+caption embeddings of a tiny BERT are made once for the module; the tests read them.
 """
 
 import json
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sora_jax.autoencoder.trained import TrainedAutoencoder
+from sora_jax.cli import main
 from sora_jax.config import load_config
 from sora_jax.data import world
 from sora_jax.data.clip_store import STATS_KEY, ClipStore
@@ -31,12 +32,11 @@ WORLD = _world()
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """(autoencoder run, tiny BERT directory, latent store), made through the command line."""
+def made(vae_run, tmp_path_factory):
+    """(autoencoder run, tiny BERT directory, latent store), made through the command line (the run
+    is the shared read-only ``vae_run``, see tests/data/conftest.py)."""
     root = tmp_path_factory.mktemp("latents")
-    run, bert, store = root / "vae", write_tiny_bert(root / "tiny-bert"), root / "latents"
-    result = sora_jax("train", "--config", "experiments/vae_world.py:test", "--workdir", str(run))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run, bert, store = vae_run, write_tiny_bert(root / "tiny-bert"), root / "latents"
     result = sora_jax(
         "encode", "--autoencoder", str(run), "--output", str(store), *WORLD,
         "--text-encoder", str(bert), "--caption-tokens", "8",
@@ -68,20 +68,21 @@ def test_encode_stores_the_autoencoders_latents_captions_and_statistics(made):
     np.testing.assert_allclose(stats["std"], values.std(0), rtol=1e-6)
 
 
-def test_encode_resumes_and_refuses_another_checkpoint(made, tmp_path):
+def test_encode_resumes_and_refuses_another_checkpoint(made, tmp_path, capsys):
+    # In this process: the command (exit status, output) is the same; the fixture ran it as one.
     run, _, path = made
-    again = sora_jax("encode", "--autoencoder", str(run), "--output", str(path), *WORLD)
+    encode = ["encode", "--autoencoder", str(run)]
+    capsys.readouterr()
+    assert main([*encode, "--output", str(path), *WORLD]) == 2
     # Without --text-encoder the caption embeddings differ: refused before anything is written.
-    assert again.returncode == 2 and "caption embeddings" in again.stderr, again.stderr[-2000:]
-    first = sora_jax("encode", "--autoencoder", str(run), "--output", str(tmp_path / "a"), *_world(3))
-    assert first.returncode == 0 and "3 clips encoded" in first.stdout, first.stderr[-2000:]
-    resumed = sora_jax("encode", "--autoencoder", str(run), "--output", str(tmp_path / "a"), *WORLD)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"{CLIPS - 3} clips encoded" in resumed.stdout and "3 already there" in resumed.stdout
-    other = sora_jax(
-        "encode", "--autoencoder", str(run), "--step", "2", "--output", str(tmp_path / "a"), *WORLD
-    )
-    assert other.returncode == 2 and "encode into a new store" in other.stderr, other.stderr[-2000:]
+    assert "caption embeddings" in capsys.readouterr().err
+    assert main([*encode, "--output", str(tmp_path / "a"), *_world(3)]) == 0
+    assert "3 clips encoded" in capsys.readouterr().out
+    assert main([*encode, "--output", str(tmp_path / "a"), *WORLD]) == 0
+    resumed = capsys.readouterr().out
+    assert f"{CLIPS - 3} clips encoded" in resumed and "3 already there" in resumed
+    assert main([*encode, "--step", "2", "--output", str(tmp_path / "a"), *WORLD]) == 2
+    assert "encode into a new store" in capsys.readouterr().err
 
 
 def _latent_config(made, *overrides):
@@ -120,7 +121,9 @@ def test_a_store_that_cannot_feed_the_model_is_refused_naming_the_key(made, tmp_
         check_store(_latent_config(made), pixels)
 
 
-def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_video(made, tmp_path):
+def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_video(made, tmp_path, capsys):
+    """Trains through ``sora-jax train``; evaluates and samples through the command's ``main`` here
+    (the same command, without another process start-up)."""
     run, bert, store = made
     workdir = tmp_path / "latent_dit"
     overrides = [f"--config.model.autoencoder={run}", f"--config.data.store={store}"]
@@ -136,24 +139,22 @@ def test_a_latent_dit_with_a_frozen_text_encoder_trains_and_samples_decoded_vide
     frames, _ = read_video(workdir / "samples" / "step_000004_0.mp4")
     assert frames.shape == (5, 16, 16, 3)
     # Evaluation draws its batches from the latent store (the world renders pixels).
-    evaluated = sora_jax("evaluate", "--workdir", str(workdir))
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert np.isfinite(json.loads(evaluated.stdout.splitlines()[-1])["val_loss"])
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(workdir)]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out.splitlines()[-1])["val_loss"])
     assert read_video(workdir / "eval" / "step_000004_0.mp4")[0].shape == (5, 16, 16, 3)
 
     out = tmp_path / "ball.mp4"
-    result = sora_jax(
+    assert main([
         "sample", "--workdir", str(workdir), "--prompt", "a red ball falls", "--frames", "9",
         "--height", "16", "--width", "8", "--steps", "2", "--out", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    ]) == 0  # fmt: skip
     assert read_video(out)[0].shape == (9, 16, 8, 3)  # From 5 x 8 x 4 latents.
-    wrong = sora_jax(
+    assert main([
         "sample", "--workdir", str(workdir), "--prompt", "a ball", "--frames", "8",
         "--height", "16", "--width", "16", "--out", str(out),
-    )  # fmt: skip
-    refusal = "--frames 8: a latent run makes 1 + 2 k frames"
-    assert wrong.returncode == 2 and refusal in wrong.stderr, wrong.stderr[-2000:]
+    ]) == 2  # fmt: skip
+    assert "--frames 8: a latent run makes 1 + 2 k frames" in capsys.readouterr().err
 
     # Image-to-video: the given latent frame is the image's own, and the causal decoder makes frame 0
     # from latent frame 0 alone, so frame 0 is the autoencoder's reconstruction of the image. (Checked
@@ -207,27 +208,22 @@ def test_autoencoder_features_for_fvd_are_latent_statistics(made):
 
 def test_a_latent_run_decodes_with_the_autoencoder_step_that_encoded_its_store(made, tmp_path):
     """The autoencoder run trains on after encoding: samples must still decode with the weights that
-    made the latents (the step the store records), not the run's newest checkpoint."""
-    import shutil
-
+    made the latents (the step the store records), not the run's newest checkpoint. A store encoded
+    from the run's step 2 while it holds step 4 is that case, without training the run on."""
     from sora_jax.autoencoder.latent_space import LatentSpace
 
-    run, _, store = made
-    moved_on = tmp_path / run.name  # Same run name, so the store's record still names it.
-    shutil.copytree(run, moved_on)
-    result = sora_jax(
-        "train", "--config", "experiments/vae_world.py:test", "--workdir", str(moved_on),
-        "--config.train.steps=6",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert TrainedAutoencoder.load(moved_on).step == 6
+    run, _, _ = made
+    store = tmp_path / "older"
+    encode = ["encode", "--autoencoder", str(run), "--step", "2", "--output", str(store), *_world(2)]
+    assert main(encode) == 0
+    assert TrainedAutoencoder.load(run).step == 4
 
-    config = _latent_config(made, f"model.autoencoder={moved_on}")
+    config = _latent_config(made, f"data.store={store}")
     space = LatentSpace.of_run(config)
-    assert space.autoencoder.step == ClipStore.open(store).extra["autoencoder"]["step"] == 4
+    assert space.autoencoder.step == ClipStore.open(store).extra["autoencoder"]["step"] == 2
     latents = ClipStore.open(store).read(0).astype(np.float32)
     normalised = (latents - space.mean) / space.std
-    expected = TrainedAutoencoder.load(moved_on, 4).decode(latents)
+    expected = TrainedAutoencoder.load(run, 2).decode(latents)
     np.testing.assert_array_equal(space.to_pixels(normalised), expected)
-    newest = TrainedAutoencoder.load(moved_on).decode(latents)
+    newest = TrainedAutoencoder.load(run).decode(latents)
     assert np.abs(newest.astype(int) - expected.astype(int)).max() > 0  # The step matters.
