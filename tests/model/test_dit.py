@@ -40,8 +40,9 @@ def _perturbed_model(config):
     model = build_model(config, 0)
     graphdef, params = nnx.split(model, nnx.Param)
     leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    # Host-side noise: drawing it with jax.random would compile a sampler for every parameter shape.
+    rng = np.random.default_rng(1)
+    leaves = [jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype) for p in leaves]
     return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
 
 

@@ -64,8 +64,14 @@ def test_a_non_finite_step_skips_its_update_and_is_counted():
 def test_background_save_keeps_its_snapshot_when_the_next_step_donates_the_state(tmp_path):
     config = get_config("test")
     mesh = _mesh((1, 2, 1, 1), jax.devices()[:2])
-    graphdef, state, _ = create_train_state(config, mesh)
-    step = jax.jit(make_train_step(graphdef, config, make_optimizer(config)), donate_argnums=(0,))
+    graphdef, state, shardings = create_train_state(config, mesh)
+    # Pinned output shardings, as the train loop's step has: the new state comes back on the
+    # shardings it went in on, so the second step reuses the first step's program.
+    step = jax.jit(
+        make_train_step(graphdef, config, make_optimizer(config)),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
     stream = batch_stream(config, 8)
     state, _ = step(state, next(stream))
     expected = jax.tree.map(np.asarray, state)
@@ -74,6 +80,7 @@ def test_background_save_keeps_its_snapshot_when_the_next_step_donates_the_state
     assert saver.latest_step == 1
     after, _ = step(state, next(stream))  # Frees the buffers of ``state`` while the save may still run.
     assert any(x.is_deleted() for x in jax.tree.leaves(state.params))
+    assert step._cache_size() == 1  # One program: step 2 ran at once, not after a recompile.
     saver.close()
 
     reader = checkpoint.manager(tmp_path, read_only=True)
