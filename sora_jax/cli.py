@@ -325,6 +325,12 @@ def _aot(args: argparse.Namespace, overrides: list[str]) -> int:
 
     # libtpu describes the slice; this machine's own TPU, if any, must not be claimed for it.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    # Executables compiled for a described slice cannot be loaded back (there is no TPU client to
+    # load them into): a persistent compilation cache would only store dead entries, and warn on
+    # every later read of one.
+    jax.config.update("jax_enable_compilation_cache", False)
     from sora_jax.config import load_config
     from sora_jax.train.aot import aot_report, not_fitting_message
 
