@@ -1,4 +1,9 @@
-"""The ``sora-jax`` commands end to end, as a user runs them (separate processes, 8 fake devices)."""
+"""The ``sora-jax`` commands end to end, as a user runs them (separate processes, 8 fake devices).
+
+Each command runs at least once as its own process. Refusals, and runs that only give another run
+something to compare with, call the same ``main`` in this process: what it returns is the exit
+status and what it prints is the output, and it skips a process's start (Python and JAX imports).
+"""
 
 import json
 import re
@@ -8,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sora_jax.cli import main
 from sora_jax.data.video_io import probe_video, read_video, write_video
 from tests.cli import sora_jax
 
@@ -16,18 +22,15 @@ TINY = "experiments/world_tiny.py:test"
 CONSTANT_LR = ("--config.optim.warmup_steps=0", "--config.optim.min_lr_ratio=1.0")
 
 
-def train_tiny(workdir, steps: int) -> subprocess.CompletedProcess:
-    """The tiny experiment for ``steps`` steps, seed 5, constant learning rate."""
-    return sora_jax(
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        str(workdir),
-        f"--config.train.steps={steps}",
-        "--config.seed=5",
-        *CONSTANT_LR,
-    )
+def tiny(workdir, steps: int, *extra: str) -> list[str]:
+    """The tiny experiment for ``steps`` steps, seed 5, constant learning rate. Runs of as many steps
+    compile the same train step (the schedule and seed are part of it): the compile cache serves it."""
+    return ["train", "--config", TINY, "--workdir", str(workdir), f"--config.train.steps={steps}",
+            "--config.seed=5", *CONSTANT_LR, *extra]  # fmt: skip
+
+
+def train_tiny(workdir, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    return sora_jax(*tiny(workdir, steps, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +78,7 @@ def test_train_resumes_from_the_latest_checkpoint(trained, tmp_path):
     assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
     # The same losses as a run that was never interrupted: state, data position and noise resume.
     straight = tmp_path / "straight"
-    result = train_tiny(straight, 6)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(tiny(straight, 6)) == 0
     reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [line["loss"] for line in lines[4:]] == [line["loss"] for line in reference[4:]]
 
@@ -113,16 +115,16 @@ def test_sample_writes_mp4_and_gif_of_the_asked_shape(trained, tmp_path):
     assert read_video(out.with_suffix(".gif"))[0].shape == (3, 16, 24, 3)
 
 
-def test_bad_config_is_refused_before_compiling(tmp_path):
-    result = sora_jax("train", "--config", TINY, "--workdir", str(tmp_path / "x"), "--config.model.heads=5")
-    assert result.returncode == 2
-    assert "config key 'model.dim'" in result.stderr
+def test_bad_config_is_refused_before_compiling(tmp_path, capsys):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path / "x"), "--config.model.heads=5"]) == 2
+    assert "config key 'model.dim'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
-def test_sample_on_a_directory_that_is_not_a_run_is_clear(tmp_path):
-    result = sora_jax("sample", "--workdir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "a.mp4"))
-    assert result.returncode == 2 and "config.json not found" in result.stderr
+def test_sample_on_a_directory_that_is_not_a_run_is_clear(tmp_path, capsys):
+    out = str(tmp_path / "a.mp4")
+    assert main(["sample", "--workdir", str(tmp_path), "--prompt", "x", "--out", out]) == 2
+    assert "config.json not found" in capsys.readouterr().err
 
 
 def test_prepare_then_train_from_the_store(tmp_path):
@@ -142,17 +144,8 @@ def test_prepare_then_train_from_the_store(tmp_path):
     report = json.loads((store / "prepare_report.json").read_text())
     assert report["clips_written"] == 3 and report["failures"] == {"decode_error": 1}
 
-    workdir = tmp_path / "run"
-    result = sora_jax(
-        "train",
-        "--config",
-        TINY,
-        "--workdir",
-        str(workdir),
-        "--config.train.steps=3",
-        f"--config.data.store={store}",
-        "--config.data.side=(8,40)",
-    )
+    workdir = tmp_path / "run"  # The data is not part of the train step: the 4-step run's compile serves.
+    result = train_tiny(workdir, 4, f"--config.data.store={store}", "--config.data.side=(8,40)")
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["compiles"] == 1 and last["distinct_clip_shapes"] >= 10
@@ -166,7 +159,7 @@ def test_data_stats_prints_one_json_object_last():
     assert stats["clips_per_row"] > 1 and stats["tokens_per_s"] > 0
 
 
-def test_evaluate_scores_checkpoints_with_fixed_noise_per_timestep_band(trained):
+def test_evaluate_scores_checkpoints_with_fixed_noise_per_timestep_band(trained, capsys):
     workdir, _ = trained
     result = sora_jax("evaluate", "--workdir", str(workdir), "--all")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -178,8 +171,7 @@ def test_evaluate_scores_checkpoints_with_fixed_noise_per_timestep_band(trained)
     assert (workdir / "eval" / f"step_{last['step']:06d}_0.mp4").exists()
     assert list((workdir / "eval" / "tensorboard").glob("events.out.tfevents.*"))
     # Fixed noise and timesteps: scoring the same checkpoint again gives the same numbers.
-    again = sora_jax("evaluate", "--workdir", str(workdir), "--step", str(last["step"]))
-    assert json.loads(again.stdout.strip().splitlines()[-1]) == last
+    assert main(["evaluate", "--workdir", str(workdir), "--step", str(last["step"])]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == last
     # --follow on a finished run evaluates what is left and stops at the final checkpoint.
-    follow = sora_jax("evaluate", "--workdir", str(workdir), "--follow", "--poll", "0.1", "--timeout", "120")
-    assert follow.returncode == 0, follow.stderr[-3000:]
+    assert main(["evaluate", "--workdir", str(workdir), "--follow", "--poll", "0.1", "--timeout", "120"]) == 0

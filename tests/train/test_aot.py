@@ -5,11 +5,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from sora_jax.cli import main
 from sora_jax.config import load_config
 from sora_jax.parallel.mesh import make_mesh
 from sora_jax.parallel.tpu import COMPILE_ONLY_HOST, parse_accelerator, topology_devices
@@ -25,21 +27,60 @@ def fresh_environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name not in COMPILE_ONLY_HOST}
 
 
-def sora_jax(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "sora_jax.cli", *args],
+# ``sora-jax aot`` in a fresh process, as its entry point runs it (``sys.exit(main())``), that also
+# writes out the optimized HLO of the train step it compiles: each compile for the slice takes about
+# a minute, and the same compiled step serves the report's checks and the look at its kernels.
+AOT_KEEPING_THE_TRAIN_STEP = """
+import sys
+from pathlib import Path
+
+from sora_jax import cli
+
+hlo, argv = Path(sys.argv[1]), sys.argv[2:]
+aot_command = cli._aot
+
+
+def aot_keeping_the_train_step(args, overrides):
+    # Imported where the command imports it: after main set up logging, which JAX's imports touch.
+    from sora_jax.train import aot
+
+    compile_logged = aot._compile_logged
+
+    def keeping_the_train_step(config, devices, tpu, what):
+        compiled, seconds = compile_logged(config, devices, tpu, what)
+        if what == "the train step":
+            hlo.write_text(compiled.as_text())
+        return compiled, seconds
+
+    aot._compile_logged = keeping_the_train_step
+    return aot_command(args, overrides)
+
+
+cli._aot = aot_keeping_the_train_step
+sys.exit(cli.main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def splash_aot(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, str]:
+    """``sora-jax aot --config SMOKE --topology v5p-8 --json OUT``, run once for the module: the
+    finished process, OUT, and the optimized HLO of the train step it compiled."""
+    out = tmp_path_factory.mktemp("aot")
+    result = subprocess.run(
+        [sys.executable, "-c", AOT_KEEPING_THE_TRAIN_STEP, str(out / "train_step.hlo"),
+         "aot", "--config", SMOKE, "--topology", "v5p-8", "--json", str(out / "aot.json")],
         capture_output=True,
         text=True,
         env={**fresh_environment(), "JAX_PLATFORMS": "cpu"},
         timeout=900,
-    )
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out / "aot.json", (out / "train_step.hlo").read_text()
 
 
 @pytest.mark.slow
-def test_aot_of_a_small_splash_preset_reports_memory_flops_and_mfu(tmp_path):
-    out = tmp_path / "aot.json"
-    result = sora_jax("aot", "--config", SMOKE, "--topology", "v5p-8", "--json", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_aot_of_a_small_splash_preset_reports_memory_flops_and_mfu(splash_aot):
+    result, out, _ = splash_aot
     assert "fits" in result.stdout and "MFU" in result.stdout
     # stderr: what is being compiled, for which slice, and how long each took; no libtpu noise.
     assert_no_libtpu_noise(result.stderr)
@@ -119,22 +160,22 @@ def test_without_libtpu_aot_says_what_to_install_in_one_line():
 
 
 @pytest.mark.slow
-def test_compiled_step_runs_the_splash_kernel_split_over_the_sequence_axis():
-    config = load_config(SMOKE)
-    hlo = compile_train_step(config, topology_devices("v5p-8")).as_text()
+def test_compiled_step_runs_the_splash_kernel_split_over_the_sequence_axis(splash_aot):
+    _, _, hlo = splash_aot  # compile_train_step(load_config(SMOKE), topology_devices("v5p-8")).as_text()
     assert "tpu_custom_call" in hlo  # the Pallas splash kernel, not XLA's dense attention
     assert "all-to-all" in hlo  # tokens traded for heads across the sequence axis
 
 
-def test_a_mesh_that_does_not_divide_the_model_is_refused_before_compiling():
-    result = sora_jax("aot", "--config", SMOKE, "--topology", "v5p-8", "--config.model.heads=3")
-    assert result.returncode == 2
-    assert "model." in result.stderr
+# Refusals print one line and return before libtpu or a compile is reached: the command's own
+# function, run here, says and returns what its process would.
+def test_a_mesh_that_does_not_divide_the_model_is_refused_before_compiling(capsys):
+    assert main(["aot", "--config", SMOKE, "--topology", "v5p-8", "--config.model.heads=3"]) == 2
+    assert "model." in capsys.readouterr().err
 
 
-def test_an_unknown_topology_is_named():
-    result = sora_jax("aot", "--config", SMOKE, "--topology", "v9x-8")
-    assert result.returncode == 2 and "v9x" in result.stderr
+def test_an_unknown_topology_is_named(capsys):
+    assert main(["aot", "--config", SMOKE, "--topology", "v9x-8"]) == 2
+    assert "v9x" in capsys.readouterr().err
 
 
 @pytest.mark.slow
