@@ -2,31 +2,20 @@
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
 from sora_jax.autoencoder.config import tiny_config
 from sora_jax.autoencoder.model import build_autoencoder
 from tests.autoencoder.vae_run import vae_world_run
+from tests.perturb import perturbed
 
 
 def _trained_looking(vae):
     """``vae`` with every parameter nudged: a fresh VAE's kernels ignore past frames (they are
-    inflated from 2D), and the causality and chunking tests need every time tap to matter.
-
-    The noise is drawn on the host: a JAX draw and add per parameter compiles a program for each
-    parameter shape, tens of seconds for a fixture that only needs some fixed noise.
-    """
+    inflated from 2D), and the causality and chunking tests need every time tap to matter."""
     graphdef, params = nnx.split(vae)
-    leaves, tree = jax.tree.flatten(params)
-    rng = np.random.default_rng(7)
-    leaves = [
-        jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape).astype(p.dtype)) for p in leaves
-    ]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+    return nnx.merge(graphdef, perturbed(params, seed=7))
 
 
 @pytest.fixture(scope="session")

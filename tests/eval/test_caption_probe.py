@@ -1,7 +1,6 @@
 """The caption probes measure what they claim on videos whose answer is known: the world's own clips,
 noise, and models that do or do not read their captions."""
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -9,6 +8,7 @@ from experiments.world_tiny import get_config
 from sora_jax.data import world
 from sora_jax.eval import caption_probe
 from sora_jax.model.dit import build_model
+from tests.perturb import perturbed
 
 
 def _clips(count, frames=8):
@@ -88,11 +88,7 @@ def test_caption_sensitivity_is_zero_for_a_model_that_ignores_captions():
     fresh = caption_probe.caption_sensitivity(graphdef, params, config, clips)
     assert fresh["colour_swap"] == 0.0 and fresh["caption_drop"] == 0.0  # adaLN-Zero: output 0.
     # Perturbed, every layer is live: colour words and the caption now move the prediction.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    live = jax.tree.unflatten(
-        tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    )
+    live = perturbed(params, seed=1)
     moved = caption_probe.caption_sensitivity(graphdef, live, config, clips)
     assert moved["colour_swap"] > 1e-6 and moved["caption_drop"] > 1e-6
     assert moved["clips"] == 3

@@ -10,6 +10,7 @@ from sora_jax.data.packing import PackedClip, pack_rows
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.model.dit import build_model
 from sora_jax.model.rope import apply_rope, axis_dims, rope_angles
+from tests.perturb import perturbed
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -39,11 +40,7 @@ def _perturbed_model(config):
     """A model whose zero-initialised layers are made non-zero, so outputs depend on everything."""
     model = build_model(config, 0)
     graphdef, params = nnx.split(model, nnx.Param)
-    leaves, tree = jax.tree.flatten(params)
-    # Host-side noise: drawing it with jax.random would compile a sampler for every parameter shape.
-    rng = np.random.default_rng(1)
-    leaves = [jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype) for p in leaves]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+    return nnx.merge(graphdef, perturbed(params, seed=1))
 
 
 def _clip(config, frames, height, width, seed, caption):

@@ -12,6 +12,7 @@ from sora_jax.data.packing import PackedClip, pack_rows, token_widths
 from sora_jax.data.patches import grid_size, patchify
 from sora_jax.diffusion.flow import flow_loss, velocity_predictor
 from sora_jax.model.dit import build_model
+from tests.perturb import perturbed
 
 
 def sound_config():
@@ -53,10 +54,7 @@ def pack(config, rows, seq_len=128, max_clips=3):
 def perturbed_model(config):
     """A model whose zero-initialised layers are made non-zero, so outputs depend on everything."""
     graphdef, params = nnx.split(build_model(config, 0), nnx.Param)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+    return nnx.merge(graphdef, perturbed(params, seed=1))
 
 
 @nnx.jit
