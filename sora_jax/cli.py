@@ -325,23 +325,14 @@ def _aot(args: argparse.Namespace, overrides: list[str]) -> int:
 
     # libtpu describes the slice; this machine's own TPU, if any, must not be claimed for it.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax
-
     from sora_jax.config import load_config
     from sora_jax.train.aot import aot_report, not_fitting_message
 
     config = load_config(args.config, overrides)
-    # Executables compiled for a described slice cannot be loaded back (there is no TPU client to
-    # load them into): a persistent compilation cache would only store dead entries, and warn on
-    # every later read of one.
-    cache_enabled = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
     try:
         report = aot_report(config, args.topology, args.num_slices, estimate=not args.no_estimate)
     except ValueError as error:  # A malformed accelerator type.
         raise ConfigError(str(error)) from None
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache_enabled)
     print(report.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=1))

@@ -22,11 +22,13 @@ train``: mesh, shardings, donation, remat, attention kernel) for the slice's dev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import re
 import time
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -195,6 +197,25 @@ def not_fitting_message(report: AotReport, config: ml_collections.ConfigDict) ->
     )
 
 
+@contextlib.contextmanager
+def _persistent_cache_off() -> Iterator[None]:
+    """JAX's persistent compilation cache off, then as it was.
+
+    Executables compiled for a described slice cannot be loaded back (there is no TPU client to load
+    them into), so a cache (``JAX_COMPILATION_CACHE_DIR``, common on TPU VMs) would only store dead
+    entries and warn on every later read of one. JAX decides at a process's first compile whether it
+    uses the cache, so this holds where nothing was compiled before: the ``aot`` command, the presets
+    benchmark.
+    """
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+@_persistent_cache_off()
 def aot_report(
     config: ml_collections.ConfigDict, accelerator: str, num_slices: int = 1, estimate: bool = True
 ) -> AotReport:
