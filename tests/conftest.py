@@ -18,7 +18,19 @@ os.environ.setdefault(
 )
 # The tiny test programs compile in well under JAX's default one-second floor for caching.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # A size limit makes JAX take a file lock around every read and write of the cache (filelock), so
 # a process never reads an entry another one is still writing.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+
+import pytest  # noqa: E402  (after the environment above, which JAX reads when first imported)
+
+from tests.autoencoder.vae_run import train_vae_world  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny trained autoencoder run (``vae_world:test`` at a constant learning rate, checkpoints
+    2 and 4), trained once per test process for the autoencoder, encode and latent tests. Read-only:
+    a test that writes into a run copies it first."""
+    return train_vae_world(tmp_path_factory.mktemp("vae_world") / "vae")

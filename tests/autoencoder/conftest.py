@@ -1,13 +1,10 @@
 """Shared tiny autoencoders: built once per session so that compiled encode/decode programs are reused."""
 
-from pathlib import Path
-
 import pytest
 from flax import nnx
 
 from sora_jax.autoencoder.config import tiny_config
 from sora_jax.autoencoder.model import build_autoencoder
-from tests.autoencoder.vae_run import vae_world_run
 from tests.perturb import perturbed
 
 
@@ -30,10 +27,3 @@ def micro_group_vae():
     """The same with per-frame GroupNorm."""
     config = tiny_config(channel_multipliers=(1, 2), temporal_downsample=(True,), norm="group")
     return _trained_looking(build_autoencoder(config, seed=1))
-
-
-@pytest.fixture(scope="session")
-def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained autoencoder run (``vae_world:test`` at a constant learning rate, steps 2 and
-    4), read-only: see :mod:`tests.autoencoder.vae_run`."""
-    return vae_world_run(tmp_path_factory)

@@ -1,4 +1,5 @@
-"""One tiny autoencoder run trained through ``sora-jax train``, shared by every test that reads one.
+"""One tiny autoencoder run trained through ``sora-jax train``, shared by every test that reads one
+(the session fixture ``vae_run`` of tests/conftest.py).
 
 The autoencoder, encoding and latent-model tests each need a trained ``vae_world:test`` run (4 steps,
 checkpoints at 2 and 4) and only read it, so a test process trains it once. It trains at a constant
@@ -9,24 +10,14 @@ train-step program, compiled once into the persistent compilation cache for ever
 
 from pathlib import Path
 
-import pytest
-
 from tests.cli import sora_jax
 
 TEST = "experiments/vae_world.py:test"
 CONSTANT_LR = ["--config.optim.warmup_steps=0", "--config.optim.min_lr_ratio=1.0"]
 
-_trained: dict[str, Path] = {}  # This process's run, once trained.
 
-
-def vae_world_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of ``vae_world:test`` at a constant learning rate, trained on first use.
-
-    Tests must not write into it (copy it first).
-    """
-    if "run" not in _trained:
-        run = tmp_path_factory.mktemp("vae_world") / "vae"
-        result = sora_jax("train", "--config", TEST, "--workdir", str(run), *CONSTANT_LR)
-        assert result.returncode == 0, result.stderr[-3000:]
-        _trained["run"] = run
-    return _trained["run"]
+def train_vae_world(run: Path) -> Path:
+    """Trains ``vae_world:test`` at a constant learning rate into ``run``; returns ``run``."""
+    result = sora_jax("train", "--config", TEST, "--workdir", str(run), *CONSTANT_LR)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run

@@ -2,7 +2,7 @@
 
 The in-process tests use an untrained micro autoencoder (its latents are as deterministic as a trained
 one's); the command-line test reads a tiny trained autoencoder run (vae_world:test) shared by the
-data tests (tests/data/conftest.py).
+tests (tests/conftest.py).
 """
 
 import os
@@ -162,7 +162,7 @@ def test_two_concurrent_shard_workers_write_the_union_of_one_unsharded_encode(
     vae_run, no_engine, tmp_path, capsys
 ):
     """Worker 0 by flags, worker 1 as task 1 of a 2-task SLURM array, beside one unsharded encode
-    (``vae_run``: the shared trained run of tests/data/conftest.py)."""
+    (``vae_run``: the shared trained run of tests/conftest.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JOB_", "TPU_WORKER"))}
     base = [sys.executable, "-m", "sora_jax.cli", "encode", "--autoencoder", str(vae_run), *WORLD]
     dataset, plain = tmp_path / "dataset", tmp_path / "plain"

@@ -34,7 +34,7 @@ WORLD = _world()
 @pytest.fixture(scope="module")
 def made(vae_run, tmp_path_factory):
     """(autoencoder run, tiny BERT directory, latent store), made through the command line (the run
-    is the shared read-only ``vae_run``, see tests/data/conftest.py)."""
+    is the shared read-only ``vae_run``, see tests/conftest.py)."""
     root = tmp_path_factory.mktemp("latents")
     run, bert, store = vae_run, write_tiny_bert(root / "tiny-bert"), root / "latents"
     result = sora_jax(
