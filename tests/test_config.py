@@ -59,6 +59,7 @@ def test_bad_overrides_name_the_key(override, message):
         ("train.sample_height=30", "train.sample_height"),
         ("mesh.ici_fsdp=-1", "mesh.ici_data"),
         ("data.caption_dropout=2.0", "data.caption_dropout"),
+        ("diffusion.uniform_t=1.5", "diffusion.uniform_t"),
     ],
 )
 def test_validation_names_the_key_before_anything_compiles(override, key):

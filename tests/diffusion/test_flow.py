@@ -142,6 +142,26 @@ def test_timesteps_lie_in_the_unit_interval_and_shift_with_clip_size():
     np.testing.assert_allclose(shift_timesteps(jnp.asarray([0.0, 1.0]), 3.0), [0.0, 1.0])
 
 
+def test_a_uniform_share_of_timesteps_reaches_low_noise_for_large_clips():
+    config = get_config("test").diffusion
+    tokens = jnp.full((20_000, 2), 16 * config.shift_base_tokens)  # Shifted by 4.
+    shifted = sample_timesteps(jax.random.key(0), tokens, config)
+    # Without the option: the draw of runs before it, and almost nothing below t = 0.1.
+    normal = jax.random.normal(jax.random.key(0), tokens.shape)
+    unmixed = shift_timesteps(jax.nn.sigmoid(config.logit_mean + config.logit_std * normal), 4.0)
+    np.testing.assert_array_equal(np.asarray(shifted), np.asarray(unmixed))
+    assert float((shifted < 0.1).mean()) < 0.002
+    config.uniform_t = 0.25
+    mixed = np.asarray(sample_timesteps(jax.random.key(0), tokens, config))
+    assert 0.0 <= mixed.min() and mixed.max() <= 1.0
+    # A quarter of the draws spread evenly over [0, 1]: 2.5% of all below 0.1, 5% in [0.4, 0.6].
+    assert abs(float((mixed < 0.1).mean()) - 0.025) < 0.004
+    shifted_mass = float(((shifted > 0.4) & (shifted < 0.6)).mean())
+    assert abs(float(((mixed > 0.4) & (mixed < 0.6)).mean()) - (0.75 * shifted_mass + 0.05)) < 0.01
+    config.uniform_t = 1.0
+    assert abs(float(sample_timesteps(jax.random.key(1), tokens, config).mean()) - 0.5) < 0.01
+
+
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_sampler_integrates_a_straight_flow_exactly(method):
     target = jnp.asarray([[0.5, -2.0], [1.5, 3.0]])
@@ -195,3 +215,51 @@ def test_data_prediction_turns_the_clean_clip_into_the_true_velocity():
     )
     # Below min_t the division is floored, so the velocity stays bounded.
     assert np.isfinite(np.asarray(velocity)).all() and not exact[1].any()
+
+
+def test_preconditioning_starts_from_the_best_linear_guess_and_scales_the_rest_to_unit_size():
+    from sora_jax.diffusion.flow import preconditioning
+
+    sigma = 0.4
+    rng = np.random.default_rng(0)
+    x0 = sigma * rng.standard_normal(200_000)
+    noise = rng.standard_normal(200_000)
+    for t in (0.05, 0.3, 0.7, 0.95):
+        noisy = (1 - t) * x0 + t * noise
+        skip, out, scale_in = (float(v) for v in preconditioning(jnp.asarray(t), sigma))
+        best = np.dot(noisy, x0) / np.dot(noisy, noisy)  # Least-squares slope of x0 on x_t.
+        assert skip == pytest.approx(best, rel=0.02, abs=2e-3)
+        assert np.std((x0 - skip * noisy) / out) == pytest.approx(1.0, rel=0.02)  # Unit target.
+        assert np.std(scale_in * noisy) == pytest.approx(1.0, rel=0.02)  # Unit input.
+    # Clean (given) tokens come back as they are; pure noise leaves the network x0 alone.
+    np.testing.assert_allclose(preconditioning(jnp.asarray(0.0), sigma)[:2], [1.0, 0.0])
+    np.testing.assert_allclose(preconditioning(jnp.asarray(1.0), sigma)[:2], [0.0, sigma], rtol=1e-6)
+
+
+def test_preconditioned_prediction_keeps_given_tokens_and_adds_the_scaled_correction():
+    from sora_jax.diffusion.flow import clean_predictor, preconditioning, token_timesteps, velocity_predictor
+
+    config = get_config("test").diffusion
+    config.prediction = "preconditioned"
+    batch = _batch()
+    batch["cond_mask"] = batch["cond_mask"].at[0, :2].set(True)  # Two given tokens (t = 0).
+    noise = jax.random.normal(jax.random.key(0), batch["patches"].shape)
+    t_clip = jnp.asarray([[0.3, 0.9, 0.5], [0.6, 0.5, 0.5]])
+    t_token = token_timesteps(t_clip, batch)
+    noisy = (1 - t_token) * batch["patches"] + t_token * noise
+    seen = {}
+
+    def network(x, t, b):
+        seen["input"] = x
+        return jnp.ones_like(x)
+
+    clean = np.asarray(clean_predictor(network, batch, config)(noisy, t_clip))
+    skip, out, scale_in = preconditioning(t_token, config.sigma_data)
+    np.testing.assert_allclose(clean, np.asarray(skip * noisy + out), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(seen["input"]), np.asarray(scale_in * noisy), rtol=1e-6)
+    np.testing.assert_allclose(clean[0, :2], np.asarray(batch["patches"])[0, :2], rtol=1e-6)
+    # The velocity is derived from that clean guess as for the data target.
+    velocity = velocity_predictor(network, batch, config)(noisy, t_clip)
+    np.testing.assert_allclose(
+        np.asarray(velocity)[0, 2:], np.asarray((noisy - clean) / t_token)[0, 2:], rtol=1e-4, atol=1e-5
+    )
