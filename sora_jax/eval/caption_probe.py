@@ -1,6 +1,6 @@
 """Does a model draw what its caption asks for? Probes of caption following in the physics world.
 
-Three measurements, each a plain function so a benchmark or a test can put any video beside them:
+Four measurements, each a plain function so a benchmark or a test can put any video beside them:
 
 * **Colour prompts** (:func:`colour_probe`): one object of each of the world's nine colours, asked
   for with the same seed and the same words but the colour. A video's *dominant object colour* is
@@ -15,6 +15,9 @@ Three measurements, each a plain function so a benchmark or a test can put any v
   held-out clips moves when only the caption's colour words change (each to the next world colour),
   at fixed noise and timesteps, beside how far it moves when the caption is dropped. A model that
   reads colour words moves by about as much as the colour of its objects is worth.
+* **Denoising** (:func:`denoising_error`): the error of the network's clean prediction of held-out
+  clips from one noisy look, beside the error of the noisy clip itself; near t = 0 it shows what
+  detail a model drops even when it is shown the clip almost clean.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from flax import nnx
 from sora_jax.data import world
 from sora_jax.data.patches import patchify
 from sora_jax.data.pipeline import pixels_to_model
+from sora_jax.diffusion.flow import clean_predictor
 from sora_jax.eval.world_score import colour_masks, follow
 
 COLOURS = tuple(world.COLOURS)
@@ -123,6 +127,21 @@ def swap_colours(caption: str) -> str:
     return _COLOUR_WORD.sub(lambda m: COLOURS[(COLOURS.index(m.group(1)) + 1) % len(COLOURS)], caption)
 
 
+def _clean_prediction(graphdef: nnx.GraphDef, params: nnx.State, config: ml_collections.ConfigDict):
+    """Jitted ``clean(batch, noisy [R, N, P], t) -> [R, N, P]``: the network's clean prediction of
+    rows holding one clip each, all at timestep ``t``, whatever the run's prediction target."""
+    model = nnx.merge(graphdef, params)
+
+    @jax.jit
+    def clean(batch: dict, noisy: jax.Array, t: jax.Array) -> jax.Array:
+        t_clip = jnp.full((noisy.shape[0], 1), t)
+        if config.diffusion.prediction == "velocity":  # x_t = x0 + t v
+            return noisy - t * model(noisy, t_clip, batch)
+        return clean_predictor(model, batch, config.diffusion)(noisy, t_clip)
+
+    return clean
+
+
 def caption_sensitivity(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -139,15 +158,7 @@ def caption_sensitivity(
 
     patch = tuple(config.model.patch_size)
     encode = prompt_encoder(config)
-    model = nnx.merge(graphdef, params)
-
-    @jax.jit
-    def clean(batch: dict, noisy: jax.Array, t: jax.Array) -> jax.Array:
-        output = model(noisy, jnp.full((noisy.shape[0], 1), t), batch)
-        if config.diffusion.prediction == "velocity":  # x_t = x0 + t v
-            return noisy - t * output
-        return output
-
+    clean = _clean_prediction(graphdef, params, config)
     swap, drop, scale = [], [], []
     for index, clip in enumerate(clips):
         swapped = swap_colours(clip.caption)
@@ -173,6 +184,45 @@ def caption_sensitivity(
         "prediction_ms": float(np.mean(scale)),
         "clips": len(swap) // len(timesteps),
     }
+
+
+def denoising_error(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    config: ml_collections.ConfigDict,
+    clips: Sequence[world.WorldClip],
+    timesteps: Sequence[float] = (0.05, 0.2, 0.5, 0.8),
+    seed: int = 0,
+) -> dict[float, dict[str, float]]:
+    """How well the network recovers held-out ``clips`` from one noisy look, with their captions.
+
+    Per t: ``model``, the mean square error of its clean prediction (pixel units in [-1, 1], fixed
+    noise), and ``noisy``, that of the noisy clip itself taken as the guess, ``t^2 E(e - x0)^2``.
+    Near t = 0 a network that keeps what it is shown is below ``noisy``; one above it there loses
+    detail (textures, small or fast objects) that its input still holds, and its samples, whose
+    last step is such a prediction, lose it too.
+    """
+    from sora_jax.eval.generate import prompt_batch, prompt_encoder
+
+    patch = tuple(config.model.patch_size)
+    encode = prompt_encoder(config)
+    clean = _clean_prediction(graphdef, params, config)
+    errors: dict[float, dict[str, list[float]]] = {t: {"model": [], "noisy": []} for t in timesteps}
+    for index, clip in enumerate(clips):
+        frames, height, width = clip.frames.shape[:3]
+        x0 = patchify(pixels_to_model(clip.frames), patch)[0]
+        states = encode(clip.caption) if encode is not None else None
+        batch = prompt_batch(config, clip.caption, frames, height, width, states)
+        rows = batch["segment_ids"].shape[0]
+        noise = np.random.default_rng([seed, index]).standard_normal(x0.shape).astype(np.float32)
+        for t in timesteps:
+            noisy = (1 - t) * x0 + t * noise
+            predicted = np.asarray(
+                clean(batch, jnp.asarray(np.broadcast_to(noisy, (rows, *x0.shape))), jnp.float32(t))
+            )
+            errors[t]["model"].append(np.mean((predicted[0] - x0) ** 2))
+            errors[t]["noisy"].append(np.mean((noisy - x0) ** 2))
+    return {t: {name: float(np.mean(values)) for name, values in e.items()} for t, e in errors.items()}
 
 
 def frame_strip(videos: Sequence[np.ndarray], frames: int = 8, gap: int = 2) -> np.ndarray:

@@ -92,3 +92,31 @@ def test_caption_sensitivity_is_zero_for_a_model_that_ignores_captions():
     moved = caption_probe.caption_sensitivity(graphdef, live, config, clips)
     assert moved["colour_swap"] > 1e-6 and moved["caption_drop"] > 1e-6
     assert moved["clips"] == 3
+
+
+def test_denoising_error_of_a_fresh_network_is_the_clips_own_square_or_the_linear_guess_s():
+    from sora_jax.data.patches import patchify
+    from sora_jax.data.pipeline import pixels_to_model
+    from sora_jax.diffusion.flow import preconditioning
+
+    config = get_config("test")
+    graphdef, params = nnx.split(build_model(config, 0), nnx.Param)
+    clips = _clips(2, frames=8)
+    x0 = [patchify(pixels_to_model(c.frames), config.model.patch_size)[0] for c in clips]
+    noise = [np.random.default_rng([0, i]).standard_normal(x.shape) for i, x in enumerate(x0)]
+    timesteps = (0.05, 0.5)
+    # adaLN-Zero: a fresh network outputs 0, so a clean-clip (data) prediction misses by x0 itself.
+    fresh = caption_probe.denoising_error(graphdef, params, config, clips, timesteps)
+    for t in timesteps:
+        np.testing.assert_allclose(fresh[t]["model"], np.mean([np.mean(x**2) for x in x0]), rtol=1e-5)
+        noisy = [np.mean((t * (e - x)) ** 2) for x, e in zip(x0, noise, strict=True)]
+        np.testing.assert_allclose(fresh[t]["noisy"], np.mean(noisy), rtol=1e-4)
+    # Preconditioned, the same 0 leaves the linear guess from the noisy clip, far better near t = 0.
+    config.diffusion.prediction = "preconditioned"
+    guessed = caption_probe.denoising_error(graphdef, params, config, clips, timesteps)
+    for t in timesteps:
+        skip = float(preconditioning(np.float32(t), config.diffusion.sigma_data)[0])
+        misses = [x - skip * ((1 - t) * x + t * e) for x, e in zip(x0, noise, strict=True)]
+        expected = np.mean([np.mean(m**2) for m in misses])
+        np.testing.assert_allclose(guessed[t]["model"], expected, rtol=1e-4)
+    assert guessed[0.05]["model"] < 0.2 * fresh[0.05]["model"]
