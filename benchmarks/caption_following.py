@@ -1,7 +1,7 @@
 """Caption following: what each part of the recipe buys, as an ablation of one experiment.
 
     python -m benchmarks.caption_following [--config experiments/world_tiny.py] [--variants a,b]
-        [--root runs/caption_following] [--no-write]
+        [--root runs/caption_following] [--section NAME] [--no-write]
 
 Trains the experiment as it is (``recipe``) and once per variant that changes a part of it (and
 ``before``, the recipe this project had before), each with ``sora-jax train`` in its own workdir
@@ -13,14 +13,17 @@ machine. Then, for every run, from its final EMA weights:
   colours as objects, and how speckled the backdrop is (the world's own clips: below about 5);
 * caption sensitivity: the mean square change of the clean prediction of held-out clips when only
   their colour words change, beside the change when the caption is dropped;
+* the clean-prediction error of those clips from one noisy look near t = 0 and at t = 0.5, beside
+  the noisy clip's own (:func:`sora_jax.eval.caption_probe.denoising_error`);
 * the world scores (:mod:`sora_jax.eval.world_score`) per task the run trains, on
   ``eval.world_clips`` held-out captions;
 * the mean time of the run's train step over the same real packed batches, every run's measured in
   this one process after the others (:func:`benchmarks.train_step.measure_step`), so the times
   compare side by side whatever else shared the machine while the runs trained.
 
-Writes the table and a frame strip per run (``docs/images/caption_following_<variant>.png``: the
-probe's prompts, one video a row, eight of its frames) into docs/BENCHMARKS.md.
+Writes the table and a frame strip per run (``docs/images/<section>_<variant>.png``: the probe's
+prompts, one video a row, eight of its frames) into docs/BENCHMARKS.md, as the section
+``caption_following`` or, with ``--section NAME``, ``caption_following_NAME`` beside it.
 """
 
 from __future__ import annotations
@@ -86,12 +89,27 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "captions_24": ("captions cut at 24 tokens", ("data.max_caption_tokens=24", "data.text_len=96")),
     "plain_velocity_loss": ("no cap on the clean-data weight", ("diffusion.max_x0_weight=0.0",)),
     "clip_weighted": ("every clip weighs the same in the loss", ("diffusion.loss_weight=clip",)),
+    "uniform_t_0.2": (
+        "a fifth of clips trained at t uniform in [0, 1], unshifted",
+        ("diffusion.uniform_t=0.2",),
+    ),
+    "preconditioned": (
+        "a correction to the linear guess from the noisy clip (EDM's scalings), not the clean clip",
+        ("diffusion.prediction=preconditioned",),
+    ),
+    "lr_2e-3": ("peak learning rate 2e-3, not 1e-3", ("optim.lr=0.002",)),
+    "width_192": (
+        "width 192 (3 heads of 64), 950 steps: the recipe's wall time",
+        ("model.dim=192", "model.heads=3", "train.steps=950"),
+    ),
+    "steps_3000": ("twice the steps: 3000, about twenty minutes", ("train.steps=3000",)),
     "before": (
         "the recipe before (`BEFORE`: qk-norm, shift from 256, 2-frame patches, 4 heads, ..., 1000 steps)",
         BEFORE,
     ),
 }
 TIMED_STEPS = 10  # Train steps timed per run, after one warm-up step.
+DENOISING_T = (0.05, 0.5)  # Timesteps of the one-look clean-prediction error.
 
 
 def train(spec: str, overrides: tuple[str, ...], workdir: Path) -> None:
@@ -126,26 +144,31 @@ def measure(workdir: Path, strip: Path) -> dict:
         for i in range(8)
     ]  # fmt: skip
     sensitivity = caption_probe.caption_sensitivity(graphdef, params, config, clips)
+    denoising = caption_probe.denoising_error(graphdef, params, config, clips, DENOISING_T)
     tasks = trained_tasks(config)
     world_scores = WorldEvaluation(graphdef, config, tasks).scores(params)
     return {
         "step_ms": 1000 * measure_step(config, TIMED_STEPS)["step_seconds"],
         **{k: probe[k] for k in ("colour_hits", "pair_hits", "pairs", "speckle", "dominant")},
         **{f"sensitivity/{k}": v for k, v in sensitivity.items()},
+        **{f"denoising/{t}/{k}": v for t, errors in denoising.items() for k, v in errors.items()},
         **world_scores,
         "tasks": list(tasks),
     }
 
 
-def report(spec: str, results: dict[str, dict], config) -> str:
+def report(spec: str, results: dict[str, dict], config, strip_prefix: str = "caption_following") -> str:
     tasks = results["recipe"]["tasks"]
+    noisy = {t: results["recipe"][f"denoising/{t}/noisy"] for t in DENOISING_T}  # The same clips and noise.
     head = (
         "| variant | what it changes | step (ms) | colours asked = dominant | both colours shown | "
         "backdrop speckle | colour-swap change | caption-drop change | "
+        + " | ".join(f"clean-prediction error at t = {t:g}" for t in DENOISING_T)
+        + " | "
         + " | ".join(f"{task}: colours / count / overall" for task in tasks)
         + " |"
     )
-    rows = [head, "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+    rows = [head, "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(DENOISING_T) + len(tasks))]
     for name, r in results.items():
         world_cells = [
             f"{r[f'world/{task}/colours']:.2f} / {r[f'world/{task}/count']:.2f} / "
@@ -156,17 +179,21 @@ def report(spec: str, results: dict[str, dict], config) -> str:
             f"| `{name}` | {VARIANTS[name][0]} | {r['step_ms']:.0f} | {r['colour_hits']} of 9 | "
             f"{r['pair_hits']} of {r['pairs']} | {r['speckle']:.1f} | "
             f"{r['sensitivity/colour_swap']:.1e} | {r['sensitivity/caption_drop']:.1e} | "
+            + "".join(f"{r[f'denoising/{t}/model']:.4f} | " for t in DENOISING_T)
             + " | ".join(world_cells)
             + " |"
         )
     t, f = config.train, config.diffusion
     strips = "\n".join(
-        f"- `{name}`: [docs/images/caption_following_{name}.png](images/caption_following_{name}.png)"
+        f"- `{name}`: [docs/images/{strip_prefix}_{name}.png](images/{strip_prefix}_{name}.png)"
         for name in results
     )
+    command = f"python -m benchmarks.caption_following --config {spec} --variants {','.join(results)}"
+    if strip_prefix != "caption_following":
+        command += f" --section {strip_prefix.removeprefix('caption_following_')}"
     return f"""{machine_description()}
 
-`python -m benchmarks.caption_following --config {spec}` trains the experiment ({t.steps} steps)
+`{command}` trains the experiment ({t.steps} steps)
 and variants that each change one or two parts of its recipe
 (the runs may share the machine while they train).
 The step time is the mean of {TIMED_STEPS} train steps of each run's config on the same kind of real
@@ -180,7 +207,11 @@ steps at guidance {f.guidance:g}, EMA weights, seed 11 for every prompt
 between a frame and its 3x3 median over the pixels of no object colour (the world's own clips:
 median 0.7, at most 5.5 over 40 clips). Caption sensitivity is the mean square change of the
 network's clean prediction of 8 held-out clips (t = 0.2, 0.5, 0.8, fixed noise) when only their
-colour words change, and when their captions are dropped. World scores: `sora_jax/eval/world_score.py`
+colour words change, and when their captions are dropped. The clean-prediction error is the mean
+square error (model units, [-1, 1]) of the network's clean prediction of those clips, captioned,
+from one noisy look at t (fixed noise); the noisy clip itself, taken as the guess, misses by
+{" and ".join(f"{noisy[t]:.4f} at t = {t:g}" for t in DENOISING_T)}: a model above that near
+t = 0 drops detail it is shown (`caption_probe.denoising_error`). World scores: `sora_jax/eval/world_score.py`
 on {config.eval.world_clips} held-out captions per task, as in the world simulator section.
 
 {chr(10).join(rows)}
@@ -195,6 +226,12 @@ def main() -> None:
     parser.add_argument("--config", default="experiments/world_tiny.py")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, 'recipe' first")
     parser.add_argument("--root", default="runs/caption_following")
+    parser.add_argument(
+        "--section",
+        default="",
+        help="write a section of its own, caption_following_<SECTION> (the ablation of one question), "
+        "beside the main table",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -205,16 +242,18 @@ def main() -> None:
     root = Path(args.root)
     for name in names:
         train(args.config, VARIANTS[name][1], root / name)
+    section = "caption_following" + (f"_{args.section}" if args.section else "")
+    title = "Caption following (ablation" + (f": {args.section.replace('_', ' ')})" if args.section else ")")
     images = REPORT.parent / "images"
     images.mkdir(exist_ok=True)
     results = {}
     for name in names:
-        results[name] = measure(root / name, images / f"caption_following_{name}.png")
+        results[name] = measure(root / name, images / f"{section}_{name}.png")
         print(name, json.dumps(results[name]))
-    body = report(args.config, results, load_config(args.config))
+    body = report(args.config, results, load_config(args.config), section)
     print(body)
     if not args.no_write:
-        replace_section("caption_following", "Caption following (ablation)", body)
+        replace_section(section, title, body)
 
 
 if __name__ == "__main__":

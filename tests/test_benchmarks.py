@@ -1,0 +1,47 @@
+"""The benchmark scripts' measuring functions still run against the code they measure."""
+
+import math
+
+from benchmarks.train_step import measure_step
+from sora_jax.config import load_config
+
+
+def test_measure_step_times_the_compiled_train_step():
+    config = load_config("experiments/world_tiny.py:test")
+    result = measure_step(config, steps=2)
+    assert result["params"] > 0 and result["compile_seconds"] > 0
+    assert 0 < result["min_seconds"] <= result["step_seconds"] <= result["max_seconds"]
+    assert result["tokens_per_s"] > 0 and result["flops"] > 0 and math.isfinite(result["flops_per_s"])
+
+
+def test_caption_following_report_has_a_row_per_variant_and_the_noisy_clip_reference():
+    from benchmarks import caption_following
+
+    def result(hits):
+        return {
+            "tasks": ["text_to_video"],
+            "step_ms": 370.0,
+            "colour_hits": hits,
+            "pair_hits": 5,
+            "pairs": 6,
+            "speckle": 5.8,
+            "sensitivity/colour_swap": 1e-4,
+            "sensitivity/caption_drop": 2e-3,
+            **{f"denoising/{t}/model": 0.01 for t in caption_following.DENOISING_T},
+            **{f"denoising/{t}/noisy": t * t * 0.9 for t in caption_following.DENOISING_T},
+            **{f"world/text_to_video/{k}": 0.5 for k in ("colours", "count", "overall")},
+        }
+
+    config = load_config("experiments/world_tiny.py")
+    body = caption_following.report(
+        "experiments/world_tiny.py",
+        {"recipe": result(8), "steps_3000": result(9)},
+        config,
+        "caption_following_detail",
+    )
+    rows = [line for line in body.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["recipe", "steps_3000"]
+    assert "| 9 of 9 | 5 of 6 |" in rows[1] and "0.0100 | 0.0100 |" in rows[1]
+    assert "misses by 0.0023 at t = 0.05 and 0.2250 at t = 0.5" in " ".join(body.split())
+    assert "--variants recipe,steps_3000 --section detail" in body
+    assert "images/caption_following_detail_steps_3000.png" in body
