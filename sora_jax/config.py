@@ -153,15 +153,18 @@ def base_config() -> ConfigDict:
     c.diffusion = f = ConfigDict()
     # What the network outputs: data (clean patches) | preconditioned (a correction to the best
     # linear guess of the clean patches from the noisy ones, scaled as EDM does) | velocity.
+    # world_tiny trained preconditioned keeps more detail near t = 0, but predicts worse from
+    # t = 0.2 up and its samples are noise (docs/BENCHMARKS.md, caption following, ablation of detail).
     f.prediction = "data"
     f.sigma_data = 0.5  # RMS of the data in model units, for the preconditioned target's scalings.
-    f.min_t = 0.05  # With data prediction, velocity = (x_t - x0) / max(t, min_t).
+    f.min_t = 0.05  # Predicting clean patches, velocity = (x_t - x0) / max(t, min_t).
     f.logit_mean = 0.0  # Timesteps t = sigmoid(n), n ~ Normal(logit_mean, logit_std).
     f.logit_std = 1.0
     f.shift_base_tokens = 256  # Clips of this many tokens get no timestep shift ...
     f.shift_max = 4.0  # ... larger ones are shifted towards noise by sqrt(tokens / base), capped.
     # Share of clips whose training t is drawn uniformly in [0, 1], unshifted, instead: the shift
-    # leaves large clips few draws near t = 0, where sampling ends.
+    # leaves large clips few draws near t = 0, where sampling ends. (0.2 did not make world_tiny
+    # keep more detail; see the ablation of detail in docs/BENCHMARKS.md.)
     f.uniform_t = 0.0
     # How clips share the loss: "token" (every token counts once: a long video counts by its size)
     # or "clip" (every clip counts once: an image as much as a 16-frame video).

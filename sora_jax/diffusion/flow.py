@@ -43,11 +43,9 @@ def sample_timesteps(
     2.8 gets t < 0.1 once in about 1,700 draws), yet a sampler's last step predicts its clean
     video from there.
     """
-    if config.uniform_t == 0:  # The draw of runs before the option: one key, nothing else drawn.
-        normal = jax.random.normal(key, num_tokens_bs.shape)
-    else:
+    if config.uniform_t > 0:  # Without the option the key is used whole: the draw runs had before.
         key, pick_key, uniform_key = jax.random.split(key, 3)
-        normal = jax.random.normal(key, num_tokens_bs.shape)
+    normal = jax.random.normal(key, num_tokens_bs.shape)
     t = shift_timesteps(
         jax.nn.sigmoid(config.logit_mean + config.logit_std * normal), resolution_shift(num_tokens_bs, config)
     )
@@ -139,7 +137,7 @@ def clean_predictor(
     model: Callable[[jax.Array, jax.Array, dict], jax.Array],
     batch: dict[str, jax.Array],
     config: ml_collections.ConfigDict,
-) -> VelocityFn:
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Wrap the network as ``clean(noisy [B, L, P], t [B, S]) -> x0 [B, L, P]`` for the ``data`` and
     ``preconditioned`` targets (see :func:`velocity_predictor`)."""
     if config.prediction == "data":
