@@ -157,7 +157,7 @@ def measure(workdir: Path, strip: Path) -> dict:
     }
 
 
-def report(spec: str, results: dict[str, dict], config, strip_prefix: str = "caption_following") -> str:
+def report(spec: str, results: dict[str, dict], config, section: str = "caption_following") -> str:
     tasks = results["recipe"]["tasks"]
     noisy = {t: results["recipe"][f"denoising/{t}/noisy"] for t in DENOISING_T}  # The same clips and noise.
     head = (
@@ -185,12 +185,11 @@ def report(spec: str, results: dict[str, dict], config, strip_prefix: str = "cap
         )
     t, f = config.train, config.diffusion
     strips = "\n".join(
-        f"- `{name}`: [docs/images/{strip_prefix}_{name}.png](images/{strip_prefix}_{name}.png)"
-        for name in results
+        f"- `{name}`: [docs/images/{section}_{name}.png](images/{section}_{name}.png)" for name in results
     )
     command = f"python -m benchmarks.caption_following --config {spec} --variants {','.join(results)}"
-    if strip_prefix != "caption_following":
-        command += f" --section {strip_prefix.removeprefix('caption_following_')}"
+    if section != "caption_following":
+        command += f" --section {section.removeprefix('caption_following_')}"
     return f"""{machine_description()}
 
 `{command}` trains the experiment ({t.steps} steps)
