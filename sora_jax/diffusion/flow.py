@@ -138,12 +138,12 @@ def clean_predictor(
     batch: dict[str, jax.Array],
     config: ml_collections.ConfigDict,
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """Wrap the network as ``clean(noisy [B, L, P], t [B, S]) -> x0 [B, L, P]`` for the ``data`` and
-    ``preconditioned`` targets (see :func:`velocity_predictor`)."""
+    """Wrap the network as ``clean(noisy [B, L, P], t [B, S]) -> x0 [B, L, P]``, its guess of the
+    clean patches whatever ``diffusion.prediction`` it outputs (see :func:`velocity_predictor`)."""
     if config.prediction == "data":
         return lambda noisy, t_clip: model(noisy, t_clip, batch)
-    if config.prediction != "preconditioned":
-        raise ValueError(f"no clean predictor for prediction {config.prediction!r}")
+    if config.prediction == "velocity":  # x_t = x0 + t v
+        return lambda noisy, t_clip: noisy - token_timesteps(t_clip, batch) * model(noisy, t_clip, batch)
 
     def clean(noisy: jax.Array, t_clip: jax.Array) -> jax.Array:
         skip, out, scale_in = preconditioning(token_timesteps(t_clip, batch), config.sigma_data)

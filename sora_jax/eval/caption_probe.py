@@ -134,10 +134,7 @@ def _clean_prediction(graphdef: nnx.GraphDef, params: nnx.State, config: ml_coll
 
     @jax.jit
     def clean(batch: dict, noisy: jax.Array, t: jax.Array) -> jax.Array:
-        t_clip = jnp.full((noisy.shape[0], 1), t)
-        if config.diffusion.prediction == "velocity":  # x_t = x0 + t v
-            return noisy - t * model(noisy, t_clip, batch)
-        return clean_predictor(model, batch, config.diffusion)(noisy, t_clip)
+        return clean_predictor(model, batch, config.diffusion)(noisy, jnp.full((noisy.shape[0], 1), t))
 
     return clean
 

@@ -263,3 +263,18 @@ def test_preconditioned_prediction_keeps_given_tokens_and_adds_the_scaled_correc
     np.testing.assert_allclose(
         np.asarray(velocity)[0, 2:], np.asarray((noisy - clean) / t_token)[0, 2:], rtol=1e-4, atol=1e-5
     )
+
+
+def test_a_velocity_network_s_clean_guess_is_the_noisy_clip_less_t_velocities():
+    from sora_jax.diffusion.flow import clean_predictor, token_timesteps
+
+    config = get_config("test").diffusion
+    config.prediction = "velocity"
+    batch = _batch()
+    noise = jax.random.normal(jax.random.key(0), batch["patches"].shape)
+    t_clip = jnp.asarray([[0.3, 0.9, 0.5], [0.6, 0.5, 0.5]])
+    t_token = token_timesteps(t_clip, batch)
+    noisy = (1 - t_token) * batch["patches"] + t_token * noise
+    true_velocity = lambda x, t, b: noise - b["patches"]  # noqa: E731
+    clean = clean_predictor(true_velocity, batch, config)(noisy, t_clip)
+    np.testing.assert_allclose(np.asarray(clean), np.asarray(batch["patches"]), atol=1e-5)
