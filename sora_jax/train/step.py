@@ -34,15 +34,22 @@ def make_update(
     (parameters, EMA and moments stay put) and is counted."""
     schedule = learning_rate(config, config.train.steps)
 
+    def advance(parts: tuple) -> tuple:
+        params, ema, opt_state, grads, count = parts
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, ema_update(ema, params, config.optim.ema_decay, count), opt_state
+
+    def stay(parts: tuple) -> tuple:
+        return parts[:3]
+
     def update(state: TrainState, loss: jax.Array, grads: Any) -> tuple[TrainState, dict[str, jax.Array]]:
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, config.optim.ema_decay, state.step)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        params, ema = keep(params, state.params), keep(ema, state.ema_params)
-        opt_state = keep(opt_state, state.opt_state)
+        # A branch, not a select of new and old values: the state is updated in place, where
+        # keeping both would copy every parameter and moment and select between them each step.
+        parts = (state.params, state.ema_params, state.opt_state, grads, state.step)
+        params, ema, opt_state = jax.lax.cond(finite, advance, stay, parts)
         nonfinite_in_a_row = jnp.where(finite, 0, state.nonfinite_in_a_row + 1)
         metrics = {
             "loss": loss,
