@@ -34,6 +34,14 @@ clip_audio          [B, S] bool     the clip has audio tokens (images and silent
 ``patches`` is then ``max(P_v, P_a)`` wide, each token zero beyond its own modality's width
 (:func:`token_widths`); audio token ``k`` of a clip has ``positions`` ``(k, 0, 0)``, and
 ``cond_mask`` marks given audio tokens as it marks video ones.
+
+With frame-level conditioning (``conditioning.frame_level``), one more field:
+
+==================  ==============  ==========================================================
+given_frames        [B, L] i32      bit f set: frame f of the token's temporal patch is given
+                                    clean inside a token that is otherwise generated (0 for
+                                    every other token, wholly given ones included)
+==================  ==============  ==========================================================
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class PackedClip:
     audio_patches: np.ndarray | None = None  # float32 [Na, P_a], the codec's tokens of its sound
     audio_times: np.ndarray | None = None  # float32 [Na], on the video clock in temporal patches
     audio_cond_mask: np.ndarray | None = None  # bool [Na]; None = no given audio tokens
+    given_frames: np.ndarray | None = None  # int32 [N] bits of given frames; None = none
 
     @property
     def num_tokens(self) -> int:
@@ -95,10 +104,11 @@ def empty_batch(
     text_len: int,
     text_dim: int = 0,
     audio: bool = False,
+    frame_level: bool = False,
 ) -> dict[str, np.ndarray]:
     """An all-padding batch of the packed layout (the shape every batch of a run has); with
     ``text_dim > 0`` it has ``text_embeddings`` of that width, with ``audio`` the sound fields
-    (``patch_dim`` is then the wider of the two modalities')."""
+    (``patch_dim`` is then the wider of the two modalities'), with ``frame_level`` ``given_frames``."""
     embeddings = {"text_embeddings": np.zeros((rows, text_len, text_dim), np.float32)} if text_dim else {}
     batch = embeddings | {
         "patches": np.zeros((rows, seq_len, patch_dim), np.float32),
@@ -118,6 +128,8 @@ def empty_batch(
             "times": np.zeros((rows, seq_len), np.float32),
             "clip_audio": np.zeros((rows, max_clips), bool),
         }
+    if frame_level:
+        batch["given_frames"] = np.zeros((rows, seq_len), np.int32)
     return batch
 
 
@@ -130,19 +142,21 @@ def pack_rows(
     text_len: int,
     text_dim: int = 0,
     audio: bool = False,
+    frame_level: bool = False,
 ) -> dict[str, np.ndarray]:
     """Lay out ``rows`` (each a list of clips that fit together) as one packed batch.
 
     With ``text_dim > 0`` every clip brings its ``text_embedding`` ``[M, text_dim]``. With ``audio``
     the batch has the sound fields, and a clip's audio tokens (if it has any) follow its video
-    tokens; each modality's patches are zero-padded to ``patch_dim``.
+    tokens; each modality's patches are zero-padded to ``patch_dim``. With ``frame_level`` it has
+    ``given_frames``, from each clip's own (zeros for a clip without).
 
     Raises:
         ValueError: a row whose clips exceed ``seq_len`` tokens (audio tokens included),
             ``text_len`` caption tokens or ``max_clips`` clips (the caller decides what goes in a
             row; this only lays it out), or a clip with audio tokens in a batch without ``audio``.
     """
-    batch = empty_batch(len(rows), seq_len, patch_dim, max_clips, text_len, text_dim, audio)
+    batch = empty_batch(len(rows), seq_len, patch_dim, max_clips, text_len, text_dim, audio, frame_level)
     for r, clips in enumerate(rows):
         if len(clips) > max_clips:
             raise ValueError(f"row {r} has {len(clips)} clips, more than max_clips={max_clips}")
@@ -161,6 +175,10 @@ def pack_rows(
             batch["positions"][r, tokens] = clip.positions
             if clip.cond_mask is not None:
                 batch["cond_mask"][r, tokens] = clip.cond_mask
+            if clip.given_frames is not None:
+                if not frame_level:
+                    raise ValueError(f"row {r} clip {slot} has given frames; pack it with frame_level=True")
+                batch["given_frames"][r, tokens] = clip.given_frames
             if audio:
                 _place_audio(batch, r, slot, offset, clip)
             elif clip.audio_patches is not None:

@@ -42,7 +42,7 @@ from sora_jax.data.patches import grid_size, patchify
 from sora_jax.data.shards import ShardedClips, open_clips
 from sora_jax.data.sources import LatentStoreSource, LoadedClip, StoreSource, WorldSource
 from sora_jax.data.tokenizer import WordTokenizer
-from sora_jax.diffusion.conditioning import draw_task, given_groups, given_tokens, only_text
+from sora_jax.diffusion.conditioning import draw_task, given_frame_bits, given_groups, given_tokens, only_text
 from sora_jax.errors import ConfigError
 from sora_jax.model.text import frozen_text_dim
 
@@ -222,6 +222,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             text_len=self.data.text_len,
             text_dim=self.text_dim,
             audio=self.codec is not None,
+            frame_level=self.config.conditioning.frame_level,
         )
 
     def get_state(self) -> dict[str, Any]:
@@ -289,11 +290,15 @@ class _PackedBatchIterator(grain.DatasetIterator):
         patches, positions = patchify(values, self.patch)
         grid = grid_size(frames, height, width, self.patch)
         audio_patches, audio_times = self._sound(loaded, frames, budget - len(patches))
-        cond_mask = audio_cond_mask = None
-        if not only_text(self.config.conditioning):  # Drawn last: earlier draws stay as they were.
-            task = draw_task(self.config.conditioning, rng)
-            given = given_groups(task, grid[0], rng, self.config.conditioning.random_rate)
+        cond_mask = audio_cond_mask = given_frames = None
+        conditioning = self.config.conditioning
+        if not only_text(conditioning):  # Drawn last: earlier draws stay as they were.
+            task = draw_task(conditioning, rng)
+            given = given_groups(task, grid[0], rng, conditioning.random_rate)
             cond_mask, audio_cond_mask = given_tokens(task, given, positions, audio_times, self.patch[0])
+            single = given_frame_bits(task, frames, positions, self.patch[0]) if given.any() else None
+            if conditioning.frame_level and single is not None:  # The one frame, inside its group.
+                cond_mask, given_frames = single
         return PackedClip(
             patches=patches,
             positions=positions,
@@ -306,6 +311,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             audio_patches=audio_patches,
             audio_times=audio_times,
             audio_cond_mask=audio_cond_mask,
+            given_frames=given_frames,
         )
 
     def _sound(

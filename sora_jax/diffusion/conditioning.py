@@ -19,6 +19,13 @@ video_to_audio      (``audio.enabled``) every video token: the model makes the c
 audio_to_video      (``audio.enabled``) every audio token: the model makes the picture for the sound
 ==================  ==============================================================================
 
+With ``conditioning.frame_level``, the tasks that give one frame (image_to_video, last_frame) give
+exactly that frame, not the whole temporal group it is in: the group's tokens are generated like
+the rest, with the given frame's pixels shown to the model clean inside them (the packed batch's
+``given_frames``; see :func:`given_frame_bits`). A temporal patch of several frames otherwise turns
+an image into a group of copies of it, which a sampled video then shows as frozen frames, and
+which training never shows the model (it gives a group's real frames).
+
 A clip of one group (an image, or a clip shorter than two temporal patches) is always text-to-image
 for the temporal-group tasks. With audio on, a clip's audio tokens follow its video: a temporal-group
 task also gives the audio tokens whose time falls in a given group (:func:`given_tokens`), and
@@ -64,7 +71,50 @@ def conditioning_section() -> ml_collections.ConfigDict:
     c.video_to_audio = 0.0  # Needs audio.enabled.
     c.audio_to_video = 0.0  # Needs audio.enabled.
     c.random_rate = 0.25  # random_frames: probability that a group is given.
+    # image_to_video and last_frame give their one frame inside its temporal patch (the packed
+    # batch's given_frames), not the whole first or last group. Needs a video DiT run.
+    c.frame_level = False
     return c
+
+
+# Tasks that give one frame of a clip: with ``frame_level``, that frame alone, inside its group.
+SINGLE_FRAME_TASKS = ("image_to_video", "last_frame")
+
+
+def given_frame_bits(
+    task: str, frames: int, positions: np.ndarray, pt: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """With ``conditioning.frame_level``: ``(cond_mask [N] bool, given_frames [N] int32)`` of one
+    clip of ``frames`` real frames (``positions [N, 3]`` its video tokens, ``pt`` frames a temporal
+    patch) for a task of :data:`SINGLE_FRAME_TASKS`; None for any other task (it gives whole groups).
+
+    The given frame's group is not given as tokens (``cond_mask`` all False): its tokens are
+    generated, and bit ``f`` of a token's ``given_frames`` says frame ``f`` of its temporal patch is
+    given clean. image_to_video gives frame 0; last_frame the clip's last real frame (the patch
+    padding after it repeats it).
+    """
+    if task not in SINGLE_FRAME_TASKS:
+        return None
+    frame = 0 if task == "image_to_video" else frames - 1
+    bits = np.where(positions[:, 0] == frame // pt, 1 << (frame % pt), 0).astype(np.int32)
+    return np.zeros(len(positions), bool), bits
+
+
+def token_frame_bits(frames: np.ndarray, positions: np.ndarray, pt: int) -> np.ndarray:
+    """int32 ``[N]``: each token's ``given_frames`` bits from the clip's given frames (bool ``[T]``;
+    ``positions [N, 3]`` its video tokens, ``pt`` frames a temporal patch)."""
+    padded = np.zeros(-(-len(frames) // pt) * pt, bool)
+    padded[: len(frames)] = frames
+    per_group = (padded.reshape(-1, pt) << np.arange(pt)).sum(axis=1).astype(np.int32)
+    return per_group[positions[:, 0]]
+
+
+def frame_feature_mask(given_frames: np.ndarray, pt: int, patch_dim: int, xp=np) -> np.ndarray:
+    """bool ``[..., patch_dim]``: the features of video tokens that belong to given frames, from
+    their ``given_frames`` bits ``[...]`` (a patch's features run frame by frame, ``patch_dim / pt``
+    each: :func:`sora_jax.data.patches.patchify`). ``xp``: numpy or jax.numpy."""
+    frame_of_feature = xp.arange(patch_dim) // (patch_dim // pt)
+    return (given_frames[..., None] >> frame_of_feature) & 1 == 1
 
 
 def task_weights(section: ml_collections.ConfigDict) -> np.ndarray:
@@ -93,6 +143,11 @@ def validate_conditioning_section(section: ml_collections.ConfigDict, audio: boo
         task_weights(section)
     except ValueError as error:
         raise ConfigError(f"config key 'conditioning.text_to_video': {error}") from None
+    if section.frame_level and audio:
+        raise ConfigError(
+            "config key 'conditioning.frame_level': frame-level conditioning is not built for runs "
+            "with sound; set conditioning.frame_level=False or audio.enabled=False"
+        )
     if not 0.0 < section.random_rate < 1.0:
         raise ConfigError(
             f"config key 'conditioning.random_rate': must be in (0, 1), got {section.random_rate}"

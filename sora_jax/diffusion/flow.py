@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sora_jax.data.packing import AUDIO, token_widths
+from sora_jax.diffusion.conditioning import frame_feature_mask
 from sora_jax.errors import ConfigError
 
 
@@ -117,6 +118,13 @@ def token_timesteps(t_clip_bs: jax.Array, batch: dict[str, jax.Array]) -> jax.Ar
     return jnp.where(batch["cond_mask"], 0.0, t_token)[..., None]
 
 
+def given_features(batch: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
+    """bool ``[B, L, P]``: the patch features of frames given clean inside generated tokens (the
+    batch's ``given_frames``; see :func:`sora_jax.diffusion.conditioning.frame_feature_mask`)."""
+    pt = config.model.patch_size[0]
+    return frame_feature_mask(batch["given_frames"], pt, batch["patches"].shape[-1], jnp)
+
+
 def preconditioning(t: jax.Array, sigma_data: float) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(c_skip, c_out, c_in)`` at ``t`` for ``x0 = c_skip x_t + c_out F(c_in x_t)`` (EDM's scalings,
     Karras et al. 2022, on the straight path ``x_t = (1 - t) x0 + t e``, data of RMS ``sigma_data``).
@@ -189,7 +197,8 @@ def flow_loss(
     clip of eight temporal patches counts as much as eight images of its size).
 
     A clip's own loss is the mean over its tokens, so it does not depend on what shares its row.
-    Conditioning tokens (``cond_mask``) stay clean (t = 0) and are left out of the loss. With
+    Conditioning tokens (``cond_mask``) stay clean (t = 0) and are left out of the loss; so are the
+    features of frames given inside generated tokens (``given_frames``), which the model sees clean. With
     ``diffusion.max_x0_weight`` and drawn timesteps, token errors are weighted (see the config).
     ``predict_velocity(noisy [B, L, P], t [B, S]) -> [B, L, P]``. ``timesteps`` (broadcast to
     ``[B, S]``) replaces the random draw, and the loss is then the plain velocity error.
@@ -218,8 +227,16 @@ def flow_loss(
     t_token = token_timesteps(t_clip, batch)
     noise = video_noise(noise_key, batch, patches.shape, config.diffusion.noise_correlation)
     noisy = (1.0 - t_token) * patches + t_token * noise
-    velocity = predict_velocity(noisy, t_clip)
-    token_error = jnp.mean(jnp.square(velocity - (noise - patches)), axis=-1)  # [B, L]
+    squared_error = lambda velocity: jnp.square(velocity - (noise - patches))  # noqa: E731
+    if "given_frames" in batch:  # Frames given inside generated tokens: clean, and not in the loss.
+        given = given_features(batch, config)
+        noisy = jnp.where(given, patches, noisy)
+        velocity = predict_velocity(noisy, t_clip)
+        generated = jnp.maximum(jnp.sum(~given, axis=-1), 1)
+        token_error = jnp.sum(jnp.where(given, 0.0, squared_error(velocity)), axis=-1) / generated
+    else:
+        velocity = predict_velocity(noisy, t_clip)
+        token_error = jnp.mean(squared_error(velocity), axis=-1)  # [B, L]
     if timesteps is None and config.diffusion.max_x0_weight > 0:
         # A token's velocity error at t is its clean-data error over t^2: clean-data errors of
         # nearly clean clips weigh up to 1 / min_t^2 and drown those of noisy ones, where a clip's

@@ -26,7 +26,12 @@ from sora_jax.autoencoder.latent_space import VideoSpace, model_space
 from sora_jax.data.packing import PackedClip, pack_rows, token_widths
 from sora_jax.data.patches import grid_size, patchify, unpatchify
 from sora_jax.data.tokenizer import WordTokenizer
-from sora_jax.diffusion.conditioning import audio_token_groups, token_mask
+from sora_jax.diffusion.conditioning import (
+    audio_token_groups,
+    frame_feature_mask,
+    token_frame_bits,
+    token_mask,
+)
 from sora_jax.diffusion.flow import feature_mask, resolution_shift, velocity_predictor, video_noise
 from sora_jax.diffusion.sampler import guided, integrate, timestep_grid
 
@@ -45,6 +50,9 @@ class Condition:
     values: np.ndarray
     groups: np.ndarray
     sound: np.ndarray | None = None
+    # bool [T]: frames given alone inside groups that are generated (a run with
+    # conditioning.frame_level); None: none.
+    frames: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +75,12 @@ def prompt_batch(
     unconditioned_row: bool = False,
     fps: float = 0.0,
     audio_times: np.ndarray | None = None,
+    given_frames: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Packed rows of one clip each: row 0 captioned with ``prompt``, row 1 uncaptioned, both with the
-    tokens ``given`` (bool ``[N]``) as conditioning; with ``unconditioned_row``, a row 2 with neither
-    (what conditioning guidance pushes away from).
+    tokens ``given`` (bool ``[N]``) as conditioning, and the frames given inside generated tokens
+    (``given_frames`` int32 ``[N]`` bits; a run with ``conditioning.frame_level``); with
+    ``unconditioned_row``, a row 2 with neither (what conditioning guidance pushes away from).
 
     With a frozen ``model.text_encoder``, ``prompt_states`` ``[M, Dt]`` are the prompt's caption
     states, and uncaptioned rows get the null caption training used (one zero row). In a run with
@@ -92,13 +102,16 @@ def prompt_batch(
         text_dim = prompt_states.shape[1]
         states = [prompt_states[: d.max_caption_tokens], np.zeros((1, text_dim), np.float32)]
         texts = [np.zeros(len(s), np.int32) for s in states]
-    masks = [given, given]
+    masks, bits = [given, given], [given_frames, given_frames]
     if unconditioned_row:
         texts, states, masks = texts + texts[1:], states + states[1:], masks + [None]
+        bits = bits + [None]
     grid = grid_size(frames, height, width, patch)
     video = len(patches)
 
-    def clip(text: np.ndarray, state: np.ndarray | None, mask: np.ndarray | None) -> PackedClip:
+    def clip(
+        text: np.ndarray, state: np.ndarray | None, mask: np.ndarray | None, frame_bits: np.ndarray | None
+    ) -> PackedClip:
         return PackedClip(
             patches,
             positions,
@@ -111,9 +124,10 @@ def prompt_batch(
             audio_patches=audio_patches,
             audio_times=audio_times if sound else None,
             audio_cond_mask=None if mask is None or not sound else mask[video:],
+            given_frames=frame_bits,
         )
 
-    rows = [[clip(*row)] for row in zip(texts, states, masks, strict=True)]
+    rows = [[clip(*row)] for row in zip(texts, states, masks, bits, strict=True)]
     return pack_rows(
         rows,
         seq_len=video + sound,
@@ -122,6 +136,7 @@ def prompt_batch(
         text_len=d.max_caption_tokens,
         text_dim=text_dim,
         audio=bool(audio_width),
+        frame_level=config.conditioning.frame_level,
     )
 
 
@@ -232,7 +247,7 @@ def make_generator(
         batch: dict[str, jax.Array],
         key: jax.Array,
         clean: jax.Array,  # [N, P] the given content (model units)
-        given: jax.Array,  # [N, 1] bool
+        given: jax.Array,  # [N, P] bool: the features given (whole tokens, or frames inside them)
         start: jax.Array,  # [N, P] what an edit starts from (zeros otherwise)
         strength: jax.Array,  # t where integration starts: 1 (pure noise) or an edit's strength
     ) -> jax.Array:
@@ -267,8 +282,13 @@ def make_generator(
         clean = np.zeros((num_tokens, layout.width), np.float32)
         start = np.zeros((num_tokens, layout.width), np.float32)
         audio_given = np.zeros(layout.audio, bool)
+        frame_bits = None
         if condition is not None:
             video_given = token_mask(condition.groups, positions)
+            if condition.frames is not None:
+                if not config.conditioning.frame_level:
+                    raise ValueError("frames given inside temporal groups need conditioning.frame_level")
+                frame_bits = token_frame_bits(condition.frames, positions, patch[0])
             clean[: layout.video, : layout.video_width] = patchify(
                 np.asarray(condition.values, np.float32), patch
             )[0]
@@ -294,10 +314,24 @@ def make_generator(
             strength = edit.strength
         given = np.concatenate([video_given, audio_given])
         batch = prompt_batch(
-            config, prompt, frames, height, width, states, given, three_rows, fps, layout.audio_times
+            config,
+            prompt,
+            frames,
+            height,
+            width,
+            states,
+            given,
+            three_rows,
+            fps,
+            layout.audio_times,
+            frame_bits,
         )
+        features = np.repeat(given[:, None], layout.width, axis=1)
+        if frame_bits is not None:
+            frame_features = frame_feature_mask(frame_bits, patch[0], layout.video_width)
+            features[: layout.video, : layout.video_width] |= frame_features
         tokens = np.asarray(
-            sample(params, batch, jax.random.key(seed), clean, given[:, None], start, jnp.float32(strength))
+            sample(params, batch, jax.random.key(seed), clean, features, start, jnp.float32(strength))
         )
         video = space.to_pixels(
             unpatchify(tokens[: layout.video, : layout.video_width], layout.grid, patch, frames)

@@ -71,7 +71,8 @@ def fit_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class ClipLayout:
     """The generated clip: ``frames x height x width`` in model units (latents in a latent run), its
-    temporal patch, and the space given pixels are brought into."""
+    temporal patch, and the space given pixels are brought into. ``frame_level``: the run's
+    ``conditioning.frame_level`` (an image is given as one frame, not a temporal group of copies)."""
 
     frames: int
     height: int
@@ -79,6 +80,7 @@ class ClipLayout:
     channels: int
     time_patch: int
     space: VideoSpace = dataclasses.field(default_factory=PixelSpace)
+    frame_level: bool = False
 
     @property
     def groups(self) -> int:
@@ -95,14 +97,26 @@ class ClipLayout:
     def condition(self, pieces: list[tuple[str, np.ndarray]]) -> Condition:
         """A :class:`Condition` from ``(where, pixels)`` pieces, ``where`` "start" or "end".
 
+        A piece gives whole temporal groups: the first (or last) frame it gives fills the rest of
+        its last group. With ``frame_level``, a piece of one model frame (an image) gives that frame
+        alone, the first (or last) of the clip, and its group is generated around it, as the run's
+        image_to_video and last_frame tasks trained it.
+
         Raises:
             ValueError: the pieces leave no group to generate, or overlap.
         """
         values = np.zeros((self.frames, self.height, self.width, self.channels), np.float32)
         groups = np.zeros(self.groups, bool)
+        frames = np.zeros(self.frames, bool)
         pt = self.time_patch
         for where, pixels in pieces:
             model = self.to_model(pixels)[: self.frames]
+            if self.frame_level and len(model) == 1 and pt > 1:
+                frame = 0 if where == "start" else self.frames - 1
+                if frames[frame]:
+                    raise ValueError("the given images overlap: ask for more --frames")
+                values[frame], frames[frame] = model[0], True
+                continue
             count = -(-len(model) // pt)  # Whole groups; the edge frame fills the rest of one.
             fill = np.repeat(model[-1:] if where == "start" else model[:1], count * pt - len(model), 0)
             if where == "start":
@@ -118,7 +132,9 @@ class ClipLayout:
             groups[span] = True
         if groups.all():
             raise ValueError(f"the given frames fill all {self.frames} frames: nothing is left to generate")
-        return Condition(values, groups)
+        if (frames & np.repeat(groups, pt)[: self.frames]).any():
+            raise ValueError("the given images and videos overlap: ask for more --frames")
+        return Condition(values, groups, frames=frames if frames.any() else None)
 
     def whole_video(self, pixels: np.ndarray) -> Condition:
         """A :class:`Condition` giving every frame of the clip, from a video at least as long: what a

@@ -225,7 +225,7 @@ def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray | Sampl
     fps = config.train.sample_fps if request.fps is None else request.fps
     run.step(request.step)  # That the checkpoint exists, before anything is loaded.
     space = model_space(config)
-    layout = ClipLayout(*shape, m.channels, m.patch_size[0], space)
+    layout = ClipLayout(*shape, m.channels, m.patch_size[0], space, config.conditioning.frame_level)
     try:
         condition, edit = given_content(request, layout, space.pixel_shape(*shape), config.audio, fps)
     except ValueError as error:  # Unreadable or unfitting given images and videos.

@@ -52,7 +52,9 @@ class WorldEvaluation:
         )  # fmt: skip
         space = self.generate.space
         shape = (t.sample_frames, t.sample_height, t.sample_width)
-        self.layout = ClipLayout(*shape, config.model.channels, config.model.patch_size[0], space)
+        self.layout = ClipLayout(
+            *shape, config.model.channels, config.model.patch_size[0], space, config.conditioning.frame_level
+        )
         frames, height, width = space.pixel_shape(*shape)
         # With sound, captions may describe it as training's did (audio.caption_sounds).
         sounds = config.audio.caption_sounds if self.sound else 0.0

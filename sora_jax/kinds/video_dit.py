@@ -85,7 +85,10 @@ class VideoDiTKind(RunKind):
     def batch_row(self) -> dict[str, jax.ShapeDtypeStruct]:
         m, d = self.config.model, self.config.data
         patch_dim, audio = max(token_widths(self.config)), self.config.audio.enabled
-        row = empty_batch(1, d.seq_len, patch_dim, d.max_clips_per_row, d.text_len, frozen_text_dim(m), audio)
+        frame_level = self.config.conditioning.frame_level
+        row = empty_batch(
+            1, d.seq_len, patch_dim, d.max_clips_per_row, d.text_len, frozen_text_dim(m), audio, frame_level
+        )
         return {name: jax.ShapeDtypeStruct(a.shape, a.dtype) for name, a in row.items()}
 
     def batches(self, first_row: int, num_rows: int) -> Iterator[Batch]:

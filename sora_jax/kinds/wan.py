@@ -56,10 +56,11 @@ class WanKind(VideoDiTKind):
         validate_diffusion_section(config.diffusion)
         validate_conditioning_section(config.conditioning)
         given = [task for task in TASKS[1:] if config.conditioning[task] > 0]
+        given += ["frame_level"] if config.conditioning.frame_level else []
         if given:
             raise ConfigError(
                 f"config key 'conditioning.{given[0]}': a Wan text-to-video run takes no given frames; "
-                "set the weights of every task but text_to_video to 0"
+                "set the weights of every task but text_to_video to 0 (and frame_level to False)"
             )
 
     # --- the batch: the DiT's, with UMT5 states of model.text_dim ------------------------------------

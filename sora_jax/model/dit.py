@@ -135,8 +135,9 @@ class VideoDiT(nnx.Module):
     Call with the noisy patches ``[B, L, P]``, per-clip timesteps ``[B, S]`` in [0, 1], and the
     batch's ``segment_ids``, ``positions``, ``cond_mask``, ``text_tokens`` (or ``text_embeddings``
     with a frozen ``model.text_encoder``), ``text_segment_ids`` and ``text_positions``, with sound
-    also ``modality`` and ``times``; returns the prediction ``[B, L, P]`` in float32 (with sound
-    ``P = max(P_v, P_a)``, and every token's features beyond its own modality's width are 0).
+    also ``modality`` and ``times``, with ``conditioning.frame_level`` also ``given_frames``;
+    returns the prediction ``[B, L, P]`` in float32 (with sound ``P = max(P_v, P_a)``, and every
+    token's features beyond its own modality's width are 0).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
@@ -149,6 +150,11 @@ class VideoDiT(nnx.Module):
         self.patch_embed = dense(patch_dim, m.dim, ("patch", "embed"), rngs, **kw)
         # Added to the tokens given clean as conditioning (cond_mask), so the model knows them.
         self.cond_embed = nnx.Param(jnp.zeros((m.dim,), jnp.dtype(m.param_dtype)), out_sharding=("embed",))
+        if config.conditioning.frame_level:
+            # One vector per frame of a temporal patch, added to a generated token for each of its
+            # frames given clean (the batch's given_frames), so the model knows which they are.
+            frame_embed = jnp.zeros((m.patch_size[0], m.dim), jnp.dtype(m.param_dtype))
+            self.frame_embed = nnx.Param(frame_embed, out_sharding=(None, "embed"))
         self.time_in = dense(256, m.dim, (None, "embed"), rngs, **kw)
         self.time_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
         self.text_encoder = TextEncoder(
@@ -213,6 +219,10 @@ class VideoDiT(nnx.Module):
         with jax.named_scope("patch_embed"):
             x = self.embed_tokens(noisy_blp.astype(jnp.dtype(m.dtype)), batch)
             x = x + batch["cond_mask"][..., None].astype(x.dtype) * self.cond_embed[...].astype(x.dtype)
+            if "given_frames" in batch:
+                frames = self.frame_embed.shape[0]
+                bits = (batch["given_frames"][..., None] >> jnp.arange(frames)) & 1  # [B, L, pt]
+                x = x + bits.astype(x.dtype) @ self.frame_embed[...].astype(x.dtype)
             x = constrain(x, ACTIVATION, self.rules)
         with jax.named_scope("conditioning"):
             conditioning = self.time_out(

@@ -35,21 +35,26 @@ BATCH_AXES = {
     "modality": ("batch", "length"),
     "times": ("batch", "length"),
     "clip_audio": ("batch", None),
+    # Only with frame-level conditioning (conditioning.frame_level).
+    "given_frames": ("batch", "length"),
 }
 Axes = dict[str, tuple[str | None, ...]]  # batch field -> logical names of its axes
 SOUND_FIELDS = ("modality", "times", "clip_audio")
-PACKED_FIELDS = tuple(name for name in BATCH_AXES if name != "text_embeddings" and name not in SOUND_FIELDS)
+OPTIONAL_FIELDS = ("text_embeddings", *SOUND_FIELDS, "given_frames")
+PACKED_FIELDS = tuple(name for name in BATCH_AXES if name not in OPTIONAL_FIELDS)
 
 
 def packed_axes(config: ml_collections.ConfigDict) -> Axes:
     """The packed-batch fields of a DiT run and their axes: the contract's, plus ``text_embeddings``
-    when a frozen encoder's stored caption states replace the learned one's tokens, and the sound
-    fields with ``audio.enabled``."""
+    when a frozen encoder's stored caption states replace the learned one's tokens, the sound
+    fields with ``audio.enabled``, and ``given_frames`` with ``conditioning.frame_level``."""
     fields = PACKED_FIELDS
     if config.model.text_encoder != "learned":
         fields += ("text_embeddings",)
     if config.audio.enabled:
         fields += SOUND_FIELDS
+    if config.conditioning.frame_level:
+        fields += ("given_frames",)
     return {name: BATCH_AXES[name] for name in fields}
 
 

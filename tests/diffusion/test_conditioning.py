@@ -5,7 +5,15 @@ import pytest
 
 from sora_jax.config import ConfigError, load_config
 from sora_jax.data.pipeline import batch_stream
-from sora_jax.diffusion.conditioning import TASKS, conditioning_section, given_groups, task_weights
+from sora_jax.diffusion.conditioning import (
+    TASKS,
+    conditioning_section,
+    frame_feature_mask,
+    given_frame_bits,
+    given_groups,
+    task_weights,
+    token_frame_bits,
+)
 
 
 @pytest.mark.parametrize(
@@ -64,3 +72,41 @@ def test_the_packed_batch_marks_given_tokens_by_their_temporal_group():
     assert batch["cond_mask"].any()
     plain = next(batch_stream(load_config("experiments/world_tiny.py:test"), 8))
     assert not plain["cond_mask"].any()
+
+
+def test_frame_level_gives_the_one_frame_inside_its_group_not_the_group():
+    config = load_config(
+        "experiments/world_tiny.py:test",
+        [
+            "conditioning.text_to_video=0.0",
+            "conditioning.image_to_video=1.0",
+            "conditioning.frame_level=True",
+            "data.image_fraction=0.0",
+        ],
+    )
+    batch = next(batch_stream(config, 8))
+    assert not batch["cond_mask"].any()  # The first group is generated, not given.
+    real, first_group = batch["segment_ids"] > 0, batch["positions"][..., 0] == 0
+    given = batch["given_frames"] > 0
+    assert given.any() and not (given & ~(real & first_group)).any()
+    assert set(np.unique(batch["given_frames"][given]).tolist()) == {1}  # Frame 0 of the patch.
+
+
+def test_frame_level_last_frame_is_the_clips_last_real_frame():
+    grid = np.meshgrid(np.arange(3), np.arange(2), np.arange(2), indexing="ij")
+    positions = np.stack(grid, -1).reshape(-1, 3)
+    # 7 frames in patches of 4: the last real frame is frame 2 of the second group.
+    cond_mask, bits = given_frame_bits("last_frame", 7, positions, 4)
+    assert not cond_mask.any()
+    np.testing.assert_array_equal(bits, np.where(positions[:, 0] == 1, 1 << 2, 0))
+    assert given_frame_bits("extend_forward", 7, positions, 4) is None  # Whole groups, as before.
+    frames = np.zeros(8, bool)
+    frames[[0, 7]] = True
+    np.testing.assert_array_equal(token_frame_bits(frames, positions[:8], 4), [1] * 4 + [8] * 4)
+    features = frame_feature_mask(np.asarray([0, 1, 8]), 4, 8)  # 2 features a frame.
+    np.testing.assert_array_equal(features.astype(int), [[0] * 8, [1, 1] + [0] * 6, [0] * 6 + [1, 1]])
+
+
+def test_frame_level_is_refused_where_it_is_not_built():
+    with pytest.raises(ConfigError, match="conditioning.frame_level"):
+        load_config("experiments/world_av.py:test", ["conditioning.frame_level=True"])

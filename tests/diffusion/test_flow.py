@@ -73,6 +73,31 @@ def test_flow_loss_weights_clips_equally_and_skips_padding_and_conditioning():
     assert float(loss) == pytest.approx((1.0 + 0.0) / 2, rel=1e-5)
 
 
+def test_frames_given_inside_generated_tokens_are_seen_clean_and_left_out_of_the_loss():
+    config = _config()
+    config.model.patch_size = (2, 1, 1)  # Features 0-2 are a token's first frame, 3-5 its second.
+    batch = _batch(patch_dim=6)
+    batch["given_frames"] = jnp.zeros((2, 12), jnp.int32).at[0, :5].set(1)  # Clip 1: frame 0 given.
+    key = jax.random.key(0)
+    _, noise_key = jax.random.split(key)
+    noise = jax.random.normal(noise_key, batch["patches"].shape)
+    seen = {}
+
+    def predict(noisy, t):
+        seen["noisy"] = noisy
+        # Off by 1 on the second frame's features and by 50 on the first's (the given frame).
+        return noise - batch["patches"] + jnp.asarray([50.0] * 3 + [1.0] * 3)
+
+    loss, _ = flow_loss(predict, batch, key, config, timesteps=jnp.float32(0.5))
+    given = np.zeros((2, 12, 6), bool)
+    given[0, :5, :3] = True
+    np.testing.assert_array_equal(np.asarray(seen["noisy"])[given], np.asarray(batch["patches"])[given])
+    assert not np.isclose(np.asarray(seen["noisy"])[~given], np.asarray(batch["patches"])[~given]).any()
+    # Clip 1 is scored on its generated frame only (error 1); the other clips on every feature.
+    other = (50.0**2 + 1.0) / 2
+    assert float(loss) == pytest.approx((5 * 1.0 + 4 * other + 12 * other) / 21, rel=1e-5)
+
+
 def _predict_with_errors(batch, key, errors):
     """A velocity predictor off by ``errors[segment]`` (padding: 100) on every feature."""
     segments = np.asarray(batch["segment_ids"])

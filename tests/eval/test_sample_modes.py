@@ -1,8 +1,9 @@
 """Every ``sora-jax sample`` mode end to end on a tiny checkpoint trained with all conditioning tasks
 (world_small:test: world_small's task mix, on a model of seconds).
 
-It has temporal patches of 2 frames, so what is given is whole pairs of frames; given
-frames come back exactly (they are put back clean), the rest is generated.
+It has temporal patches of 2 frames, so what is given is whole pairs of frames, except an image,
+which is given as one frame inside a generated pair (``conditioning.frame_level``); given frames
+come back exactly (they are put back clean), the rest is generated.
 """
 
 import json
@@ -26,7 +27,8 @@ SIZE = ["--height", "16", "--width", "16"]
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("modes")
     # ``sora-jax train`` in this process: the tests here are about sampling from what it writes.
-    assert main(["train", "--config", "experiments/world_small.py:test", "--workdir", str(root / "run")]) == 0
+    argv = ["train", "--config", "experiments/world_small.py:test", "--workdir", str(root / "run")]
+    assert main([*argv, "--config.conditioning.frame_level=True"]) == 0
     clips = [world.make_clip(7, i, frames=8, height=16, width=16, fps=6.0).frames for i in range(2)]
     for name, clip in zip(("a", "b"), clips, strict=True):
         write_video(root / f"{name}.mp4", clip, 6.0)
@@ -52,6 +54,8 @@ def test_image_to_video_starts_with_the_image(run):
     # The mp4 is lossy: compare within a few levels (a different image would be far off).
     assert _error(frames[0], clips[0][0]) < 6
     assert _error(frames[0], clips[1][0]) > 3 * _error(frames[0], clips[0][0])
+    # The image is one frame: the rest of its temporal patch is generated, not a copy of it.
+    assert _error(frames[1], frames[0]) > 3 * _error(frames[0], clips[0][0])
 
 
 def test_extension_forward_and_backward_keep_the_given_frames(run):
