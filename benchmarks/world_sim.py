@@ -43,6 +43,55 @@ def _scored(workdir: Path) -> list[dict]:
     return sorted((r for r in found if "world/overall" in r), key=lambda r: r["step"])
 
 
+def _train_seconds(workdir: Path, config: ConfigDict) -> float:
+    """The run's training time: its logged step times (one logged every ``train.log_every``)."""
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return sum(line["step_seconds"] for line in lines if "step_seconds" in line) * config.train.log_every
+
+
+def config_changes(base: ConfigDict, other: ConfigDict) -> str:
+    """``key=value`` of every leaf where ``other`` differs from ``base`` (``–`` for none)."""
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flat |= leaves(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+        return flat
+
+    mine, theirs = leaves(base.to_dict()), leaves(other.to_dict())
+    changed = [f"`{k}={theirs[k]}`" for k in sorted(theirs) if mine.get(k) != theirs[k]]
+    return ", ".join(changed) or "–"
+
+
+def compared_runs(config: ConfigDict, workdirs: list[Path]) -> str:
+    """A table of other runs' last scored checkpoints beside this one's config: what each changes,
+    its training time and its overall score per task (runs are scored first where they are not)."""
+    rows = []
+    for workdir in workdirs:
+        if not _scored(workdir):
+            steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+            command = [sys.executable, "-m", "sora_jax.cli", "evaluate", "--workdir", str(workdir)]
+            subprocess.run([*command, "--world", "--step", str(steps[-1])], check=True)
+        other, last = local_config(workdir), _scored(workdir)[-1]
+        cells = " | ".join(f"{last[f'world/{task}/overall']:.2f}" for task in TASKS)
+        minutes = _train_seconds(workdir, other) / 60
+        rows.append(
+            f"| `{workdir.name}` | {config_changes(config, other)} | {last['step']} | {minutes:.0f} "
+            f"| {cells} | {last['world/overall']:.2f} |"
+        )
+    head = " | ".join(TASKS)
+    return "\n".join(
+        [
+            f"| run | its config, where it differs from this one's | step | training (min) | {head} | mean |",
+            "|---|---|---:|---:|" + "---:|" * (len(TASKS) + 1),
+            *rows,
+        ]
+    )
+
+
 def _cell(value: float) -> str:
     return "–" if value != value else f"{value:.2f}"  # NaN: nothing in these scenes to judge.
 
@@ -69,6 +118,7 @@ def report(
     copies: dict[str, dict],
     swept: dict[float, dict],
     train_seconds: float,
+    compared: str = "",
 ) -> str:
     """The BENCHMARKS.md section: the last result's overall score per task beside chance, a copy of
     what the task gives and the world's own clips; every score beside every reference; the overall
@@ -146,7 +196,7 @@ Overall score per task at each checkpoint scored (val loss: held-out flow loss):
 |---:|---:|{numbers}
 {curve}
 
-{sweep}Training took {train_seconds / 60:.0f} min of logged step time."""
+{sweep}Training took {train_seconds / 60:.0f} min of logged step time.{compared}"""
 
 
 def main() -> None:
@@ -158,6 +208,13 @@ def main() -> None:
         "--guidance",
         default="1,2",
         help="other caption guidance scales to score the last checkpoint at, comma-separated ('' for none)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="WORKDIR",
+        help="other runs of the experiment, scored the same way, in a table beside this one",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -183,10 +240,17 @@ def main() -> None:
     scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     scales = [g for g in scales if g != config.diffusion.guidance]
     swept = guidance_sweep(workdir, config, results[-1]["step"], scales) if scales else {}
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    logged = [line["step_seconds"] for line in lines if "step_seconds" in line]
-    train_seconds = sum(logged) * config.train.log_every
-    body = report(config, args.config, results, references, given, copies, swept, train_seconds)
+    compared = ""
+    if args.compare:
+        table = compared_runs(config, [Path(w) for w in args.compare])
+        compared = f"""
+
+Other runs of the experiment, scored the same way at their last checkpoint (what each changes
+from this run's config; `sora-jax evaluate --world`):
+
+{table}"""
+    train_seconds = _train_seconds(workdir, config)
+    body = report(config, args.config, results, references, given, copies, swept, train_seconds, compared)
     print(body)
     if not args.no_write:
         name = Path(args.config.split(":")[0]).stem

@@ -45,3 +45,25 @@ def test_caption_following_report_has_a_row_per_variant_and_the_noisy_clip_refer
     assert "misses by 0.0023 at t = 0.05 and 0.2250 at t = 0.5" in " ".join(body.split())
     assert "--variants recipe,steps_3000 --section detail" in body
     assert "images/caption_following_detail_steps_3000.png" in body
+
+
+def test_world_sim_compares_other_runs_by_what_their_config_changes(tmp_path):
+    import json
+
+    from benchmarks import world_sim
+    from sora_jax.config import config_to_json
+
+    config = load_config("experiments/world_small.py")
+    other = load_config("experiments/world_small.py", ["train.steps=4500", "conditioning.frame_level=False"])
+    assert world_sim.config_changes(config, config) == "–"
+    assert world_sim.config_changes(config, other) == "`conditioning.frame_level=False`, `train.steps=4500`"
+    run = tmp_path / "longer"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.json").write_text(config_to_json(other))
+    scores = {f"world/{task}/overall": 0.5 for task in world_sim.TASKS}
+    (run / "eval" / "step_4500.json").write_text(json.dumps({"step": 4500, "world/overall": 0.5, **scores}))
+    lines = [{"step": i, "step_seconds": 0.6} for i in range(1, 4501)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    table = world_sim.compared_runs(config, [run])
+    # 4500 logged steps (train.log_every = 1) of 0.6 s: 45 minutes.
+    assert "| `longer` | `conditioning.frame_level=False`, `train.steps=4500` | 4500 | 45 | 0.50 |" in table
