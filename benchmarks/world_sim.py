@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,13 @@ def _scored(workdir: Path) -> list[dict]:
     return sorted((r for r in found if "world/overall" in r), key=lambda r: r["step"])
 
 
-def _train_seconds(workdir: Path, config: ConfigDict) -> float:
-    """The run's training time: its logged step times (one logged every ``train.log_every``)."""
+def _train_seconds(workdir: Path, config: ConfigDict) -> tuple[float, float]:
+    """The run's training time: the sum of its logged step times (one logged every
+    ``train.log_every``), and its median step time times its steps, which a disturbance of the
+    machine for part of the run (another job, a paused process) does not move."""
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return sum(line["step_seconds"] for line in lines if "step_seconds" in line) * config.train.log_every
+    seconds = [line["step_seconds"] for line in lines if "step_seconds" in line]
+    return sum(seconds) * config.train.log_every, statistics.median(seconds) * config.train.steps
 
 
 def config_changes(base: ConfigDict, other: ConfigDict) -> str:
@@ -77,15 +81,16 @@ def compared_runs(config: ConfigDict, workdirs: list[Path]) -> str:
             subprocess.run([*command, "--world", "--step", str(steps[-1])], check=True)
         other, last = local_config(workdir), _scored(workdir)[-1]
         cells = " | ".join(f"{last[f'world/{task}/overall']:.2f}" for task in TASKS)
-        minutes = _train_seconds(workdir, other) / 60
+        logged, typical = (seconds / 60 for seconds in _train_seconds(workdir, other))
         rows.append(
-            f"| `{workdir.name}` | {config_changes(config, other)} | {last['step']} | {minutes:.0f} "
-            f"| {cells} | {last['world/overall']:.2f} |"
+            f"| `{workdir.name}` | {config_changes(config, other)} | {last['step']} | {typical:.0f} "
+            f"({logged:.0f}) | {cells} | {last['world/overall']:.2f} |"
         )
     head = " | ".join(TASKS)
     return "\n".join(
         [
-            f"| run | its config, where it differs from this one's | step | training (min) | {head} | mean |",
+            f"| run | its config, where it differs from this one's | step | training, min: at the median "
+            f"step (logged) | {head} | mean |",
             "|---|---|---:|---:|" + "---:|" * (len(TASKS) + 1),
             *rows,
         ]
@@ -117,7 +122,7 @@ def report(
     given: dict[str, int],
     copies: dict[str, dict],
     swept: dict[float, dict],
-    train_seconds: float,
+    train_seconds: tuple[float, float],
     compared: str = "",
 ) -> str:
     """The BENCHMARKS.md section: the last result's overall score per task beside chance, a copy of
@@ -196,7 +201,8 @@ Overall score per task at each checkpoint scored (val loss: held-out flow loss):
 |---:|---:|{numbers}
 {curve}
 
-{sweep}Training took {train_seconds / 60:.0f} min of logged step time.{compared}"""
+{sweep}Training took {train_seconds[0] / 60:.0f} min of logged step time; at its median step,
+{train_seconds[1] / 60:.0f} min.{compared}"""
 
 
 def main() -> None:

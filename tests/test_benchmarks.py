@@ -54,16 +54,18 @@ def test_world_sim_compares_other_runs_by_what_their_config_changes(tmp_path):
     from sora_jax.config import config_to_json
 
     config = load_config("experiments/world_small.py")
-    other = load_config("experiments/world_small.py", ["train.steps=4500", "conditioning.frame_level=False"])
+    other = load_config("experiments/world_small.py", ["train.steps=6000", "conditioning.random_rate=0.5"])
     assert world_sim.config_changes(config, config) == "–"
-    assert world_sim.config_changes(config, other) == "`conditioning.frame_level=False`, `train.steps=4500`"
+    assert world_sim.config_changes(config, other) == "`conditioning.random_rate=0.5`, `train.steps=6000`"
     run = tmp_path / "longer"
     (run / "eval").mkdir(parents=True)
     (run / "config.json").write_text(config_to_json(other))
     scores = {f"world/{task}/overall": 0.5 for task in world_sim.TASKS}
-    (run / "eval" / "step_4500.json").write_text(json.dumps({"step": 4500, "world/overall": 0.5, **scores}))
-    lines = [{"step": i, "step_seconds": 0.6} for i in range(1, 4501)]
+    (run / "eval" / "step_6000.json").write_text(json.dumps({"step": 6000, "world/overall": 0.5, **scores}))
+    lines = [{"step": i, "step_seconds": 60.0 if i == 7 else 0.6} for i in range(1, 6001)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     table = world_sim.compared_runs(config, [run])
-    # 4500 logged steps (train.log_every = 1) of 0.6 s: 45 minutes.
-    assert "| `longer` | `conditioning.frame_level=False`, `train.steps=4500` | 4500 | 45 | 0.50 |" in table
+    # 6000 logged steps (train.log_every = 1) of 0.6 s, one of them disturbed: 60 minutes at the
+    # median step, 61 logged.
+    row = "| `longer` | `conditioning.random_rate=0.5`, `train.steps=6000` | 6000 | 60 (61) | 0.50 |"
+    assert row in table
