@@ -168,6 +168,11 @@ def report(
 
 """
     mix = ", ".join(f"{task} {c[task]:g}" for task in CONDITIONING_TASKS if c[task])
+    if c.frame_level:
+        mix += (
+            " (image_to_video and last_frame give their one frame inside its temporal patch: "
+            "`conditioning.frame_level`)"
+        )
     return f"""{machine_description()}
 
 `python -m benchmarks.world_sim` trains `{config_name}`: a pixel DiT (dim {m.dim}, depth {m.depth},
