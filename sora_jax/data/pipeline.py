@@ -296,9 +296,10 @@ class _PackedBatchIterator(grain.DatasetIterator):
             task = draw_task(conditioning, rng)
             given = given_groups(task, grid[0], rng, conditioning.random_rate)
             cond_mask, audio_cond_mask = given_tokens(task, given, positions, audio_times, self.patch[0])
-            single = given_frame_bits(task, frames, positions, self.patch[0]) if given.any() else None
-            if conditioning.frame_level and single is not None:  # The one frame, inside its group.
-                cond_mask, given_frames = single
+            if conditioning.frame_level and given.any():  # The one frame, inside its group.
+                single = given_frame_bits(task, frames, positions, self.patch[0])
+                if single is not None:
+                    cond_mask, given_frames = single
         return PackedClip(
             patches=patches,
             positions=positions,
