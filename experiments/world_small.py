@@ -56,8 +56,8 @@ def get_config(arg: str | None = None):
     c.diffusion.shift_base_tokens = 32
     c.diffusion.max_x0_weight = 4.0
     # Caption guidance 2, not 4: the 4500-step run scores text-to-video 0.50 sampled at 2 and 0.46
-    # at 4, image-to-video (0.72) and extension (0.89) alike, and its walls are less speckled
-    # (docs/BENCHMARKS.md, world simulator). Sampling only: a trained run can change it.
+    # at 4, image-to-video (0.72) and extension (0.89) alike (docs/BENCHMARKS.md, world
+    # simulator). Sampling only: a trained run can change it.
     c.diffusion.guidance = 2.0
     # The hour's budget: 4500 steps scored text-to-video 0.46, image-to-video 0.72 and extension
     # 0.89 (at guidance 4) where 2500 scored 0.40, 0.61 and 0.85; 4800 steps, 61 min on a slower
