@@ -17,10 +17,10 @@ import logging
 import os
 import time
 
-from sora_jax.data.video_io import write_video
 from sora_jax.train.metrics import MetricsWriter
 from sora_jax.train.resume import check_writable
 from sora_jax.train.trained_run import TrainedRun
+from sora_jax.train.trainer import write_samples
 
 log = logging.getLogger("sora_jax")
 
@@ -55,12 +55,9 @@ class Evaluator:
         step, params = self.run.load(step)
         scores = self.score(params)
         result = {"step": step, **scores}
-        for index, frames in enumerate(self.sample(params)):
-            for suffix in ("mp4", "gif"):
-                write_video(
-                    self.out / f"step_{step:06d}_{index}.{suffix}", frames, self.config.train.sample_fps
-                )
-            self.writer.write_frames(step, f"eval_samples/{index}", frames)
+        # A run with sound samples its videos with their sound: an mp4 with an AAC track, a wav.
+        samples, fps = self.sample(params), self.config.train.sample_fps
+        write_samples(samples, fps, self.out, step, self.writer, tag="eval_samples")
         self.writer.write(step, {k: v for k, v in result.items() if k != "step"})
         (self.out / f"step_{step}.json").write_text(json.dumps(result, indent=1))
         headline = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "_t" not in k and "/" not in k)

@@ -258,7 +258,7 @@ def _train(
                 raise TrainingInterrupted(done)
             return metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
-            write_samples(sampler(state.ema_params), t, workdir, done, writer)
+            write_samples(sampler(state.ema_params), t.sample_fps, workdir / "samples", done, writer)
     progress.close()
     preemption.close()
 
@@ -267,7 +267,7 @@ def _train(
     if saver.latest_step != final:  # A run that was already complete saves nothing new.
         saver.save(final, state, batches)
     saver.close()
-    write_samples(sampler(state.ema_params), t, workdir, final, writer)
+    write_samples(sampler(state.ema_params), t.sample_fps, workdir / "samples", final, writer)
     writer.close()
     profiler.close()
     seen = meter.summary()
@@ -277,18 +277,19 @@ def _train(
 
 def write_samples(
     videos: list[np.ndarray | Sample],
-    train_config: ml_collections.ConfigDict,
-    workdir: epath.Path,
+    fps: float,
+    folder: epath.Path,
     step: int,
     writer: MetricsWriter,
+    tag: str = "samples",
 ) -> None:
-    """Each sample video (uint8 ``[T, H, W, 3]``, or a :class:`Sample` with its sound) as an mp4 and a
-    gif in ``DIR/samples/`` (with sound: an AAC track in the mp4 and a wav beside it)."""
+    """Each sample video (uint8 ``[T, H, W, 3]``, or a :class:`Sample` with its sound) as
+    ``folder/step_<step>_<index>.mp4`` and a gif beside it (with sound: an AAC track in the mp4 and
+    a wav beside it too), and its frames to TensorBoard under ``<tag>/<index>``."""
     for index, video in enumerate(videos):
         if jax.process_index() != 0:
             continue
         frames, sound = (video.frames, video.sound) if isinstance(video, Sample) else (video, None)
         rate = video.sample_rate if isinstance(video, Sample) else 16000
-        mp4 = workdir / "samples" / f"step_{step:06d}_{index}.mp4"
-        write_sample(mp4, frames, train_config.sample_fps, sound, rate)
-        writer.write_frames(step, f"samples/{index}", frames)
+        write_sample(folder / f"step_{step:06d}_{index}.mp4", frames, fps, sound, rate)
+        writer.write_frames(step, f"{tag}/{index}", frames)

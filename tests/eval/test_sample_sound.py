@@ -133,3 +133,13 @@ def test_world_evaluation_scores_sound_per_task(run):
     assert "world/video_to_audio/overall" not in scores  # Its picture is the given one.
     assert scores["world/overall"] == scores["world/text_to_video/overall"]
     assert 0.0 <= scores["world/sound"] <= 1.0
+
+
+def test_evaluate_writes_its_samples_with_their_sound(run):
+    root, _ = run
+    assert main(["evaluate", "--workdir", str(root / "run")]) == 0
+    out = root / "run" / "eval"
+    assert len(list(out.glob("step_*.json"))) == 1
+    mp4 = sorted(out.glob("*.mp4"))[-1]
+    assert mp4.with_suffix(".wav").is_file() and mp4.with_suffix(".gif").is_file()
+    assert set(_streams(mp4)) == {"video", "audio"}
