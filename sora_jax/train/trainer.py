@@ -89,6 +89,65 @@ class JittedTrainStep:
         return self._jitted._cache_size()
 
 
+class StepLog:
+    """Writes the metrics of logged steps, each read from the device one step late.
+
+    :meth:`hold` keeps a step's metrics as the device arrays the step returned; :meth:`read`
+    (called once the next step is queued, and before anything that must see them: a checkpoint,
+    the end of the run) fetches them, adds the step time and the meter's figures, writes them and
+    stops the run on too many non-finite steps in a row. Reading the metrics right after their
+    step would block the host until the step ends, so the next batch could not be built meanwhile.
+    """
+
+    def __init__(
+        self,
+        writer: MetricsWriter,
+        meter: Any,
+        progress: tqdm,
+        step_fn: JittedTrainStep,
+        start: int,
+        max_nonfinite: int,
+        saver: checkpoint.BackgroundSaver,
+    ) -> None:
+        self.writer, self.meter, self.progress, self.step_fn = writer, meter, progress, step_fn
+        self.max_nonfinite, self.saver = max_nonfinite, saver
+        self.metrics: dict[str, float] = {}  # The last step's written, returned by the run.
+        self._held: tuple[int, Any] | None = None
+        self._last_time, self._last_step = time.perf_counter(), start
+
+    def hold(self, step: int, device_metrics: Any) -> None:
+        """Keep step ``step``'s metrics (still on the device) for the next :meth:`read`."""
+        self._held = (step, device_metrics)
+
+    def read(self) -> None:
+        """Fetch, complete and write the held step's metrics, if any (blocks until that step ends).
+
+        Raises:
+            FloatingPointError: ``max_nonfinite`` steps in a row up to it had a non-finite loss.
+        """
+        if self._held is None:
+            return
+        done, device_metrics = self._held
+        self._held = None
+        metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        now = time.perf_counter()
+        seconds = (now - self._last_time) / (done - self._last_step)
+        self._last_time, self._last_step = now, done
+        metrics |= {"step_seconds": seconds, "compiles": self.step_fn._cache_size()}
+        metrics |= self.meter.figures(metrics, seconds)
+        self.writer.write(done, metrics)
+        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        self.metrics = metrics
+        if metrics["nonfinite_in_a_row"] >= self.max_nonfinite:
+            self.saver.close()
+            raise FloatingPointError(
+                f"{int(metrics['nonfinite_in_a_row'])} steps in a row up to step {done} had a "
+                f"non-finite loss or gradient (train.max_nonfinite={self.max_nonfinite}); their updates "
+                "were skipped. Lower optim.lr, raise optim.warmup_steps or check the data; "
+                f"the last good checkpoint is step {self.saver.latest_step}."
+            )
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training once the state of ``step`` was saved."""
 
@@ -210,41 +269,29 @@ def _train(
     # Redraw often on a terminal, rarely into a log file.
     redraw = 0.5 if sys.stderr.isatty() else 30.0
     progress = tqdm(total=t.steps, initial=start, disable=not is_writer, desc="train", mininterval=redraw)
-    metrics: dict[str, float] = {}
-    last_time, last_step = time.perf_counter(), start
-    meter = kind.meter()
+    step_log = StepLog(writer, kind.meter(), progress, step_fn, start, t.max_nonfinite, saver)
     profiler = StepProfiler(workdir, t.profile_steps, start)
     for step in range(start, t.steps):
         host_batch = next(batches)
-        meter.see(host_batch)
         batch = layout.to_global(host_batch)
         profiler.before(step)
         state, device_metrics = step_fn(state, batch)
         profiler.after(step, state)
         done = step + 1
+        # The previous step's metrics are read only now, with this step queued behind it: the host
+        # builds the next batch while the device runs this step, not between steps.
+        step_log.read()
+        step_log.meter.see(host_batch)  # After: the figures read just now saw the batches up to theirs.
         if done % t.log_every == 0 or done == t.steps:
-            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            now = time.perf_counter()
-            seconds = (now - last_time) / (done - last_step)
-            last_time, last_step = now, done
-            metrics |= {"step_seconds": seconds, "compiles": step_fn._cache_size()}
-            metrics |= meter.figures(metrics, seconds)
-            writer.write(done, metrics)
-            progress.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-            if metrics["nonfinite_in_a_row"] >= t.max_nonfinite:
-                saver.close()
-                raise FloatingPointError(
-                    f"{int(metrics['nonfinite_in_a_row'])} steps in a row up to step {done} had a "
-                    f"non-finite loss or gradient (train.max_nonfinite={t.max_nonfinite}); their updates "
-                    "were skipped. Lower optim.lr, raise optim.warmup_steps or check the data; "
-                    f"the last good checkpoint is step {saver.latest_step}."
-                )
+            step_log.hold(done, device_metrics)
         progress.update(1)
         every = config.checkpoint.every
         if every and done % every == 0 and done != t.steps:
+            step_log.read()  # Its metrics are written with it: no gap after a resume from it.
             saver.save(done, state, batches)
             writer.flush()  # A bucket's metrics keep up with its checkpoints: no gap after a resume.
         if preemption.reached(done):
+            step_log.read()
             if not preemption.interrupted:
                 log.info("preemption notice: saving step %d and exiting", done)
             if saver.latest_step != done:
@@ -256,9 +303,10 @@ def _train(
             progress.close()
             if preemption.interrupted:
                 raise TrainingInterrupted(done)
-            return metrics
+            return step_log.metrics
         if t.sample_every and done % t.sample_every == 0 and done != t.steps:
             write_samples(sampler(state.ema_params), t.sample_fps, workdir / "samples", done, writer)
+    step_log.read()
     progress.close()
     preemption.close()
 
@@ -270,9 +318,9 @@ def _train(
     write_samples(sampler(state.ema_params), t.sample_fps, workdir / "samples", final, writer)
     writer.close()
     profiler.close()
-    seen = meter.summary()
+    seen = step_log.meter.summary()
     log.info("train step compiled %d time(s)%s", step_fn._cache_size(), f" for {seen}" if seen else "")
-    return metrics
+    return step_log.metrics
 
 
 def write_samples(

@@ -132,6 +132,39 @@ def test_a_kind_registered_here_trains_resumes_evaluates_and_compiles(tmp_path):
     assert stats["batches"] == 3 and stats["rows_per_s"] > 0
 
 
+def test_a_steps_metrics_are_read_once_the_next_step_is_queued(tmp_path, monkeypatch):
+    """The host lays out step N + 1's batch before it waits for step N's metrics, so on an
+    accelerator the next batch is built while the device runs; every step's metrics still land,
+    a checkpoint's with it, and in order."""
+    from sora_jax.parallel.global_batch import BatchLayout
+    from sora_jax.train.metrics import MetricsWriter
+
+    written: list[int] = []  # Steps whose metrics were written, in order.
+    seen: list[int] = []  # For each batch laid out: how many steps' metrics were written by then.
+    write, to_global = MetricsWriter.write, BatchLayout.to_global
+
+    def recording_write(self, step, metrics):
+        written.append(step)
+        write(self, step, metrics)
+
+    def recording_to_global(self, host_batch):
+        seen.append(len(written))
+        return to_global(self, host_batch)
+
+    monkeypatch.setattr(MetricsWriter, "write", recording_write)
+    monkeypatch.setattr(BatchLayout, "to_global", recording_to_global)
+    train(toy_config(12), tmp_path / "run")  # A checkpoint at step 8, the last at 12.
+
+    assert written == list(range(1, 13))
+    # Step n's batch is laid out with the metrics of steps up to n - 2 written, since step n - 1's
+    # are read only after step n is queued; but the checkpoint at step 8 reads step 8's before it
+    # saves, so steps 9 and 10 find those of step 8.
+    assert seen == [0, 0, 1, 2, 3, 4, 5, 6, 8, 8, 9, 10]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 13))
+    assert all(line["step_seconds"] > 0 for line in lines)
+
+
 @pytest.mark.slow
 def test_a_registered_kind_compiles_ahead_of_time_for_a_tpu_slice():
     from sora_jax.parallel.tpu import topology_devices
