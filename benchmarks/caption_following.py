@@ -1,7 +1,7 @@
 """Caption following: what each part of the recipe buys, as an ablation of one experiment.
 
     python -m benchmarks.caption_following [--config experiments/world_tiny.py] [--variants a,b]
-        [--root runs/caption_following] [--section NAME] [--no-write]
+        [--root runs/caption_following] [--section NAME] [--guidance G,...] [--no-write]
 
 Trains the experiment as it is (``recipe``) and once per variant that changes a part of it (and
 ``before``, the recipe this project had before), each with ``sora-jax train`` in its own workdir
@@ -17,6 +17,8 @@ machine. Then, for every run, from its final EMA weights:
   the noisy clip's own (:func:`sora_jax.eval.caption_probe.denoising_error`);
 * the world scores (:mod:`sora_jax.eval.world_score`) per task the run trains, on
   ``eval.world_clips`` held-out captions;
+* with ``--guidance``, the recipe's colour probes and text-to-video world scores again at each of
+  those caption guidance scales (sampling only: the same weights);
 * the mean time of the run's train step over the same real packed batches, every run's measured in
   this one process after the others (:func:`benchmarks.train_step.measure_step`), so the times
   compare side by side whatever else shared the machine while the runs trained.
@@ -49,7 +51,8 @@ from sora_jax.train.trained_run import TrainedRun
 # text encoder with embeddings of std 0.02, captions cut at 24 tokens, cross-attention alone, one
 # loss weight per clip, per-frame noise, the plain velocity loss, a timestep shift of
 # sqrt(tokens / 256), qk-norm, patches of 2 frames in 4 rows of 512 tokens, four heads of 32
-# features, scanned blocks, 1000 steps (about the wall time of the recipe's 1500 on this machine).
+# features, scanned blocks, 1000 steps (about the wall time of the recipe's 1500 on this machine),
+# sampled at caption guidance 4.
 BEFORE = (
     "model.text_pooled=false",
     "model.text_embed_std=0.02",
@@ -66,6 +69,7 @@ BEFORE = (
     "model.heads=4",
     "model.scan_layers=true",
     "train.steps=1000",
+    "diffusion.guidance=4.0",
 )
 # name -> (what the variant changes, its config overrides): one part of the recipe undone, or two
 # (the shared_noise_* pair each compare with shared_noise).
@@ -104,7 +108,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "steps_3000": ("twice the steps: 3000, about twenty minutes", ("train.steps=3000",)),
     "before": (
-        "the recipe before (`BEFORE`: qk-norm, shift from 256, 2-frame patches, 4 heads, ..., 1000 steps)",
+        "the recipe before (`BEFORE`: qk-norm, shift from 256, 2-frame patches, 4 heads, ..., 1000 steps, "
+        "guidance 4)",
         BEFORE,
     ),
 }
@@ -127,16 +132,23 @@ def trained_tasks(config) -> tuple[str, ...]:
     return tuple(task for task in WorldEvaluation.TASKS if task == "text_to_video" or weights[task] > 0)
 
 
-def measure(workdir: Path, strip: Path) -> dict:
-    """Probes, caption sensitivity, world scores and step time of the run in ``workdir``."""
-    with TrainedRun(workdir) as run:
-        config, graphdef, params = run.config, run.graphdef, run.params()
+def probe_colours(graphdef, params, config, strip: Path) -> dict:
+    """The colour probes of the run's samples (:func:`caption_probe.colour_probe`) at ``config``'s
+    sampling settings; writes their frame strip to ``strip``."""
     generate = sample_generator(graphdef, config)
     probe = caption_probe.colour_probe(lambda prompt, seed: generate(params, prompt, seed))
     videos = probe.pop("videos")
     image = Image.fromarray(caption_probe.frame_strip(list(videos.values())))
     # Three screen pixels a video pixel, unsmoothed: patch edges and speckle stay visible.
     image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(strip, optimize=True)
+    return probe
+
+
+def measure(workdir: Path, strip: Path) -> dict:
+    """Probes, caption sensitivity, world scores and step time of the run in ``workdir``."""
+    with TrainedRun(workdir) as run:
+        config, graphdef, params = run.config, run.graphdef, run.params()
+    probe = probe_colours(graphdef, params, config, strip)
     t = config.train
     clips = [
         world.make_clip(config.eval.seed, i, frames=t.sample_frames, height=t.sample_height,
@@ -157,7 +169,54 @@ def measure(workdir: Path, strip: Path) -> dict:
     }
 
 
-def report(spec: str, results: dict[str, dict], config, section: str = "caption_following") -> str:
+def guidance_sweep(workdir: Path, scales: list[float], strip_stem: Path) -> dict[float, dict]:
+    """The colour probes and text-to-video world scores of the run in ``workdir`` sampled at each
+    caption guidance scale of ``scales``, its other sampling settings unchanged (the training is
+    the same, so no run is trained again); the strips go to ``<strip_stem>_guidance_<g>.png``."""
+    with TrainedRun(workdir) as run:
+        config, graphdef, params = run.config, run.graphdef, run.params()
+    swept = {}
+    for scale in scales:
+        scaled = config.copy_and_resolve_references()
+        scaled.diffusion.guidance = scale
+        strip = strip_stem.with_name(f"{strip_stem.name}_guidance_{scale:g}.png")
+        probe = probe_colours(graphdef, params, scaled, strip)
+        swept[scale] = {
+            **{k: probe[k] for k in ("colour_hits", "pair_hits", "pairs", "speckle")},
+            **WorldEvaluation(graphdef, scaled, ("text_to_video",)).scores(params),
+            "strip": strip,
+        }
+    return swept
+
+
+def guidance_table(recipe: dict, swept: dict[float, dict], guidance: float, recipe_strip: str) -> str:
+    """The recipe's probes by caption guidance scale: its own scale's row (strip ``recipe_strip``,
+    a file name under docs/images) and the swept ones."""
+    rows = {guidance: recipe | {"strip": recipe_strip}} | swept
+    lines = [
+        "| guidance | colours asked = dominant | both colours shown | backdrop speckle | "
+        "text_to_video: colours / count / overall | frame strip |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for scale in sorted(rows):
+        r = rows[scale]
+        name = Path(r["strip"]).name
+        world = "world/text_to_video"
+        lines.append(
+            f"| {scale:g} | {r['colour_hits']} of 9 | {r['pair_hits']} of {r['pairs']} | "
+            f"{r['speckle']:.1f} | {r[f'{world}/colours']:.2f} / {r[f'{world}/count']:.2f} / "
+            f"**{r[f'{world}/overall']:.2f}** | [{name}](images/{name}) |"
+        )
+    return "\n".join(lines)
+
+
+def report(
+    spec: str,
+    results: dict[str, dict],
+    config,
+    section: str = "caption_following",
+    swept: dict[float, dict] | None = None,
+) -> str:
     tasks = results["recipe"]["tasks"]
     noisy = {t: results["recipe"][f"denoising/{t}/noisy"] for t in DENOISING_T}  # The same clips and noise.
     head = (
@@ -190,6 +249,15 @@ def report(spec: str, results: dict[str, dict], config, section: str = "caption_
     command = f"python -m benchmarks.caption_following --config {spec} --variants {','.join(results)}"
     if section != "caption_following":
         command += f" --section {section.removeprefix('caption_following_')}"
+    by_guidance = ""
+    if swept:
+        command += f" --guidance {','.join(f'{g:g}' for g in swept)}"
+        by_guidance = f"""
+
+The recipe's run sampled at other caption guidance scales (`diffusion.guidance`; the same weights,
+probes and world scores; the table above samples at its {f.guidance:g}):
+
+{guidance_table(results["recipe"], swept, f.guidance, f"{section}_recipe.png")}"""
     return f"""{machine_description()}
 
 `{command}` trains the experiment ({t.steps} steps)
@@ -213,7 +281,7 @@ from one noisy look at t (fixed noise); the noisy clip itself, taken as the gues
 t = 0 drops detail it is shown (`caption_probe.denoising_error`). World scores: `sora_jax/eval/world_score.py`
 on {config.eval.world_clips} held-out captions per task, as in the world simulator section.
 
-{chr(10).join(rows)}
+{chr(10).join(rows)}{by_guidance}
 
 Frame strips (one prompt a row: the nine colours, then the pairs; eight frames each):
 
@@ -230,6 +298,11 @@ def main() -> None:
         default="",
         help="write a section of its own, caption_following_<SECTION> (the ablation of one question), "
         "beside the main table",
+    )
+    parser.add_argument(
+        "--guidance",
+        default="",
+        help="other caption guidance scales to sample the recipe's run at, comma-separated (no training)",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -249,7 +322,11 @@ def main() -> None:
     for name in names:
         results[name] = measure(root / name, images / f"{section}_{name}.png")
         print(name, json.dumps(results[name]))
-    body = report(args.config, results, load_config(args.config), section)
+    config = load_config(args.config)
+    scales = [float(g) for g in args.guidance.split(",") if g.strip()]
+    scales = [g for g in scales if g != config.diffusion.guidance]
+    swept = guidance_sweep(root / "recipe", scales, images / f"{section}_recipe") if scales else {}
+    body = report(args.config, results, config, section, swept)
     print(body)
     if not args.no_write:
         replace_section(section, title, body)

@@ -47,6 +47,46 @@ def test_caption_following_report_has_a_row_per_variant_and_the_noisy_clip_refer
     assert "images/caption_following_detail_steps_3000.png" in body
 
 
+def test_caption_following_report_tables_the_recipe_by_guidance_scale():
+    from benchmarks import caption_following
+
+    recipe = {
+        "tasks": ["text_to_video"],
+        "step_ms": 370.0,
+        "colour_hits": 8,
+        "pair_hits": 5,
+        "pairs": 6,
+        "speckle": 3.5,
+        "sensitivity/colour_swap": 1e-4,
+        "sensitivity/caption_drop": 2e-3,
+        **{f"denoising/{t}/model": 0.01 for t in caption_following.DENOISING_T},
+        **{f"denoising/{t}/noisy": 0.1 for t in caption_following.DENOISING_T},
+        **{f"world/text_to_video/{k}": 0.5 for k in ("colours", "count", "overall")},
+    }
+    swept = {
+        4.0: {
+            "colour_hits": 7,
+            "pair_hits": 4,
+            "pairs": 6,
+            "speckle": 5.8,
+            **{f"world/text_to_video/{k}": 0.25 for k in ("colours", "count", "overall")},
+            "strip": "docs/images/caption_following_recipe_guidance_4.png",
+        }
+    }
+    config = load_config("experiments/world_tiny.py")  # Samples at guidance 2.
+    body = caption_following.report("experiments/world_tiny.py", {"recipe": recipe}, config, swept=swept)
+    assert "--variants recipe --guidance 4" in body
+    rows = [line for line in body.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
+    assert rows == [
+        "| 2 | 8 of 9 | 5 of 6 | 3.5 | 0.50 / 0.50 / **0.50** | "
+        "[caption_following_recipe.png](images/caption_following_recipe.png) |",
+        "| 4 | 7 of 9 | 4 of 6 | 5.8 | 0.25 / 0.25 / **0.25** | "
+        "[caption_following_recipe_guidance_4.png](images/caption_following_recipe_guidance_4.png) |",
+    ]
+    plain = caption_following.report("experiments/world_tiny.py", {"recipe": recipe}, config)
+    assert "other caption guidance scales" not in plain and "--guidance" not in plain
+
+
 def test_world_sim_compares_other_runs_by_what_their_config_changes(tmp_path):
     import json
 
