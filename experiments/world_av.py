@@ -4,7 +4,8 @@ world_tiny's recipe (4-frame patches, the timestep shift from 32 tokens, the cle
 cap) with audio on: every clip of two or more frames carries its sound as log-mel tokens in the
 same packed segment as its frames, on the same clock (sora_jax/audio/). The world renders each
 impact it simulates (floor, walls, collisions) at its exact moment, its timbre by material, pitch
-by size, loudness by speed. About 35 minutes on a 2-core CPU:
+by size, loudness by speed. Its 2000 steps take about 16 minutes on a 2-core CPU it has to itself
+(0.47 s a step at the median, as a 3000-step run of it logged; longer while other work shares it):
 
     sora-jax train --config experiments/world_av.py --workdir runs/world_av
 

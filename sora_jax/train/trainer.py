@@ -30,7 +30,7 @@ from tqdm import tqdm
 from sora_jax.config import config_to_json
 from sora_jax.data.video_io import write_sample
 from sora_jax.errors import ConfigError
-from sora_jax.kinds.base import RunKind, Sample
+from sora_jax.kinds.base import Meter, RunKind, Sample
 from sora_jax.kinds.registry import run_kind
 from sora_jax.parallel.global_batch import BatchLayout, batch_shardings
 from sora_jax.parallel.mesh import make_mesh
@@ -102,7 +102,7 @@ class StepLog:
     def __init__(
         self,
         writer: MetricsWriter,
-        meter: Any,
+        meter: Meter,
         progress: tqdm,
         step_fn: JittedTrainStep,
         start: int,
