@@ -9,13 +9,8 @@ cache sizes (the one-compile-per-run checks) count traces in a process and are u
 import os
 import tempfile
 
-# The eight devices are threads of one process, and a collective waits for all of them. XLA ends
-# the process (SIGABRT) when one arrives later than its termination timeout; on a 2-core machine
-# whose other test worker is busy, a starved device thread can, so the wait is made long.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8"
-    + " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(

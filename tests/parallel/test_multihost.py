@@ -49,11 +49,7 @@ def test_two_processes_of_two_devices_train_like_one_process_of_four(tmp_path):
     single = subprocess.run(
         [SORA_JAX, *TRAIN, "--workdir", str(tmp_path / "one")],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"
-            " --xla_cpu_collective_call_terminate_timeout_seconds=900",  # As tests/conftest.py says.
-        },
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
         capture_output=True,
         text=True,
     )
