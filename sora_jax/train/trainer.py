@@ -334,9 +334,9 @@ def write_samples(
     """Each sample video (uint8 ``[T, H, W, 3]``, or a :class:`Sample` with its sound) as
     ``folder/step_<step>_<index>.mp4`` and a gif beside it (with sound: an AAC track in the mp4 and
     a wav beside it too), and its frames to TensorBoard under ``<tag>/<index>``."""
+    if jax.process_index() != 0:
+        return
     for index, video in enumerate(videos):
-        if jax.process_index() != 0:
-            continue
         frames, sound = (video.frames, video.sound) if isinstance(video, Sample) else (video, None)
         rate = video.sample_rate if isinstance(video, Sample) else 16000
         write_sample(folder / f"step_{step:06d}_{index}.mp4", frames, fps, sound, rate)
