@@ -30,8 +30,7 @@ def _state_and_step(overrides=()):
     return config, state, jax.jit(make_autoencoder_step(graphdef, config, autoencoder_optimizer(config)))
 
 
-# The learning and the clip-store tests train with one optimiser setting, so that they run one step
-# program (compiled once, then read from the compilation cache).
+# The learning and the clip-store tests train with one optimiser setting.
 LEARNING = ["optim.warmup_steps=0", "train.steps=40"]
 
 

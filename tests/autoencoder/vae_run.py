@@ -4,8 +4,7 @@
 The autoencoder, encoding and latent-model tests each need a trained ``vae_world:test`` run (4 steps,
 checkpoints at 2 and 4) and only read it, so a test process trains it once. It trains at a constant
 learning rate: its whole run is also the reference a resumed run must match bit for bit (the
-schedule then does not depend on ``train.steps``), and one configuration everywhere means one
-train-step program, compiled once into the persistent compilation cache for every process.
+schedule then does not depend on ``train.steps``).
 """
 
 from pathlib import Path
