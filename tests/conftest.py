@@ -1,10 +1,10 @@
 """Test-session setup: eight fake CPU devices, set before JAX is imported anywhere.
 
 The suite keeps no persistent XLA cache; each process compiles its own programs. With jaxlib
-0.10.2 a CPU executable loaded from that cache stalls ring attention's train step (in 4 tries of
-4, on its first run): the device threads wait at two different rendezvous, one in the loop that
-passes keys and values around the ring and one outside it, and XLA aborts the process after 40
-seconds. The same step compiled fresh, or with its ring loop unrolled, runs.
+0.10.2 a CPU executable loaded from that cache stalls ring attention's train step (4 tries of 4
+loading it afresh for every run): the device threads wait at two different rendezvous, one in the
+loop that passes keys and values around the ring and one outside it, and XLA aborts the process
+after 40 seconds. The same step compiled fresh, or with its ring loop unrolled, runs.
 """
 
 import os
