@@ -13,6 +13,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Off even where the shell names a cache directory (JAX_COMPILATION_CACHE_DIR); the test processes
+# and the sora-jax commands they start inherit it.
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 
 import pytest  # noqa: E402  (after the environment above, which JAX reads when first imported)
