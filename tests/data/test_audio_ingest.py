@@ -315,7 +315,13 @@ def test_write_video_adds_an_aac_track_as_long_as_the_video(tmp_path):
             decoded = sum(frame.samples for frame in container.decode(track))
         assert seconds == pytest.approx(13 / FPS)
         assert abs(decoded - 13 / FPS * 16000) <= 1024  # Within one AAC frame.
-        np.testing.assert_array_equal(read_video(tmp_path / "a.mp4")[0], read_video(tmp_path / "b.mp4")[0])
+        # The sound leaves the picture alone. Not compared exactly: x264 does not always encode the
+        # same frames to the same file on a busy CPU (2 distinct files of 40 writes, twice; the one
+        # mismatch seen here differed by at most 26 grey levels, in a fifth of the values). A frame
+        # dropped or shifted by the audio stream differs by 64 or more on average (noise frames).
+        with_sound, without = (read_video(tmp_path / name)[0].astype(np.int16) for name in ("a.mp4", "b.mp4"))
+        assert with_sound.shape == without.shape == frames.shape
+        assert np.abs(with_sound - without).mean(axis=(1, 2, 3)).max() < 20
         heard = read_audio(tmp_path / "a.mp4", sample_rate=16000, channels=channels)
         assert abs(_onset(heard, 16000) - 0.5) <= 1e-3 and not np.abs(heard[20000:]).max() > 1e-3
 
