@@ -178,6 +178,10 @@ class DataParallelEncoder:
     Each device holds its own copy of the weights and has one thread that runs the (blocking) encode
     of a clip there; clips of any shape go to whichever device is free. Use as a context manager;
     :meth:`submit` returns a future of the clip's latents (or of its ValueError: too small).
+
+    On one CPU device the encode runs in the caller's thread when submitted (the future is already
+    done): one encode there already uses every core, so reading the next clip alongside it gains
+    nothing, and the process then runs no XLA work in a second thread.
     """
 
     def __init__(self, autoencoder: Any, devices: Sequence[jax.Device] | None = None) -> None:
@@ -191,7 +195,10 @@ class DataParallelEncoder:
         for device in self.devices:
             copy = nnx.merge(graphdef, jax.device_put(weights, device))
             self._free.put((device, dataclasses.replace(autoencoder, vae=copy)))
-        self._pool = futures.ThreadPoolExecutor(len(self.devices), thread_name_prefix="encode")
+        inline = len(self.devices) == 1 and self.devices[0].platform == "cpu"
+        self._pool = (
+            None if inline else futures.ThreadPoolExecutor(len(self.devices), thread_name_prefix="encode")
+        )
         self._lock = threading.Lock()
         self.encoded: collections.Counter[str] = collections.Counter()  # Clips per device, so far.
 
@@ -203,7 +210,14 @@ class DataParallelEncoder:
 
     def submit(self, frames: np.ndarray) -> futures.Future[np.ndarray]:
         """Encodes uint8 ``[T, H, W, 3]`` frames on the next free device (see ``autoencoder.encode``)."""
-        return self._pool.submit(self._encode, frames)
+        if self._pool is not None:
+            return self._pool.submit(self._encode, frames)
+        done: futures.Future[np.ndarray] = futures.Future()
+        try:
+            done.set_result(self._encode(frames))
+        except Exception as error:  # Delivered by result(), as the pool's future would.
+            done.set_exception(error)
+        return done
 
     def _encode(self, frames: np.ndarray) -> np.ndarray:
         # At most one task per thread and one thread per device: a copy is always free here.
@@ -222,7 +236,8 @@ class DataParallelEncoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_into_store(

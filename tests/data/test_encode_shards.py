@@ -8,6 +8,7 @@ tests (tests/conftest.py).
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -18,7 +19,13 @@ from sora_jax.autoencoder.model import build_autoencoder
 from sora_jax.autoencoder.trained import TrainedAutoencoder
 from sora_jax.cli import main
 from sora_jax.data.clip_store import STATS_KEY, ClipStore
-from sora_jax.data.encode import encode_into_store, store_clips, world_clip_id, world_clips
+from sora_jax.data.encode import (
+    DataParallelEncoder,
+    encode_into_store,
+    store_clips,
+    world_clip_id,
+    world_clips,
+)
 from sora_jax.data.shards import DATASET_KEY, ENGINES, Shard, claim_dataset, open_clips, shard_of
 
 SHAPES = [(5, 16, 16), (7, 16, 24), (5, 16, 16), (5, 16, 16), (7, 16, 24), (5, 16, 16)]  # Two programs.
@@ -69,6 +76,20 @@ def test_one_device_and_several_devices_write_the_same_store(micro, pixels, tmp_
     latents = ClipStore.open(tmp_path / "two")
     np.testing.assert_array_equal(latents.read(1), micro.encode(pixels.read(1)).astype(np.float16))
     assert latents.record(3).scores == {"motion": 1.5} and latents.record(3).phash == f"{3:016x}"
+
+
+def test_one_cpu_device_encodes_in_the_callers_thread(micro, pixels):
+    clip = next(store_clips(pixels)).loaded()
+    with DataParallelEncoder(micro, jax.devices()[:1]) as encoder:
+        encoded = encoder.submit(clip.frames)
+        assert encoded.done() and not [t for t in threading.enumerate() if t.name.startswith("encode")]
+        np.testing.assert_array_equal(encoded.result(), micro.encode(clip.frames))
+        too_small = encoder.submit(clip.frames[:, :1])  # Its error comes with the future, as from a thread.
+        with pytest.raises(ValueError):
+            too_small.result()
+    with DataParallelEncoder(micro, jax.devices()[:2]) as encoder:
+        assert encoder.submit(clip.frames).result().shape == encoded.result().shape
+        assert len([t for t in threading.enumerate() if t.name.startswith("encode")]) >= 1
 
 
 def test_a_resumed_encode_on_several_devices_skips_what_is_there(micro, pixels, tmp_path):
