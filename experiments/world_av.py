@@ -5,8 +5,9 @@ cap) at world_small's width and depth, with audio on: every clip of two or more 
 sound as log-mel tokens in the same packed segment as its frames, on the same clock
 (sora_jax/audio/). The world renders each impact it simulates (floor, walls, collisions) at its
 exact moment, its timbre by material, pitch by size, loudness by speed. Its 3500 steps took 48
-minutes on a 2-core CPU it had to itself (0.82 s a step at the median); its benchmark (named at
-the end), which also trains two 200-step runs and scores them all, took 58:
+minutes on a 2-core CPU it had to itself (0.82 s a step at the median). Its benchmark (named at
+the end) scores it in about 5 minutes more, and with ``--compare-steps 1000`` trains a run of each
+audio representation beside it (17 min each here). Train it with:
 
     sora-jax train --config experiments/world_av.py --workdir runs/world_av
 
