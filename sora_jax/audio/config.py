@@ -26,10 +26,9 @@ def audio_section() -> ml_collections.ConfigDict:
     # waveform: samples_per_token raw samples, exactly invertible.
     # mel, by measurement: world_av trained 1000 steps with each, side by side, made the sound of a
     # given video scoring 0.30 (sync 0.47) with mel against 0.09 (sync 0.14) with the waveform, and
-    # text-to-audio-video sound alike (0.42, 0.41); its samples ring with the material's tones where
-    # the waveform's are noise bursts. Its round trip is inexact (77% of onsets within 10 ms, yet the
-    # decoded world sound scores 0.996 like the original) and Griffin-Lim costs ~0.3 s a 2 s clip
-    # (docs/BENCHMARKS.md: sound and picture; audio representations).
+    # text-to-audio-video sound alike (0.42, 0.41). Its round trip is inexact (77% of onsets within
+    # 10 ms, yet the decoded world sound scores 0.996 like the original) and Griffin-Lim costs ~0.3 s
+    # a 2 s clip (docs/BENCHMARKS.md: sound and picture; audio representations).
     a.representation = "mel"
     a.mels = 64  # mel: bands from 0 Hz to sample_rate / 2.
     a.hop = 160  # mel: samples between spectrogram frames (10 ms at 16 kHz); the window is 4 * hop.
