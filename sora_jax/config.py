@@ -180,6 +180,9 @@ def base_config() -> ConfigDict:
     f.guidance = 4.0  # Classifier-free guidance scale; 1 disables guidance.
     # Guidance scale of given frames (image-to-video, extension, ...); 1 disables it (two rows, not three).
     f.cond_guidance = 1.0
+    # Times t (1 = noise) at which guidance acts, (lo, hi); elsewhere the sampler takes the
+    # conditioned prediction as it is. (0, 1): every step.
+    f.guidance_interval = (0.0, 1.0)
 
     # Conditioning tasks (image-to-video, extension, interpolation, ...): the weight of each, see
     # sora_jax/diffusion/conditioning.py. Default: text-to-video only.

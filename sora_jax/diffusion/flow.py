@@ -330,6 +330,9 @@ def validate_diffusion_section(f: ml_collections.ConfigDict) -> None:
             fail(key, f"{f[key]!r} is not one of {', '.join(allowed)}")
     if f.sample_steps < 1:
         fail("sample_steps", f"must be at least 1, got {f.sample_steps}")
+    interval = tuple(f.guidance_interval)
+    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+        fail("guidance_interval", f"must be (lo, hi) with 0 <= lo <= hi <= 1, got {interval}")
     if f.max_x0_weight < 0:
         fail("max_x0_weight", f"must be >= 0 (0: no cap), got {f.max_x0_weight}")
     if not 0.0 <= f.noise_correlation < 1.0:

@@ -21,7 +21,10 @@ def timestep_grid(steps: int, shift: float | jax.Array = 1.0) -> jax.Array:
 
 
 def guided(
-    velocity_rows: Callable[[jax.Array, jax.Array], jax.Array], scale: float, cond_scale: float | None = None
+    velocity_rows: Callable[[jax.Array, jax.Array], jax.Array],
+    scale: float,
+    cond_scale: float | None = None,
+    interval: tuple[float, float] = (0.0, 1.0),
 ) -> VelocityFn:
     """Classifier-free guidance over the rows of one batched prediction.
 
@@ -29,12 +32,22 @@ def guided(
     it, and (when ``cond_scale`` is given) without the caption or the conditioning frames.
     Two rows: ``v_uncond + scale * (v_cond - v_uncond)``. Three rows (dual guidance, as in
     InstructPix2Pix): ``v_none + cond_scale * (v_given - v_none) + scale * (v_text - v_given)``.
+
+    Guidance acts only at times ``t`` in ``interval`` (``lo <= t <= hi``, t = 1 is noise); at
+    other times the velocity is the fully conditioned row's own, ``v_cond`` (both scales 1), as in
+    Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+    distribution quality in diffusion models".
     """
+    lo, hi = interval
 
     def velocity(x: jax.Array, t: jax.Array) -> jax.Array:
         v = velocity_rows(x, t)
-        base = v[1] if cond_scale is None else v[2] + cond_scale * (v[1] - v[2])
-        return base + scale * (v[0] - v[1])
+        inside = (t >= lo) & (t <= hi)
+        text_scale = jnp.where(inside, scale, 1.0)
+        if cond_scale is None:
+            return v[1] + text_scale * (v[0] - v[1])
+        given_scale = jnp.where(inside, cond_scale, 1.0)
+        return v[2] + given_scale * (v[1] - v[2]) + text_scale * (v[0] - v[1])
 
     return velocity
 

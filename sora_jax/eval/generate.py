@@ -203,6 +203,7 @@ def make_generator(
     guidance: float,
     method: str,
     cond_guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     space: VideoSpace | None = None,
     fps: float | None = None,
     with_sound: bool = False,
@@ -218,7 +219,9 @@ def make_generator(
     clean before every model call and in the result); an :class:`Edit` starts from a noised input.
     Guidance: ``guidance`` scales the caption's effect; with ``cond_guidance != 1`` the
     conditioning's effect is scaled too (a third row without it):
-    ``v = v(-, -) + cond_guidance (v(c, -) - v(-, -)) + guidance (v(c, text) - v(c, -))``.
+    ``v = v(-, -) + cond_guidance (v(c, -) - v(-, -)) + guidance (v(c, text) - v(c, -))``, at the
+    times t of ``guidance_interval`` (default: the run's ``diffusion.guidance_interval``); at other
+    times both scales are 1.
 
     ``space`` is where the DiT generates (default: the run's, :func:`model_space`).
     The sampling loop is compiled once per clip shape, step count and guidance layout; prompts,
@@ -233,6 +236,7 @@ def make_generator(
     space = model_space(config) if space is None else space
     encode_prompt = prompt_encoder(config)
     three_rows = cond_guidance != 1.0
+    interval = tuple(config.diffusion.guidance_interval if guidance_interval is None else guidance_interval)
     _, positions = patchify(np.zeros((frames, height, width, config.model.channels), np.float32), patch)
     silence = (
         None
@@ -259,7 +263,7 @@ def make_generator(
             inputs = [with_given, with_given] + ([x] if three_rows else [])
             return velocity(jnp.stack(inputs), jnp.full((rows, 1), t))
 
-        combined = guided(velocity_rows, guidance, cond_guidance if three_rows else None)
+        combined = guided(velocity_rows, guidance, cond_guidance if three_rows else None, interval)
         # The rows share one clip layout: the first row's gives the noise its temporal sharing.
         names = ("clip_grid", "segment_ids", "positions") + (("modality",) if "modality" in batch else ())
         first_row = {name: batch[name][:1] for name in names}

@@ -15,7 +15,8 @@ compared with the stored one first, and the keys that may differ are listed here
 - ``model.attention``, ``model.sequence_parallel``, ``model.splash_interpret``, ``model.remat``:
   which kernel computes attention and what is recomputed, the same function and parameters;
 - ``diffusion.sampler``, ``diffusion.sample_steps``, ``diffusion.guidance``,
-  ``diffusion.cond_guidance``: how samples are generated, not how the model is trained;
+  ``diffusion.cond_guidance``, ``diffusion.guidance_interval``: how samples are generated, not how
+  the model is trained;
 - ``data.prefetch``: how many batches are made ahead, not which;
 - ``optim.*``: the learning-rate schedule and AdamW's and the EMA's rates, except a change of
   ``optim.grad_clip`` that turns clipping on or off, which changes the optimizer state's structure.
@@ -56,6 +57,7 @@ RESUMABLE = (
     "diffusion.sample_steps",
     "diffusion.guidance",
     "diffusion.cond_guidance",
+    "diffusion.guidance_interval",
     "data.prefetch",
 )
 

@@ -224,6 +224,28 @@ def test_dual_guidance_scales_conditioning_and_text_separately():
     np.testing.assert_allclose(velocity(jnp.zeros(2), 0.5), 1.5 * 3.0 + 2.0 * 2.0)
 
 
+def test_guidance_acts_only_inside_its_interval_of_times():
+    # Outside (lo, hi) both scales are 1: the fully conditioned row's velocity as it is.
+    rows = lambda x, t: jnp.stack([x + 5.0, x + 3.0, x])  # noqa: E731
+    two = guided(lambda x, t: rows(x, t)[:2], scale=3.0, interval=(0.3, 0.8))
+    three = guided(rows, scale=2.0, cond_scale=1.5, interval=(0.3, 0.8))
+    x = jnp.zeros(2)
+    for t, inside in ((0.1, False), (0.3, True), (0.5, True), (0.8, True), (0.95, False)):
+        np.testing.assert_allclose(two(x, jnp.float32(t)), 3.0 + 3.0 * 2.0 if inside else 5.0)
+        np.testing.assert_allclose(three(x, jnp.float32(t)), 1.5 * 3.0 + 2.0 * 2.0 if inside else 5.0)
+
+
+def test_a_guidance_interval_outside_the_times_is_refused_by_name():
+    from sora_jax.diffusion.flow import validate_diffusion_section
+    from sora_jax.errors import ConfigError
+
+    for interval in ((0.6, 0.2), (0.0, 1.5), (0.5,)):
+        section = get_config("test").diffusion
+        section.guidance_interval = interval
+        with pytest.raises(ConfigError, match="diffusion.guidance_interval"):
+            validate_diffusion_section(section)
+
+
 def test_data_prediction_turns_the_clean_clip_into_the_true_velocity():
     from sora_jax.diffusion.flow import token_timesteps, velocity_predictor
 
