@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="0 .. 2**32 - 1")
     sample.add_argument("--steps", type=int, default=None, help=">= 1 (default: the run's config)")
     sample.add_argument("--guidance", type=float, default=None, help="default: the run's config")
+    sample.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only at times t in [LO, HI] (t = 1 is noise; default: the run's config)",
+    )
     sample.add_argument("--sampler", choices=("euler", "heun"), default=None)
     sample.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     modes = sample.add_argument_group(
@@ -405,6 +413,7 @@ def _sample(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         sampler=args.sampler,
         cond_guidance=args.cond_guidance,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
         image=args.image,
         video=args.video,
         extend=args.extend,

@@ -240,6 +240,7 @@ def generate_for_request(run: Any, request: SampleRequest) -> np.ndarray | Sampl
         guidance=d.guidance if request.guidance is None else request.guidance,
         method=request.sampler or d.sampler,
         cond_guidance=d.cond_guidance if request.cond_guidance is None else request.cond_guidance,
+        guidance_interval=request.guidance_interval,
         space=space,
         fps=fps,
         with_sound=True,

@@ -84,6 +84,7 @@ class SampleRequest:
     guidance: float | None = None
     sampler: str | None = None
     cond_guidance: float | None = None
+    guidance_interval: tuple[float, float] | None = None  # Times t (1 = noise) guidance acts at.
     image: str | None = None
     video: str | None = None
     extend: str | None = None
@@ -131,6 +132,12 @@ class SampleRequest:
             # A NaN or infinite scale makes every velocity NaN: an all-black video.
             if scale is not None and not math.isfinite(scale):
                 raise ConfigError(f"{flag} {scale}: must be a finite number (1 disables it)")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0.0 <= lo <= hi <= 1.0:  # Also false for NaN.
+                raise ConfigError(
+                    f"--guidance-interval {lo:g} {hi:g}: must be two times LO HI with 0 <= LO <= HI <= 1"
+                )
         self._check_modes()
         for flag, path in self.given_files():
             if not Path(path).is_file():

@@ -54,6 +54,11 @@ class WanKind(VideoDiTKind):
         validate_wan_sections(config)
         validate_packing_section(config)
         validate_diffusion_section(config.diffusion)
+        if tuple(config.diffusion.guidance_interval) != (0.0, 1.0):
+            raise ConfigError(
+                "config key 'diffusion.guidance_interval': a Wan run samples through Wan's pipeline, "
+                "which guides at every step; leave it at (0.0, 1.0)"
+            )
         validate_conditioning_section(config.conditioning)
         given = [task for task in TASKS[1:] if config.conditioning[task] > 0]
         given += ["frame_level"] if config.conditioning.frame_level else []

@@ -44,7 +44,8 @@ def pipeline_request(request: Any) -> Any:
     Raises:
         ConfigError: naming a flag that has no meaning for a pretrained directory: given images or
             videos and their settings (Wan 2.1 text-to-video takes none), ``--step`` (no
-            checkpoints), ``--sampler heun`` (the scheduler takes Euler steps).
+            checkpoints), ``--sampler heun`` (the scheduler takes Euler steps), ``--guidance-interval``
+            (its pipeline guides at every step).
     """
     for flag, value in (
         ("--image", request.image),
@@ -60,6 +61,10 @@ def pipeline_request(request: Any) -> Any:
     ):
         if value is not None:
             raise ConfigError(f"{flag}: a Wan directory samples text-to-video only; leave {flag} out")
+    if request.guidance_interval is not None:
+        raise ConfigError(
+            "--guidance-interval: a Wan directory's pipeline guides at every step; leave the flag out"
+        )
     if request.step is not None:
         raise ConfigError("--step: a Wan directory has one set of weights, no checkpoints; leave --step out")
     if request.sampler not in (None, "euler"):

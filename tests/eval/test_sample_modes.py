@@ -133,3 +133,15 @@ def test_world_copy_baselines_hold_the_given_frames(run):
     assert world_eval.copy_baseline("image_to_video") == pytest.approx(frozen, nan_ok=True)
     with pytest.raises(ValueError, match="gives no frames"):
         world_eval.copy_baseline("text_to_video")
+
+
+def test_guidance_outside_its_interval_samples_as_unguided(run):
+    root, _ = run
+    unguided = _sample(root, "g1.mp4", "--frames", "4", "--guidance", "1")
+    # Every step's t is above 0: guidance confined to [0, 0] never acts.
+    never = _sample(
+        root, "g50_never.mp4", "--frames", "4", "--guidance", "50", "--guidance-interval", "0", "0"
+    )
+    guided = _sample(root, "g50.mp4", "--frames", "4", "--guidance", "50")
+    np.testing.assert_array_equal(never, unguided)
+    assert _error(guided, unguided) > 1.0

@@ -53,6 +53,9 @@ BAD_REQUESTS = [
     ({"edit": "missing.mp4"}, "--edit {root}/missing.mp4: no such file"),
     ({"seed": -1}, "--seed -1: must be an integer in 0 .. 4294967295"),
     ({"sampler": "rk4"}, "--sampler 'rk4': must be one of euler, heun"),
+    ({"guidance_interval": (0.6, 0.2)}, "--guidance-interval 0.6 0.2: must be two times LO HI"),
+    ({"guidance_interval": (0.0, 1.5)}, "--guidance-interval 0 1.5: must be two times LO HI"),
+    ({"guidance_interval": (float("nan"), 1.0)}, "--guidance-interval nan 1: must be two times LO HI"),
 ]
 
 
@@ -81,6 +84,7 @@ def test_every_mode_with_its_inputs_is_accepted(files):
         {"connect": ("a.mp4", "a.mp4"), "given_frames": 2},
         {"edit": "a.mp4", "strength": 1.0},
         {**SHAPE, "steps": 1, "guidance": -1.0, "sampler": "heun", "seed": 2**32 - 1},
+        {"guidance": 4.0, "guidance_interval": (0.3, 1.0)},
     ):
         SampleRequest("a red ball", **_in(files, fields)).validate()
 

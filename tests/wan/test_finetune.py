@@ -22,6 +22,7 @@ import pytest
 from sora_jax.cli import main
 from sora_jax.config import load_config
 from sora_jax.data.clip_store import STATS_KEY, ClipStore
+from sora_jax.errors import ConfigError
 from sora_jax.train.trained_run import TrainedRun
 from sora_jax.wan.pipeline import WanPipeline
 
@@ -154,6 +155,15 @@ def test_sample_of_a_fine_tuned_run_uses_its_sample_size_and_checkpoints(runs, t
     frames = read_video(out)
     frames = frames[0] if isinstance(frames, tuple) else frames
     assert frames.shape == (9, 32, 32, 3)  # train.sample_* of 3 x 4 x 4 latents, decoded by the Wan VAE.
+
+
+def test_a_wan_run_refuses_a_guidance_interval_its_pipeline_cannot_follow(runs, tmp_path, capsys):
+    whole, _ = runs
+    args = ["sample", "--workdir", str(whole), "--prompt", "a red ball", "--out", str(tmp_path / "s.mp4")]
+    assert main([*args, "--guidance-interval", "0.3", "1"]) == 2
+    assert "--guidance-interval: a Wan directory's pipeline guides at every step" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'diffusion.guidance_interval': a Wan run samples through"):
+        load_config(EXPERIMENT, [f"wan.pretrained={TINY}", "diffusion.guidance_interval=(0.3,1.0)"])
 
 
 def test_export_refuses_to_overwrite_the_pretrained_directory(runs, capsys):

@@ -167,6 +167,7 @@ def test_sample_command_writes_a_video_of_a_wan_directory(tmp_path, capsys):
         (["--frames", "6"], "--frames 6: .*5 or 9"),
         (["--frames", "5", "--image", str(image)], "--image: a Wan directory samples text-to-video only"),
         (["--frames", "5", "--sampler", "heun"], "--sampler heun"),
+        (["--frames", "5", "--guidance-interval", "0.3", "1"], "--guidance-interval: .* every step"),
     ):
         assert cli.main([*common, *extra]) == 2
         error = capsys.readouterr().err
