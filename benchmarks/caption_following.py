@@ -38,6 +38,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.guidance import (
+    Setting,
+    own_setting,
+    parse_setting,
+    setting_label,
+    setting_words,
+    table_order,
+    times_cell,
+)
 from benchmarks.report import REPORT, machine_description, replace_section
 from benchmarks.train_step import measure_step
 from sora_jax.config import load_config
@@ -169,19 +178,20 @@ def measure(workdir: Path, strip: Path) -> dict:
     }
 
 
-def guidance_sweep(workdir: Path, scales: list[float], strip_stem: Path) -> dict[float, dict]:
+def guidance_sweep(workdir: Path, settings: list[Setting], strip_stem: Path) -> dict[Setting, dict]:
     """The colour probes and text-to-video world scores of the run in ``workdir`` sampled at each
-    caption guidance scale of ``scales``, its other sampling settings unchanged (the training is
-    the same, so no run is trained again); the strips go to ``<strip_stem>_guidance_<g>.png``."""
+    caption guidance setting of ``settings`` (scale and interval), its other sampling settings
+    unchanged (the training is the same, so no run is trained again); the strips go to
+    ``<strip_stem>_guidance_<setting>.png``."""
     with TrainedRun(workdir) as run:
         config, graphdef, params = run.config, run.graphdef, run.params()
     swept = {}
-    for scale in scales:
+    for setting in settings:
         scaled = config.copy_and_resolve_references()
-        scaled.diffusion.guidance = scale
-        strip = strip_stem.with_name(f"{strip_stem.name}_guidance_{scale:g}.png")
+        scaled.diffusion.guidance, scaled.diffusion.guidance_interval = setting
+        strip = strip_stem.with_name(f"{strip_stem.name}_guidance_{setting_label(setting, '_t')}.png")
         probe = probe_colours(graphdef, params, scaled, strip)
-        swept[scale] = {
+        swept[setting] = {
             **{k: probe[k] for k in ("colour_hits", "pair_hits", "pairs", "speckle")},
             **WorldEvaluation(graphdef, scaled, ("text_to_video",)).scores(params),
             "strip": strip,
@@ -189,21 +199,22 @@ def guidance_sweep(workdir: Path, scales: list[float], strip_stem: Path) -> dict
     return swept
 
 
-def guidance_table(recipe: dict, swept: dict[float, dict], guidance: float, recipe_strip: str) -> str:
-    """The recipe's probes by caption guidance scale: its own scale's row (strip ``recipe_strip``,
-    a file name under docs/images) and the swept ones."""
-    rows = {guidance: recipe | {"strip": recipe_strip}} | swept
+def guidance_table(recipe: dict, swept: dict[Setting, dict], own: Setting, recipe_strip: str) -> str:
+    """The recipe's probes by caption guidance setting: its own setting's row (strip
+    ``recipe_strip``, a file name under docs/images) and the swept ones."""
+    rows = {own: recipe | {"strip": recipe_strip}} | swept
     lines = [
-        "| guidance | colours asked = dominant | both colours shown | backdrop speckle | "
+        "| guidance | at times t | colours asked = dominant | both colours shown | backdrop speckle | "
         "text_to_video: colours / count / overall | frame strip |",
-        "|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---:|---:|---:|---:|---|",
     ]
-    for scale in sorted(rows):
-        r = rows[scale]
+    for setting in sorted(rows, key=table_order):
+        r = rows[setting]
         name = Path(r["strip"]).name
         world = "world/text_to_video"
         lines.append(
-            f"| {scale:g} | {r['colour_hits']} of 9 | {r['pair_hits']} of {r['pairs']} | "
+            f"| {setting[0]:g} | {times_cell(setting)} | {r['colour_hits']} of 9 | "
+            f"{r['pair_hits']} of {r['pairs']} | "
             f"{r['speckle']:.1f} | {r[f'{world}/colours']:.2f} / {r[f'{world}/count']:.2f} / "
             f"**{r[f'{world}/overall']:.2f}** | [{name}](images/{name}) |"
         )
@@ -215,7 +226,7 @@ def report(
     results: dict[str, dict],
     config,
     section: str = "caption_following",
-    swept: dict[float, dict] | None = None,
+    swept: dict[Setting, dict] | None = None,
 ) -> str:
     tasks = results["recipe"]["tasks"]
     noisy = {t: results["recipe"][f"denoising/{t}/noisy"] for t in DENOISING_T}  # The same clips and noise.
@@ -243,6 +254,7 @@ def report(
             + " |"
         )
     t, f = config.train, config.diffusion
+    own = own_setting(config)
     strips = "\n".join(
         f"- `{name}`: [docs/images/{section}_{name}.png](images/{section}_{name}.png)" for name in results
     )
@@ -251,13 +263,15 @@ def report(
         command += f" --section {section.removeprefix('caption_following_')}"
     by_guidance = ""
     if swept:
-        command += f" --guidance {','.join(f'{g:g}' for g in swept)}"
+        command += f" --guidance {','.join(setting_label(s) for s in swept)}"
         by_guidance = f"""
 
-The recipe's run sampled at other caption guidance scales (`diffusion.guidance`; the same weights,
-probes and world scores; the table above samples at its {f.guidance:g}):
+The recipe's run sampled at other caption guidance scales (`diffusion.guidance`), some only at
+the times t (1 = noise) of an interval (`diffusion.guidance_interval`; at other times the sampler
+takes the captioned prediction as it is); the same weights, probes and world scores; the table
+above samples at its {setting_words(own)}):
 
-{guidance_table(results["recipe"], swept, f.guidance, f"{section}_recipe.png")}"""
+{guidance_table(results["recipe"], swept, own, f"{section}_recipe.png")}"""
     return f"""{machine_description()}
 
 `{command}` trains the experiment ({t.steps} steps)
@@ -266,7 +280,7 @@ and variants that each change one or two parts of its recipe
 The step time is the mean of {TIMED_STEPS} train steps of each run's config on the same kind of real
 packed batches, all measured in one process after training.
 Samples are {t.sample_frames}x{t.sample_height}x{t.sample_width}, {f.sample_steps} {f.sampler}
-steps at guidance {f.guidance:g}, EMA weights, seed 11 for every prompt
+steps at {setting_words(own)}, EMA weights, seed 11 for every prompt
 (`sora_jax/eval/caption_probe.py`): nine prompts "{caption_probe.COLOUR_PROMPT.format("<colour>")}"
 (one per world colour: is the asked colour the video's dominant object colour?) and
 {len(caption_probe.COLOUR_PAIRS)} prompts "{caption_probe.PAIR_PROMPT.format("<colour 1>", "<colour 2>")}"
@@ -302,7 +316,8 @@ def main() -> None:
     parser.add_argument(
         "--guidance",
         default="",
-        help="other caption guidance scales to sample the recipe's run at, comma-separated (no training)",
+        help="other caption guidance settings to sample the recipe's run at, comma-separated (no "
+        "training): a scale (4), or a scale and the interval of times t it acts in (4@0.3-1)",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -323,9 +338,10 @@ def main() -> None:
         results[name] = measure(root / name, images / f"{section}_{name}.png")
         print(name, json.dumps(results[name]))
     config = load_config(args.config)
-    scales = [float(g) for g in args.guidance.split(",") if g.strip()]
-    scales = [g for g in scales if g != config.diffusion.guidance]
-    swept = guidance_sweep(root / "recipe", scales, images / f"{section}_recipe") if scales else {}
+    own = own_setting(config)
+    settings = [parse_setting(g) for g in args.guidance.split(",") if g.strip()]
+    settings = [s for s in settings if s != own]
+    swept = guidance_sweep(root / "recipe", settings, images / f"{section}_recipe") if settings else {}
     body = report(args.config, results, config, section, swept)
     print(body)
     if not args.no_write:

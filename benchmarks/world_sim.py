@@ -11,7 +11,8 @@ captions per task, scored against the scenes the captions describe
 scores), another scene's (chance for a model that makes the world but not the scene asked for),
 noise, frozen, shuffled and wrong-colour; and, for each task that gives frames, a generator that
 only copies them (``WorldEvaluation.copy_baseline``). The last checkpoint is also scored at other
-caption guidance scales (``--guidance``). Writes docs/BENCHMARKS.md unless ``--no-write``.
+caption guidance settings (``--guidance``: scales, and intervals of times they act in). Writes
+docs/BENCHMARKS.md unless ``--no-write``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from benchmarks.guidance import Setting, own_setting, parse_setting, setting_words, table_order, times_cell
 from benchmarks.report import machine_description, replace_section
 from sora_jax.config import load_config
 from sora_jax.diffusion.conditioning import TASKS as CONDITIONING_TASKS
@@ -101,16 +103,19 @@ def _cell(value: float) -> str:
     return "–" if value != value else f"{value:.2f}"  # NaN: nothing in these scenes to judge.
 
 
-def guidance_sweep(workdir: Path, config: ConfigDict, step: int, scales: list[float]) -> dict[float, dict]:
+def guidance_sweep(
+    workdir: Path, config: ConfigDict, step: int, settings: list[Setting]
+) -> dict[Setting, dict]:
     """World scores (``WorldEvaluation.scores``) of checkpoint ``step`` sampled at each caption
-    guidance scale in ``scales``, the run's other sampling settings unchanged."""
+    guidance setting in ``settings`` (scale and interval), the run's other sampling settings
+    unchanged."""
     with TrainedRun(workdir) as run:
         params, graphdef, swept = run.params(step), run.graphdef, {}
-    for scale in scales:
+    for setting in settings:
         scaled = config.copy_and_resolve_references()
         with scaled.unlocked():
-            scaled.diffusion.guidance = scale
-        swept[scale] = WorldEvaluation(graphdef, scaled).scores(params)
+            scaled.diffusion.guidance, scaled.diffusion.guidance_interval = setting
+        swept[setting] = WorldEvaluation(graphdef, scaled).scores(params)
     return swept
 
 
@@ -121,7 +126,7 @@ def report(
     references: dict,
     given: dict[str, int],
     copies: dict[str, dict],
-    swept: dict[float, dict],
+    swept: dict[Setting, dict],
     train_seconds: tuple[float, float],
     compared: str = "",
 ) -> str:
@@ -157,13 +162,17 @@ def report(
     curve = "\n".join(overall_row(f"{r['step']} | {r['val_loss']:.4f}", r) for r in results)
     sweep = ""
     if swept:
-        by_scale = swept | {f.guidance: last}
-        rows = "\n".join(overall_row(f"{scale:g}", by_scale[scale]) for scale in sorted(by_scale))
+        by_setting = swept | {own_setting(config): last}
+        rows = "\n".join(
+            overall_row(f"{setting[0]:g} | {times_cell(setting)}", by_setting[setting])
+            for setting in sorted(by_setting, key=table_order)
+        )
         sweep = f"""Overall score per task at step {last["step"]} by caption guidance scale
-(`diffusion.guidance`; the tables above sample at the run's {f.guidance:g}):
+(`diffusion.guidance`), some only at the times t (1 = noise) of an interval
+(`diffusion.guidance_interval`); the tables above sample at the run's {setting_words(own_setting(config))}:
 
-| guidance | {task_head}
-|---:|{numbers}
+| guidance | at times t | {task_head}
+|---:|---|{numbers}
 {rows}
 
 """
@@ -181,7 +190,7 @@ conditioning tasks weighted {mix}.
 For each of {config.eval.world_clips} held-out physics-world captions (seed `eval.seed`, never
 trained on) it generates a {t.sample_frames}x{t.sample_height}x{t.sample_width} video per task: from
 the caption alone (`text_to_video`), with the clip's first frame (`image_to_video`), and with its
-first half (`extend_forward`); {f.sample_steps} {f.sampler} steps, guidance {f.guidance:g}, EMA
+first half (`extend_forward`); {f.sample_steps} {f.sampler} steps, {setting_words(own_setting(config))}, EMA
 weights. Each video is scored against the scene its caption describes (`sora-jax evaluate --world`,
 `sora_jax/eval/world_score.py`).
 
@@ -218,7 +227,8 @@ def main() -> None:
     parser.add_argument(
         "--guidance",
         default="1,2",
-        help="other caption guidance scales to score the last checkpoint at, comma-separated ('' for none)",
+        help="other caption guidance settings to score the last checkpoint at, comma-separated ('' for "
+        "none): a scale (4), or a scale and the interval of times t it acts in (4@0.3-1)",
     )
     parser.add_argument(
         "--compare",
@@ -248,9 +258,9 @@ def main() -> None:
     given = {task: world_eval.given_frames(task) for task in TASKS}
     copies = {task: world_eval.copy_baseline(task) for task in TASKS if given[task]}
     results = _scored(workdir)
-    scales = [float(g) for g in args.guidance.split(",") if g.strip()]
-    scales = [g for g in scales if g != config.diffusion.guidance]
-    swept = guidance_sweep(workdir, config, results[-1]["step"], scales) if scales else {}
+    settings = [parse_setting(g) for g in args.guidance.split(",") if g.strip()]
+    settings = [s for s in settings if s != own_setting(config)]
+    swept = guidance_sweep(workdir, config, results[-1]["step"], settings) if settings else {}
     compared = ""
     if args.compare:
         table = compared_runs(config, [Path(w) for w in args.compare])

@@ -63,28 +63,55 @@ def test_caption_following_report_tables_the_recipe_by_guidance_scale():
         **{f"denoising/{t}/noisy": 0.1 for t in caption_following.DENOISING_T},
         **{f"world/text_to_video/{k}": 0.5 for k in ("colours", "count", "overall")},
     }
-    swept = {
-        4.0: {
+
+    def swept_row(speckle: float, score: float, strip: str) -> dict:
+        return {
             "colour_hits": 7,
             "pair_hits": 4,
             "pairs": 6,
-            "speckle": 5.8,
-            **{f"world/text_to_video/{k}": 0.25 for k in ("colours", "count", "overall")},
-            "strip": "docs/images/caption_following_recipe_guidance_4.png",
+            "speckle": speckle,
+            **{f"world/text_to_video/{k}": score for k in ("colours", "count", "overall")},
+            "strip": f"docs/images/caption_following_recipe_guidance_{strip}.png",
         }
+
+    swept = {
+        (4.0, (0.3, 1.0)): swept_row(3.0, 0.3, "4_t0.3-1"),
+        (4.0, (0.0, 1.0)): swept_row(5.8, 0.25, "4"),
     }
-    config = load_config("experiments/world_tiny.py")  # Samples at guidance 2.
+    config = load_config(
+        "experiments/world_tiny.py", ["diffusion.guidance=2.0", "diffusion.guidance_interval=(0.0,1.0)"]
+    )
     body = caption_following.report("experiments/world_tiny.py", {"recipe": recipe}, config, swept=swept)
-    assert "--variants recipe --guidance 4" in body
+    assert "--variants recipe --guidance 4@0.3-1,4" in body
+    assert "steps at guidance 2, EMA weights" in body
     rows = [line for line in body.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")]
     assert rows == [
-        "| 2 | 8 of 9 | 5 of 6 | 3.5 | 0.50 / 0.50 / **0.50** | "
+        "| 2 | every step | 8 of 9 | 5 of 6 | 3.5 | 0.50 / 0.50 / **0.50** | "
         "[caption_following_recipe.png](images/caption_following_recipe.png) |",
-        "| 4 | 7 of 9 | 4 of 6 | 5.8 | 0.25 / 0.25 / **0.25** | "
+        "| 4 | every step | 7 of 9 | 4 of 6 | 5.8 | 0.25 / 0.25 / **0.25** | "
         "[caption_following_recipe_guidance_4.png](images/caption_following_recipe_guidance_4.png) |",
+        "| 4 | 0.3 to 1 | 7 of 9 | 4 of 6 | 3.0 | 0.30 / 0.30 / **0.30** | "
+        "[caption_following_recipe_guidance_4_t0.3-1.png]"
+        "(images/caption_following_recipe_guidance_4_t0.3-1.png) |",
     ]
     plain = caption_following.report("experiments/world_tiny.py", {"recipe": recipe}, config)
     assert "other caption guidance scales" not in plain and "--guidance" not in plain
+    interval = load_config(
+        "experiments/world_tiny.py", ["diffusion.guidance=4.0", "diffusion.guidance_interval=(0.3,1.0)"]
+    )
+    assert "steps at guidance 4 at times t from 0.3 to 1, EMA weights" in caption_following.report(
+        "experiments/world_tiny.py", {"recipe": recipe}, interval
+    )
+
+
+def test_guidance_settings_read_as_the_reports_write_them():
+    from benchmarks.guidance import parse_setting, setting_label
+
+    assert parse_setting("4") == (4.0, (0.0, 1.0))
+    assert parse_setting(" 4@0.3-1 ") == (4.0, (0.3, 1.0))
+    for text in ("2", "4@0.3-1", "6.5@0-0.6"):
+        assert setting_label(parse_setting(text)) == text
+    assert setting_label((4.0, (0.3, 1.0)), "_t") == "4_t0.3-1"
 
 
 def test_world_sim_compares_other_runs_by_what_their_config_changes(tmp_path):
@@ -109,3 +136,30 @@ def test_world_sim_compares_other_runs_by_what_their_config_changes(tmp_path):
     # median step, 61 logged.
     row = "| `longer` | `conditioning.random_rate=0.5`, `train.steps=6000` | 6000 | 60 (61) | 0.50 |"
     assert row in table
+
+
+def test_world_sim_tables_the_last_checkpoint_by_guidance_setting():
+    from benchmarks import world_sim
+    from sora_jax.eval.world_score import REFERENCES, SCORES
+
+    config = load_config("experiments/world_small.py", ["diffusion.guidance=2.0"])
+
+    def scores(value: float) -> dict:
+        per_task = {f"world/{task}/{s}": value for task in world_sim.TASKS for s in (*SCORES, "overall")}
+        return {**per_task, "world/overall": value}
+
+    last = {"step": 4500, "val_loss": 0.1, **scores(0.5)}
+    references = {ref: {s: 0.9 for s in (*SCORES, "overall")} for ref in REFERENCES}
+    given = {task: 0 if task == "text_to_video" else 1 for task in world_sim.TASKS}
+    swept = {(4.0, (0.3, 1.0)): scores(0.6), (4.0, (0.0, 1.0)): scores(0.4)}
+    body = world_sim.report(
+        config, "experiments/world_small.py", [last], references, given, {}, swept, (60.0, 60.0)
+    )
+    assert "32 euler steps, guidance 2, EMA" in body
+    rows = [line for line in body.splitlines() if line.startswith(("| 2 |", "| 4 |"))]
+    cells = " | ".join(["0.50"] * (len(world_sim.TASKS) + 1))
+    assert rows == [
+        f"| 2 | every step | {cells} |",
+        f"| 4 | every step | {' | '.join(['0.40'] * (len(world_sim.TASKS) + 1))} |",
+        f"| 4 | 0.3 to 1 | {' | '.join(['0.60'] * (len(world_sim.TASKS) + 1))} |",
+    ]
