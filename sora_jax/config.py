@@ -87,6 +87,12 @@ def base_config() -> ConfigDict:
     # Add each clip's mean caption state, through a small MLP, to the timestep conditioning that
     # drives adaLN (beside cross-attention to the caption's tokens), as SD3 and Flux do.
     m.text_pooled = True
+    # How the clip's tokens read the caption's: "cross" (cross-attention to the caption states in
+    # every block) or "joint" (MMDiT, as SD3: the caption tokens are a second stream with their own
+    # weights, in the same attention as their clip's tokens, so both streams read each other in
+    # every block; rows stay packed, a clip's tokens and its caption's share its segment). world_tiny
+    # trained joint followed 4 of 9 colours to cross's 8 (docs/BENCHMARKS.md, ablation: text attention).
+    m.text_attention = "cross"
 
     # --- wan: what only the Wan 2.1 transformer has (task "wan", sora_jax/kinds/wan.py) ---------
     # Its shared keys are model.* (dim, heads, depth, patch_size, channels, text_dim = the UMT5

@@ -60,11 +60,21 @@ def test_bad_overrides_name_the_key(override, message):
         ("mesh.ici_fsdp=-1", "mesh.ici_data"),
         ("data.caption_dropout=2.0", "data.caption_dropout"),
         ("diffusion.uniform_t=1.5", "diffusion.uniform_t"),
+        ("model.text_attention=mixed", "model.text_attention"),
     ],
 )
 def test_validation_names_the_key_before_anything_compiles(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         load_config(TINY, [override])
+
+
+@pytest.mark.parametrize("kernel", ["splash", "ring"])
+def test_joint_text_attention_is_refused_with_a_one_stream_kernel(kernel):
+    with pytest.raises(
+        ConfigError, match=f"'model.text_attention': joint attention .* model.attention='{kernel}'"
+    ):
+        load_config(TINY, ["model.text_attention=joint", f"model.attention={kernel}"])
+    assert load_config(TINY, ["model.text_attention=joint"]).model.text_attention == "joint"
 
 
 @pytest.mark.parametrize(

@@ -296,6 +296,10 @@ def validate_wan_sections(config: ml_collections.ConfigDict) -> None:
     for key, allowed in MODEL_CHOICES:
         if m[key] not in allowed:
             fail(f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
+    if m.text_attention != "cross":
+        fail(
+            "model.text_attention", "Wan's transformer reads its caption by cross-attention; leave it 'cross'"
+        )
     for key in ("depth", "ffn_dim", "freq_dim"):
         section, value = ("model", m.depth) if key == "depth" else ("wan", w[key])
         if value < 1:

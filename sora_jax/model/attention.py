@@ -254,3 +254,66 @@ class Attention(nnx.Module):
             q_blnh, k_bknh, v_bknh, q_segments_bl, kv_segments_bk, self.kernel, self_attention=self_attention
         )
         return self.out(out_blnh.reshape(b, length, dim))
+
+
+class JointAttention(nnx.Module):
+    """MMDiT attention (SD3): two token streams, each with its own projections, in one attention.
+
+    The clip tokens ``x [B, L, D]`` and the caption tokens ``c [B, K, D]`` of a packed row are
+    projected by their own layers (``video_attention``, ``caption_attention``: LoRA's default
+    targets, ``attention.query`` ..., name both), then attend together over the row's
+    ``L + K`` tokens, each to the tokens of its own segment: a clip's tokens and its caption's share
+    the clip's segment id, so a clip reads its caption and its caption reads the clip, and nothing
+    crosses clips. RoPE turns only the clip tokens (caption tokens have no place in the video);
+    word order is already in the caption states.
+
+    Keys are not split over the mesh's ``sequence`` axis (``attend(..., self_attention=False)``):
+    XLA partitions the dense kernels as it needs. Splash and ring attention take one stream; the
+    config refuses them with ``model.text_attention = "joint"``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        rngs: nnx.Rngs,
+        *,
+        qk_norm: bool = True,
+        kernel: AttentionKernel = AttentionKernel(),
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+    ) -> None:
+        kw = dict(qk_norm=qk_norm, kernel=kernel, dtype=dtype, param_dtype=param_dtype)
+        self.video_attention = Attention(dim, heads, rngs, **kw)
+        self.caption_attention = Attention(dim, heads, rngs, **kw)
+        self.kernel = kernel
+
+    def _heads(self, stream: Attention, x_bld: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``q, k, v [B, L, N, H]`` of one stream (its query and key norms applied)."""
+        split = lambda t: t.reshape(*t.shape[:2], stream.heads, stream.head_dim)  # noqa: E731
+        q, k, v = (split(t) for t in stream._project_together(x_bld))
+        if stream.query_norm is not None:
+            q, k = stream.query_norm(q), stream.key_norm(k)
+        return q, k, v
+
+    def __call__(
+        self,
+        x_bld: jax.Array,
+        c_bkd: jax.Array,
+        segments_bl: jax.Array,
+        text_segments_bk: jax.Array,
+        angles_blh: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(x's update [B, L, D], c's update [B, K, D])``, each through its stream's output layer."""
+        b, length, dim = x_bld.shape
+        q, k, v = self._heads(self.video_attention, x_bld)
+        q, k = apply_rope(q, angles_blh), apply_rope(k, angles_blh)
+        qt, kt, vt = self._heads(self.caption_attention, c_bkd)
+        segments = jnp.concatenate([segments_bl, text_segments_bk], axis=1)
+        joint = lambda a, t: jnp.concatenate([a, t.astype(a.dtype)], axis=1)  # noqa: E731
+        out = attend(
+            joint(q, qt), joint(k, kt), joint(v, vt), segments, segments, self.kernel, self_attention=False
+        )
+        video_out = self.video_attention.out(out[:, :length].reshape(b, length, dim))
+        text_out = self.caption_attention.out(out[:, length:].reshape(b, -1, dim))
+        return video_out, text_out

@@ -4,7 +4,8 @@ One forward pass takes a packed batch (see ``sora_jax/data/packing.py``): ``B`` 
 tokens holding up to ``S`` clips each. Per-clip quantities (the timestep embedding and the
 adaLN-Zero modulation it drives) are computed once per clip, ``[B, S, ...]``, and gathered to the
 clip's tokens, never once per token. Tokens attend within their clip (self-attention with a 3D
-RoPE) and to their clip's caption (cross-attention).
+RoPE) and to their clip's caption: by cross-attention, or with ``model.text_attention = "joint"``
+in one attention with the caption's tokens, which are a second stream of their own (MMDiT).
 
 With sound (``audio.enabled``) a clip's audio tokens are tokens of the same segment: they have their
 own patch embedding (``audio_embed``, plus a learned ``audio_marker``) and output head
@@ -16,13 +17,15 @@ Without sound the model, its parameters and its outputs are what they were befor
 The forward pass is split into ``jax.named_scope`` s, so that profiler traces and HLO metadata
 (``op_name``) say which part of the model an op belongs to: ``patch_embed``, ``conditioning``,
 ``text_encoder``, one ``block_{i}`` per block (``block`` for all of them under ``scan_layers``)
-holding ``modulation``, ``self_attention``, ``cross_attention`` and ``mlp``, and ``final_layer``.
+holding ``modulation``, ``self_attention``, ``cross_attention`` and ``mlp`` (joint blocks:
+``modulation``, ``joint_attention`` and ``mlp``), and ``final_layer``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +34,7 @@ from flax import nnx
 
 from sora_jax.data.packing import AUDIO, token_widths
 from sora_jax.errors import ConfigError
-from sora_jax.model.attention import Attention, AttentionKernel, dense
+from sora_jax.model.attention import Attention, AttentionKernel, JointAttention, dense
 from sora_jax.model.rope import axis_dims, rope_angles, rope_coordinates
 from sora_jax.model.text import TextEncoder, frozen_text_dim
 from sora_jax.parallel.sharding import Rules, axis_rules, constrain
@@ -39,6 +42,8 @@ from sora_jax.parallel.sharding import Rules, axis_rules, constrain
 # The residual stream [B, L, D] between blocks. Activation names, not the input batch's
 # ("batch", "length"): a change of the inputs' layout rules must not reshard the model's insides.
 ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+# The caption stream of joint attention [B, K, D]: its tokens are not split over the sequence axis.
+TEXT_ACTIVATION = ("activation_batch", None, "activation_embed")
 # model.* keys that name one of a few choices, with those choices (every transformer of the framework).
 MODEL_CHOICES = (
     ("attention", ("xla", "cudnn", "splash", "ring")),
@@ -47,6 +52,7 @@ MODEL_CHOICES = (
     ("dtype", ("float32", "bfloat16")),
     ("param_dtype", ("float32", "bfloat16")),
 )
+TEXT_ATTENTION = ("cross", "joint")  # model.text_attention: how the DiT's clip tokens read the caption.
 REMAT_POLICIES = {
     "full": None,  # Save nothing: recompute the whole block in the backward pass.
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -129,6 +135,65 @@ class DiTBlock(nnx.Module):
         return constrain(x_bld, ACTIVATION, self.rules)
 
 
+class JointDiTBlock(nnx.Module):
+    """MMDiT block (SD3, ``model.text_attention = "joint"``): the clip tokens and their caption's
+    tokens are two streams, each with its own adaLN-Zero modulation, norms, projections and MLP,
+    that meet in one attention (:class:`JointAttention`); starts as the identity on both.
+
+    Both streams are modulated by their clip's conditioning (timestep, pooled caption), gathered
+    to the clip's tokens by ``segment_ids`` and to its caption's by ``text_segment_ids``. The carry
+    is ``(x [B, L, D], c [B, K, D])``: the caption stream flows from block to block.
+    """
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, kernel: AttentionKernel, rngs: nnx.Rngs, **kw
+    ) -> None:
+        dim, hidden = config.dim, int(config.dim * config.mlp_ratio)
+        self.rules = kernel.rules
+        norm = lambda: nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs, **kw)  # noqa: E731
+        self.norm1, self.text_norm1, self.norm2, self.text_norm2 = norm(), norm(), norm(), norm()
+        self.attention = JointAttention(dim, config.heads, rngs, qk_norm=config.qk_norm, kernel=kernel, **kw)
+        self.mlp_in = dense(dim, hidden, ("embed", "mlp"), rngs, **kw)
+        self.mlp_out = dense(hidden, dim, ("mlp", "embed"), rngs, **kw)
+        self.text_mlp_in = dense(dim, hidden, ("embed", "mlp"), rngs, **kw)
+        self.text_mlp_out = dense(hidden, dim, ("mlp", "embed"), rngs, **kw)
+        # Zero-initialised: every gate starts at 0, so the block starts as the identity.
+        self.modulation = dense(dim, 6 * dim, ("embed", "mlp"), rngs, zero_init=True, **kw)
+        self.text_modulation = dense(dim, 6 * dim, ("embed", "mlp"), rngs, zero_init=True, **kw)
+
+    def __call__(
+        self,
+        carry: tuple[jax.Array, jax.Array],
+        conditioning_bsd: jax.Array,
+        segment_ids: jax.Array,
+        angles: jax.Array,
+        text_segment_ids: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(x [B, L, D], c [B, K, D])`` through the block."""
+        x_bld, c_bkd = carry
+        with jax.named_scope("modulation"):
+            cond = jax.nn.silu(conditioning_bsd)
+            mods = jnp.split(gather_clips(self.modulation(cond), segment_ids), 6, axis=-1)
+            text_mods = jnp.split(gather_clips(self.text_modulation(cond), text_segment_ids), 6, axis=-1)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+        t_shift_a, t_scale_a, t_gate_a, t_shift_m, t_scale_m, t_gate_m = text_mods
+        with jax.named_scope("joint_attention"):
+            x_update, c_update = self.attention(
+                modulate(self.norm1(x_bld), shift_a, scale_a),
+                modulate(self.text_norm1(c_bkd), t_shift_a, t_scale_a),
+                segment_ids,
+                text_segment_ids,
+                angles,
+            )
+            x_bld, c_bkd = x_bld + gate_a * x_update, c_bkd + t_gate_a * c_update
+        with jax.named_scope("mlp"):
+            h = modulate(self.norm2(x_bld), shift_m, scale_m)
+            x_bld = x_bld + gate_m * self.mlp_out(jax.nn.gelu(self.mlp_in(h)))
+            h = modulate(self.text_norm2(c_bkd), t_shift_m, t_scale_m)
+            c_bkd = c_bkd + t_gate_m * self.text_mlp_out(jax.nn.gelu(self.text_mlp_in(h)))
+        return constrain(x_bld, ACTIVATION, self.rules), constrain(c_bkd, TEXT_ACTIVATION, self.rules)
+
+
 class VideoDiT(nnx.Module):
     """Predicts the flow velocity of every token of a packed batch.
 
@@ -173,10 +238,14 @@ class VideoDiT(nnx.Module):
             self.caption_in = dense(m.text_dim, m.dim, (None, "embed"), rngs, **kw)
             self.caption_out = dense(m.dim, m.dim, ("embed", "mlp"), rngs, **kw)
 
+        block_type = JointDiTBlock if m.text_attention == "joint" else DiTBlock
+        if m.text_attention == "joint":  # The caption stream enters at the blocks' width.
+            self.text_in = dense(m.text_dim, m.dim, (None, "embed"), rngs, **kw)
+
         @nnx.split_rngs(splits=m.depth)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs: nnx.Rngs) -> DiTBlock:
-            return DiTBlock(m, kernel, rngs, **kw)
+        def make_blocks(rngs: nnx.Rngs) -> DiTBlock | JointDiTBlock:
+            return block_type(m, kernel, rngs, **kw)
 
         self.blocks = make_blocks(rngs)  # Parameters stacked on a leading "layers" axis.
         self.final_norm = nnx.LayerNorm(m.dim, use_scale=False, use_bias=False, rngs=rngs, **kw)
@@ -240,9 +309,13 @@ class VideoDiT(nnx.Module):
         coordinates = rope_coordinates(batch["positions"], batch.get("times"))
         angles = rope_angles(coordinates, axis_dims(m.dim // m.heads), m.rope_theta)
         angles = constrain(angles, ("activation_batch", "activation_length", None), self.rules)
-        extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
-
-        x = run_block_stack(self.blocks, x, extras, m)
+        if m.text_attention == "joint":
+            caption = constrain(self.text_in(text), TEXT_ACTIVATION, self.rules)
+            extras = (conditioning, segment_ids, angles, batch["text_segment_ids"])
+            x, _ = run_block_stack(self.blocks, (x, caption), extras, m)
+        else:
+            extras = (conditioning, segment_ids, angles, text, batch["text_segment_ids"])
+            x = run_block_stack(self.blocks, x, extras, m)
 
         with jax.named_scope("final_layer"):
             shift, scale = jnp.split(
@@ -252,19 +325,20 @@ class VideoDiT(nnx.Module):
 
 
 def run_block_stack(
-    blocks: nnx.Module, x_bld: jax.Array, extras: tuple, model_config: ml_collections.ConfigDict
-) -> jax.Array:
-    """``x`` through ``blocks`` (built with ``nnx.vmap``: parameters stacked on a leading "layers"
-    axis), each called as ``block(x, *extras)``: under ``lax.scan`` with ``model.scan_layers`` (one
+    blocks: nnx.Module, x: Any, extras: tuple, model_config: ml_collections.ConfigDict
+) -> Any:
+    """``x`` (an array ``[B, L, D]``, or a tuple of them: the carry of every block) through
+    ``blocks`` (built with ``nnx.vmap``: parameters stacked on a leading "layers" axis), each
+    called as ``block(x, *extras)``: under ``lax.scan`` with ``model.scan_layers`` (one
     compiled block, compile time flat in depth) or unrolled, each block rematerialised in the
     backward pass as ``model.remat`` says, and named ``block`` (scanned) or ``block_{i}`` in traces."""
     m = model_config
     graphdef, stacked = nnx.split(blocks)
 
-    def block_fn(scope: str) -> Callable[[jax.Array, nnx.State], tuple[jax.Array, None]]:
+    def block_fn(scope: str) -> Callable[[Any, nnx.State], tuple[Any, None]]:
         # The scope goes inside the (rematerialised) function, so the recomputation in the
         # backward pass carries the block's name too.
-        def run_block(x: jax.Array, block_state: nnx.State) -> tuple[jax.Array, None]:
+        def run_block(x: Any, block_state: nnx.State) -> tuple[Any, None]:
             with jax.named_scope(scope):
                 return nnx.merge(graphdef, block_state)(x, *extras), None
 
@@ -273,11 +347,11 @@ def run_block_stack(
         return run_block
 
     if m.scan_layers:
-        x_bld, _ = jax.lax.scan(block_fn("block"), x_bld, stacked)
+        x, _ = jax.lax.scan(block_fn("block"), x, stacked)
     else:
         for layer in range(m.depth):
-            x_bld, _ = block_fn(f"block_{layer}")(x_bld, jax.tree.map(lambda p, i=layer: p[i], stacked))
-    return x_bld
+            x, _ = block_fn(f"block_{layer}")(x, jax.tree.map(lambda p, i=layer: p[i], stacked))
+    return x
 
 
 def build_model(config: ml_collections.ConfigDict, seed: int) -> VideoDiT:
@@ -324,5 +398,13 @@ def validate_model_section(config: ml_collections.ConfigDict) -> None:
     for key, allowed in MODEL_CHOICES:
         if m[key] not in allowed:
             fail(key, f"{m[key]!r} is not one of {', '.join(allowed)}")
+    if m.text_attention not in TEXT_ATTENTION:
+        fail("text_attention", f"{m.text_attention!r} is not one of {', '.join(TEXT_ATTENTION)}")
+    if m.text_attention == "joint" and m.attention in ("splash", "ring"):
+        fail(
+            "text_attention",
+            f"joint attention runs on the dense kernels (xla, cudnn), not model.attention={m.attention!r}; "
+            "use text_attention='cross' with it",
+        )
     if m.depth < 1:
         fail("depth", f"must be at least 1, got {m.depth}")

@@ -185,8 +185,10 @@ def model_flops_per_token(config: ml_collections.ConfigDict, attended_tokens: fl
 
     Counts the matmuls of the DiT blocks, patch embedding and final layer (2 FLOPs a
     multiply-add), self-attention scores and weighted sums over ``attended_tokens`` keys (the mean
-    clip length: tokens attend within their clip), and cross-attention over one caption. The text
-    encoder and per-clip modulation are excluded: per token they are negligible.
+    clip length: tokens attend within their clip), and cross-attention over one caption of
+    ``data.max_caption_tokens`` tokens (with ``model.text_attention = "joint"``, that caption's
+    tokens through their own stream and in the clip's attention instead). The text encoder and
+    per-clip modulation are excluded: per token they are negligible.
 
     With sound an audio token is a token like a video one (the same blocks, attending within its
     clip, whose length ``attended_tokens`` counts both kinds); its embedding and output layer are
@@ -195,12 +197,23 @@ def model_flops_per_token(config: ml_collections.ConfigDict, attended_tokens: fl
     m, d = config.model, config.data
     dim, hidden = m.dim, int(m.dim * m.mlp_ratio)
     patch_dim = max(token_widths(config))
-    per_block = (
-        2 * 4 * dim * dim  # q, k, v, out projections of self-attention
-        + 2 * 2 * attended_tokens * dim  # scores and weighted sum
-        + 2 * 2 * dim * dim  # cross-attention q and out (k, v are per caption token)
-        + 2 * 2 * d.max_caption_tokens * dim
-        + 2 * 2 * dim * hidden  # MLP
-    )
+    if m.text_attention == "joint":
+        # Each stream's token: q, k, v, out projections, scores and weighted sum over the clip's
+        # and its caption's tokens, MLP. A clip of attended_tokens tokens has a caption of at most
+        # max_caption_tokens; the last block's caption outputs are never read, so of its caption
+        # stream only the keys and values that the clip attends to count.
+        stream = (
+            2 * 4 * dim * dim + 2 * 2 * (attended_tokens + d.max_caption_tokens) * dim + 2 * 2 * dim * hidden
+        )
+        caption_share = d.max_caption_tokens / max(attended_tokens, 1.0)
+        per_block = stream + caption_share * ((m.depth - 1) * stream + 2 * 2 * dim * dim) / m.depth
+    else:
+        per_block = (
+            2 * 4 * dim * dim  # q, k, v, out projections of self-attention
+            + 2 * 2 * attended_tokens * dim  # scores and weighted sum
+            + 2 * 2 * dim * dim  # cross-attention q and out (k, v are per caption token)
+            + 2 * 2 * d.max_caption_tokens * dim
+            + 2 * 2 * dim * hidden  # MLP
+        )
     forward = m.depth * per_block + 2 * patch_dim * dim + 2 * dim * patch_dim
     return 3.0 * forward

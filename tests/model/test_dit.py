@@ -3,6 +3,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from experiments.world_tiny import get_config
@@ -57,8 +58,10 @@ def _clip(config, frames, height, width, seed, caption):
     )
 
 
-def test_packed_rows_give_each_clip_the_output_it_gets_alone():
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_packed_rows_give_each_clip_the_output_it_gets_alone(text_attention):
     config = get_config("test")
+    config.model.text_attention = text_attention
     model = _perturbed_model(config)
     a = _clip(config, 4, 16, 16, 0, [1, 5, 9])
     b = _clip(config, 2, 16, 24, 1, [1, 7])
@@ -82,8 +85,10 @@ def test_packed_rows_give_each_clip_the_output_it_gets_alone():
     assert float(jnp.abs(out_packed[0][packed["segment_ids"][0] == 1]).mean()) > 1e-3
 
 
-def test_fresh_model_predicts_zero_velocity():
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_fresh_model_predicts_zero_velocity(text_attention):
     config = get_config("test")
+    config.model.text_attention = text_attention
     model = build_model(config, 0)
     clip = _clip(config, 2, 16, 16, 0, [1, 2])
     batch = pack_rows([[clip]], seq_len=40, patch_dim=clip.patches.shape[1], max_clips=2, text_len=4)
@@ -94,8 +99,10 @@ def test_fresh_model_predicts_zero_velocity():
     np.testing.assert_array_equal(np.asarray(out), 0.0)  # adaLN-Zero and zero final layer.
 
 
-def test_scan_and_loop_over_blocks_agree():
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_scan_and_loop_over_blocks_agree(text_attention):
     config = get_config("test")
+    config.model.text_attention = text_attention
     clip = _clip(config, 4, 16, 16, 3, [1, 4])
     batch = jax.tree.map(
         jnp.asarray,
@@ -173,6 +180,26 @@ def test_the_pooled_caption_conditions_every_token_of_its_clip_only_when_enabled
         assert float(jnp.abs(outs[0] - outs[1]).mean()) > 1e-4  # Cross-attention reads words either way.
 
 
+def test_joint_attention_reads_the_caption_both_ways_within_its_clip_only():
+    """A clip's outputs follow its own caption's words; its caption's stream, which only its clip
+    reads, is a real second stream: a joint model has its own text layers in every block."""
+    config = get_config("test")
+    config.model.text_attention, config.model.text_pooled = "joint", False
+    model = _perturbed_model(config)
+    assert hasattr(model.blocks.attention, "caption_attention")
+    assert not hasattr(model.blocks, "cross_attention")
+    a, b = _clip(config, 2, 16, 16, 0, [1, 2, 3]), _clip(config, 2, 16, 16, 1, [1, 4])
+    a_recaptioned = _clip(config, 2, 16, 16, 0, [1, 5, 6])
+    layout = dict(seq_len=40, patch_dim=a.patches.shape[1], max_clips=2, text_len=8)
+    outs = []
+    for first in (a, a_recaptioned):
+        batch = jax.tree.map(jnp.asarray, pack_rows([[first, b]], **layout))
+        outs.append(np.asarray(_apply(model, batch["patches"], jnp.asarray([[0.5, 0.5]]), batch)[0]))
+    segments = pack_rows([[a, b]], **layout)["segment_ids"][0]
+    assert np.abs(outs[0][segments == 1] - outs[1][segments == 1]).mean() > 1e-4  # Its own words.
+    np.testing.assert_allclose(outs[0][segments == 2], outs[1][segments == 2], atol=1e-6)  # Not b's.
+
+
 def _has_scope(hlo: str, *names: str) -> bool:
     """Whether an op's name stack holds the scopes ``names`` in a row: ``/block_0/mlp/``, also as
     autodiff wraps them (``jvp(block_0)/mlp/``, ``transpose(jvp(block_0))/mlp/``)."""
@@ -180,13 +207,20 @@ def _has_scope(hlo: str, *names: str) -> bool:
     return re.search(rf"[/(]{path}/", hlo) is not None
 
 
-def test_named_scopes_name_the_model_s_parts_in_the_hlo():
+@pytest.mark.parametrize(
+    ("text_attention", "parts"),
+    [
+        ("cross", ("modulation", "self_attention", "cross_attention", "mlp")),
+        ("joint", ("modulation", "joint_attention", "mlp")),
+    ],
+)
+def test_named_scopes_name_the_model_s_parts_in_the_hlo(text_attention, parts):
     config = get_config("test")
+    config.model.text_attention = text_attention
     clip = _clip(config, 2, 16, 16, 0, [1, 2])
     batch = jax.tree.map(
         jnp.asarray, pack_rows([[clip]], seq_len=40, patch_dim=clip.patches.shape[1], max_clips=1, text_len=4)
     )
-    parts = ("modulation", "self_attention", "cross_attention", "mlp")
     # Unrolled blocks are named by index; scanned ones (here also rematerialised) share one name.
     for scan, remat, blocks in ((False, "none", ("block_0", "block_1")), (True, "full", ("block",))):
         config.model.scan_layers, config.model.remat = scan, remat

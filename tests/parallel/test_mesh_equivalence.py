@@ -99,3 +99,25 @@ def test_splash_kernel_in_the_model_agrees_with_xla_attention(reference):
     for expected, actual in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(grads), strict=True):
         scale = np.abs(expected).max() + 1e-12
         np.testing.assert_allclose(actual / scale, expected / scale, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_joint_text_attention_agrees_across_meshes():
+    """MMDiT blocks: the caption stream, replicated over the sequence axis while the clip tokens
+    are split over it, gives one loss and gradients however the mesh splits the work."""
+
+    def joint(mesh_shape):
+        config = small_config(mesh_shape)
+        config.model.text_attention = "joint"
+        return loss_and_grads(config)
+
+    ref_loss, ref_grads = joint((8, 1, 1, 1))
+    loss, grads = joint((1, 2, 2, 2))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for (path, expected), actual in zip(
+        jax.tree.leaves_with_path(ref_grads), jax.tree.leaves(grads), strict=True
+    ):
+        scale = np.abs(expected).max() + 1e-12
+        np.testing.assert_allclose(
+            actual / scale, expected / scale, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+        )

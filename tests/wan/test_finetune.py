@@ -166,6 +166,13 @@ def test_a_wan_run_refuses_a_guidance_interval_its_pipeline_cannot_follow(runs, 
         load_config(EXPERIMENT, [f"wan.pretrained={TINY}", "diffusion.guidance_interval=(0.3,1.0)"])
 
 
+def test_a_wan_config_refuses_joint_text_attention_by_name():
+    with pytest.raises(
+        ConfigError, match="'model.text_attention': Wan's transformer reads its caption by cross"
+    ):
+        load_config(EXPERIMENT, [f"wan.pretrained={TINY}", "model.text_attention=joint"])
+
+
 def test_export_refuses_to_overwrite_the_pretrained_directory(runs, capsys):
     whole, _ = runs
     assert main(["export", "--workdir", str(whole), "--out", str(TINY)]) == 2
