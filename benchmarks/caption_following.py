@@ -97,6 +97,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "patches of 2 frames (rows of 512 tokens hold the same clips)",
         ("model.patch_size=(2,4,4)", "data.seq_len=512", "data.batch_size=4"),
     ),
+    "joint_attention": (
+        "MMDiT: the caption's tokens a second stream, in one attention with their clip's tokens "
+        "(`model.text_attention=joint`), not cross-attention",
+        ("model.text_attention=joint",),
+    ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
     "captions_24": ("captions cut at 24 tokens", ("data.max_caption_tokens=24", "data.text_len=96")),
