@@ -102,6 +102,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "(`model.text_attention=joint`), not cross-attention",
         ("model.text_attention=joint",),
     ),
+    "rope_theta_100": (
+        "RoPE base period 100, not 10,000: more of each head's rotations tell apart the few "
+        "patches of a small clip",
+        ("model.rope_theta=100.0",),
+    ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
     "captions_24": ("captions cut at 24 tokens", ("data.max_caption_tokens=24", "data.text_len=96")),
