@@ -60,6 +60,20 @@ def reference():
     return loss_and_grads(small_config((8, 1, 1, 1)))
 
 
+def assert_agree(result: tuple[float, dict], reference: tuple[float, dict]) -> None:
+    """The loss to 1e-5 relative, each gradient to 1e-5 of its largest reference entry."""
+    (loss, grads), (ref_loss, ref_grads) = result, reference
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    flat_ref = jax.tree.leaves_with_path(ref_grads)
+    flat = jax.tree.leaves(grads)
+    assert len(flat) == len(flat_ref)
+    for (path, expected), actual in zip(flat_ref, flat, strict=True):
+        scale = np.abs(expected).max() + 1e-12
+        np.testing.assert_allclose(
+            actual / scale, expected / scale, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+        )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh_shape, attention, sequence_parallel",
@@ -74,17 +88,7 @@ def reference():
     ],
 )
 def test_loss_and_gradients_agree_across_meshes(reference, mesh_shape, attention, sequence_parallel):
-    ref_loss, ref_grads = reference
-    loss, grads = loss_and_grads(small_config(mesh_shape, attention, sequence_parallel))
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    flat_ref = jax.tree.leaves_with_path(ref_grads)
-    flat = jax.tree.leaves(grads)
-    assert len(flat) == len(flat_ref)
-    for (path, expected), actual in zip(flat_ref, flat, strict=True):
-        scale = np.abs(expected).max() + 1e-12
-        np.testing.assert_allclose(
-            actual / scale, expected / scale, atol=1e-5, err_msg=jax.tree_util.keystr(path)
-        )
+    assert_agree(loss_and_grads(small_config(mesh_shape, attention, sequence_parallel)), reference)
 
 
 @pytest.mark.slow
@@ -93,12 +97,7 @@ def test_splash_kernel_in_the_model_agrees_with_xla_attention(reference):
     tokens and heads split over the mesh, computes the loss and gradients of dense attention."""
     config = small_config((1, 2, 2, 2), attention="splash")
     config.model.splash_interpret = True
-    ref_loss, ref_grads = reference
-    loss, grads = loss_and_grads(config)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    for expected, actual in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(grads), strict=True):
-        scale = np.abs(expected).max() + 1e-12
-        np.testing.assert_allclose(actual / scale, expected / scale, atol=1e-5)
+    assert_agree(loss_and_grads(config), reference)
 
 
 @pytest.mark.slow
@@ -111,13 +110,4 @@ def test_joint_text_attention_agrees_across_meshes():
         config.model.text_attention = "joint"
         return loss_and_grads(config)
 
-    ref_loss, ref_grads = joint((8, 1, 1, 1))
-    loss, grads = joint((1, 2, 2, 2))
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    for (path, expected), actual in zip(
-        jax.tree.leaves_with_path(ref_grads), jax.tree.leaves(grads), strict=True
-    ):
-        scale = np.abs(expected).max() + 1e-12
-        np.testing.assert_allclose(
-            actual / scale, expected / scale, atol=1e-5, err_msg=jax.tree_util.keystr(path)
-        )
+    assert_agree(joint((1, 2, 2, 2)), joint((8, 1, 1, 1)))
