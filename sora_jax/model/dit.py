@@ -379,7 +379,11 @@ def validate_model_section(config: ml_collections.ConfigDict) -> None:
         except (FileNotFoundError, ValueError, KeyError) as error:
             fail("text_encoder", f"not 'learned' nor a usable BERT/T5 directory: {error}")
         if not d.store:
-            fail("text_encoder", "a frozen text encoder needs data.store with caption embeddings")
+            fail(
+                "text_encoder",
+                "a frozen text encoder needs data.store with caption embeddings (for the physics "
+                "world: sora-jax prepare --world N --text-encoder DIR --output STORE)",
+            )
     if m.autoencoder and not d.store:
         fail("autoencoder", "a latent DiT trains on data.store, a latent store from sora-jax encode")
     if m.autoencoder and config.audio.enabled:
