@@ -116,12 +116,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "world_store": (
         f"the world from a store of {WORLD_STORE_CLIPS:,} clips of 16x40x40 (`sora-jax prepare --world`), "
         "cut in time and scaled down as a prepared store's, not rendered at each drawn shape",
-        ("data.store={root}/world_store",),
+        ("data.store={root}/stores/world",),
     ),
     "world_store_minilm": (
         "that store, with frozen all-MiniLM-L6-v2 caption states (`model.text_encoder`) for the "
         "learned encoder's word embeddings",
-        ("data.store={root}/world_store", "model.text_encoder={minilm}"),
+        ("data.store={root}/stores/world", "model.text_encoder={minilm}"),
     ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
@@ -155,12 +155,12 @@ DENOISING_T = (0.05, 0.5)  # Timesteps of the one-look clean-prediction error.
 def resolved(overrides: tuple[str, ...], root: Path) -> tuple[str, ...]:
     """A variant's overrides with ``{root}`` and ``{minilm}`` filled in; the world store they name is
     written first (or finished: a rerun resumes it)."""
-    if not any("{root}/world_store" in item for item in overrides):
+    if not any("{root}/stores/world" in item for item in overrides):
         return overrides
     minilm = minilm_directory()
     if minilm is None:
         raise SystemExit(f"the world_store variants need all-MiniLM-L6-v2: {MINILM_INSTALL}")
-    store = root / "world_store"
+    store = root / "stores" / "world"  # Beside the runs' workdirs, never one of them.
     command = [sys.executable, "-m", "sora_jax.cli", "prepare", "--world", str(WORLD_STORE_CLIPS)]
     command += ["--output", str(store), "--frames", "16", "--height", "40", "--width", "40"]
     subprocess.run(command + ["--text-encoder", str(minilm)], check=True)
