@@ -157,6 +157,15 @@ def test_data_stats_prints_one_json_object_last():
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["packing_efficiency"] > 0.9 and stats["distinct_shapes"] >= 5
     assert stats["clips_per_row"] > 1 and stats["tokens_per_s"] > 0
+    assert 0 < stats["full_length_tokens"] < 1
+    # Videos only of the longest durations' patches in time: the share of tokens in them grows.
+    result = sora_jax(
+        "data-stats", "--config", TINY, "--batches", "3", "--config.data.batch_size=4",
+        "--config.data.frames=(13,16)",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    longer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert longer["full_length_tokens"] > max(stats["full_length_tokens"], 0.5)
 
 
 def test_evaluate_scores_checkpoints_with_fixed_noise_per_timestep_band(trained, capsys):

@@ -44,7 +44,7 @@ class PackedMeter(Meter):
 
     def see(self, host_batch: Batch) -> None:
         grid, frames = host_batch["clip_grid"].reshape(-1, 3), host_batch["clip_frames"].reshape(-1)
-        _, ph, pw = self.config.model.patch_size
+        pt, ph, pw = self.config.model.patch_size
         seen = zip(frames, grid, strict=True)
         self.clip_shapes |= {(int(f), int(h) * ph, int(w) * pw) for f, (_, h, w) in seen if f}
 
@@ -97,14 +97,18 @@ class VideoDiTKind(RunKind):
     def describe_batches(self, batches: list[Batch], seconds: float) -> dict[str, float]:
         """Packing efficiency (non-padding token fraction), ``clips_per_row`` (mean),
         ``distinct_shapes`` (clip (frames, height, width) in pixels), ``images`` (fraction of
-        one-frame clips) and ``tokens_per_s`` (non-padding tokens of ``batches[1:]`` over ``seconds``);
-        with sound also ``audio_tokens`` (their share of the non-padding tokens) and ``clips_with_sound``
-        (the share of clips that have audio tokens)."""
-        _, ph, pw = self.config.model.patch_size
+        one-frame clips), ``full_length_tokens`` (the share of video tokens in clips with as many
+        patches in time as the longest duration, ``data.frames[1]``, has) and ``tokens_per_s``
+        (non-padding tokens of ``batches[1:]`` over ``seconds``); with sound also ``audio_tokens``
+        (their share of the non-padding tokens) and ``clips_with_sound`` (the share of clips that
+        have audio tokens)."""
+        pt, ph, pw = self.config.model.patch_size
         tokens = np.array([(b["segment_ids"] > 0).sum() for b in batches])
         frames = np.concatenate([b["clip_frames"].reshape(-1) for b in batches])
         grids = np.concatenate([b["clip_grid"].reshape(-1, 3) for b in batches])
         used = frames > 0
+        video_tokens = grids[used].prod(axis=1)
+        full_length = grids[used][:, 0] == -(-self.config.data.frames[1] // pt)
         shapes = {
             (int(f), int(g[1]) * ph, int(g[2]) * pw) for f, g in zip(frames[used], grids[used], strict=True)
         }
@@ -113,6 +117,7 @@ class VideoDiTKind(RunKind):
             "clips_per_row": float(used.sum() / sum(b["segment_ids"].shape[0] for b in batches)),
             "distinct_shapes": len(shapes),
             "images": float((frames[used] == 1).mean()),
+            "full_length_tokens": float(video_tokens[full_length].sum() / video_tokens.sum()),
             "tokens_per_s": float(tokens[1:].sum() / seconds),
         }
         if "modality" in batches[0]:
