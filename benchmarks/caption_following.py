@@ -123,6 +123,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "learned encoder's word embeddings",
         ("data.store={root}/stores/world", "model.text_encoder={minilm}"),
     ),
+    "clips_9_16": (
+        "videos of 9 to 16 frames (3 or 4 patches in time), not 2 to 16: 53% of tokens in clips "
+        "of the probes' 4 patches in time, not 29% (`sora-jax data-stats`: `full_length_tokens`)",
+        ("data.frames=(9,16)",),
+    ),
+    "clips_13_16": (
+        "videos of 13 to 16 frames (4 patches in time, as the probes'), not 2 to 16: 88% of tokens "
+        "in such clips",
+        ("data.frames=(13,16)",),
+    ),
     "no_pooled_caption": ("cross-attention alone: no pooled caption in adaLN", ("model.text_pooled=false",)),
     "embed_std_0.02": ("word embeddings initialised at std 0.02", ("model.text_embed_std=0.02",)),
     "captions_24": ("captions cut at 24 tokens", ("data.max_caption_tokens=24", "data.text_len=96")),
