@@ -2,9 +2,9 @@
 
     sora-jax prepare --world 6000 --output STORE --text-encoder DIR
 
-A run trains on the world from memory, rendering every clip at the shape it asks for
-(``data.source="world"``); a frozen ``model.text_encoder`` instead reads caption states that were
-computed once, beside the clip (``data.store``). This writes such a store: world clips ``0 .. N-1``
+A run without ``data.store`` trains on the world from memory, rendering every clip at the shape it
+asks for; a frozen ``model.text_encoder`` instead reads caption states computed once and stored
+beside each clip (``data.store``). This writes such a store: world clips ``0 .. N-1``
 of a seed, rendered at one shape (``[T, H, W, 3]`` uint8, each at its own frame rate), with their
 captions and, given an encoder, their captions' states. Clip ids are those of latent world stores
 (:func:`sora_jax.data.encode.world_clip_id`), so a pixel and a latent store of one seed hold the

@@ -44,7 +44,7 @@ class PackedMeter(Meter):
 
     def see(self, host_batch: Batch) -> None:
         grid, frames = host_batch["clip_grid"].reshape(-1, 3), host_batch["clip_frames"].reshape(-1)
-        pt, ph, pw = self.config.model.patch_size
+        _, ph, pw = self.config.model.patch_size
         seen = zip(frames, grid, strict=True)
         self.clip_shapes |= {(int(f), int(h) * ph, int(w) * pw) for f, (_, h, w) in seen if f}
 
