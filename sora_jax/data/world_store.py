@@ -25,11 +25,8 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
-
-from sora_jax.data import world
 from sora_jax.data.clip_store import ClipStore
-from sora_jax.data.encode import world_clip_id
+from sora_jax.data.encode import world_clip_id, world_clips
 
 log = logging.getLogger("sora_jax")
 
@@ -53,9 +50,10 @@ def write_world_store(
     flush_every: int = 64,
 ) -> WorldStoreReport:
     """Writes physics-world clips ``0 .. count - 1`` of ``seed`` at ``shape = (T, H, W)`` into the
-    pixel store at ``output`` (created, or resumed), clip ``i`` at the frame rate drawn for it from
-    ``fps`` (as latent world stores draw it), and, with ``embedder`` (a
-    :class:`~sora_jax.text.embedder.CaptionEmbedder`), each caption's states ``[L, dim]``.
+    pixel store at ``output`` (created, or resumed), rendered as latent world stores render them
+    (:func:`~sora_jax.data.encode.world_clips`: clip ``i`` at its own frame rate drawn from
+    ``fps``), and, with ``embedder`` (a :class:`~sora_jax.text.embedder.CaptionEmbedder`), each
+    caption's states ``[L, dim]``.
 
     Raises:
         ValueError: a bad count, shape or frame rate range, or ``output`` holds other clips: not
@@ -83,26 +81,19 @@ def write_world_store(
         made = f"world clips of {held}" if held else "clips that are not physics-world clips"
         raise ValueError(f"{output} holds {made}, not of {settings}: write into a new store")
 
-    def rate(index: int) -> float:  # The draw of encode.world_clips: the same clip at the same rate.
-        return float(np.random.default_rng([seed, index]).uniform(low, high))
-
-    report = WorldStoreReport()
-    wanted = []
-    for index in range(count):
-        if store.has(world_clip_id(seed, index)):
-            report.clips_present += 1
-        else:
-            wanted.append(index)
+    # Only the clips not yet stored are rendered and embedded: a resumed run redoes nothing.
+    missing = {world_clip_id(seed, i) for i in range(count) if not store.has(world_clip_id(seed, i))}
+    report = WorldStoreReport(clips_present=count - len(missing))
     staged = 0
-    for index, clip in zip(wanted, world.make_clips(seed, wanted, tuple(shape), rate), strict=True):
+    for clip in world_clips(count, seed, tuple(shape), (low, high), embedder, keep=missing.__contains__):
         store.append(
             clip.frames,
-            clip_id=world_clip_id(seed, index),
+            clip_id=clip.clip_id,
             fps=clip.fps,
             caption=clip.caption,
-            source="world",
-            start=0.0,
-            caption_embedding=embedder(clip.caption) if embedder is not None else None,
+            source=clip.source,
+            start=clip.start,
+            caption_embedding=clip.caption_embedding,
         )
         report.clips_written += 1
         staged += 1
